@@ -1,0 +1,326 @@
+"""CLIP in Flax Linen, with PEFT hooks in the visual encoder.
+
+Parameter names follow the Hugging Face ``CLIPModel`` state dict (``vision_model/encoder/layers_3/self_attn/
+q_proj/kernel`` <-> ``vision_model.encoder.layers.3.self_attn.q_proj.weight``) so that converting a checkpoint
+is a rename plus transposes (see ``clip_weights.py``). With ``scan=True`` the blocks of a tower are stacked
+under ``encoder/layers`` with a leading layer axis instead.
+
+Numerics: parameters are float32; activations use ``CLIPConfig.dtype``; LayerNorm and the attention softmax
+run in float32 (``jax.nn.dot_product_attention`` accumulates logits in float32 for bf16 inputs); image and
+text features are returned in float32.
+
+This module knows nothing about training: which parameters are frozen is decided by the optimiser rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from deft_jax.models import peft as peft_lib
+from deft_jax.models.presets import CLIPConfig
+
+Array = jax.Array
+
+
+def _activation(name: str):
+  if name == "quick_gelu":
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  if name == "gelu":
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  raise ValueError(f"unknown activation {name!r}")
+
+
+def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+
+
+class Attention(nn.Module):
+  width: int
+  heads: int
+  causal: bool
+  dtype: Any
+  attention: Optional[str]
+  peft: peft_lib.BlockPEFT
+
+  def _proj(self, x, site: str, name: str):
+    y = nn.Dense(self.width, dtype=self.dtype, name=name)(x)
+    if site in self.peft.lora_targets:
+      y = y + peft_lib.LoRA(self.width, self.peft.lora_rank, self.peft.lora_scale, self.dtype,
+                            name=f"{site}_lora")(x)
+    if self.peft.ssf:
+      y = peft_lib.SSF(self.dtype, name=f"ssf_{site}")(y)
+    return y
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, _ = x.shape
+    hd = self.width // self.heads
+    q, k, v = (self._proj(x, s, f"{s}_proj").reshape(b, t, self.heads, hd) for s in "qkv")
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.attention)
+    return self._proj(o.reshape(b, t, self.width), "out", "out_proj")
+
+
+class MLP(nn.Module):
+  width: int
+  mlp_dim: int
+  act: str
+  dtype: Any
+  peft: peft_lib.BlockPEFT
+
+  def _dense(self, x, features, site):
+    y = nn.Dense(features, dtype=self.dtype, name=site)(x)
+    if site in self.peft.lora_targets:
+      y = y + peft_lib.LoRA(features, self.peft.lora_rank, self.peft.lora_scale, self.dtype,
+                            name=f"{site}_lora")(x)
+    if self.peft.ssf:
+      y = peft_lib.SSF(self.dtype, name=f"ssf_{site}")(y)
+    return y
+
+  @nn.compact
+  def __call__(self, x):
+    h = _activation(self.act)(self._dense(x, self.mlp_dim, "fc1"))
+    return self._dense(h, self.width, "fc2")
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block; optionally prepends its own visual prompts (VPT)."""
+
+  width: int
+  heads: int
+  mlp_dim: int
+  ln_eps: float
+  act: str
+  causal: bool
+  dtype: Any
+  attention: Optional[str]
+  peft: peft_lib.BlockPEFT = peft_lib.BlockPEFT()
+  prompt_init_bound: float = 0.0
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.peft
+    if p.prompt != "none":
+      prompts = self.param("vpt_prompt", peft_lib.uniform_init(self.prompt_init_bound),
+                           (p.prompt_tokens, self.width))
+      prompts = jnp.broadcast_to(prompts.astype(x.dtype), (x.shape[0],) + prompts.shape)
+      if p.prompt == "replace":  # VPT-deep: drop the previous block's prompt outputs.
+        x = x[:, :-p.prompt_tokens]
+      # The prompts go after the patch tokens, so the class token stays at position 0.
+      x = jnp.concatenate([x, prompts], axis=1)
+    h = _layer_norm(self.ln_eps, "layer_norm1")(x).astype(self.dtype)
+    x = x + Attention(self.width, self.heads, self.causal, self.dtype, self.attention, p, name="self_attn")(h)
+    h = _layer_norm(self.ln_eps, "layer_norm2")(x).astype(self.dtype)
+    h = MLP(self.width, self.mlp_dim, self.act, self.dtype, p, name="mlp")(h)
+    if p.adapter_dim:
+      h = peft_lib.Adapter(p.adapter_dim, self.dtype, name="adapter")(h)
+    return x + h
+
+
+class _ScanBlock(Block):
+  """Block with the (carry, xs) -> (carry, ys) signature that nn.scan needs."""
+
+  @nn.compact
+  def __call__(self, x, _):
+    return super().__call__(x), None
+
+
+class Encoder(nn.Module):
+  width: int
+  heads: int
+  mlp_dim: int
+  ln_eps: float
+  act: str
+  causal: bool
+  dtype: Any
+  attention: Optional[str]
+  blocks: Sequence[peft_lib.BlockPEFT]
+  remat: bool = False
+  scan: bool = False
+  prompt_init_bound: float = 0.0
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(width=self.width, heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps, act=self.act,
+              causal=self.causal, dtype=self.dtype, attention=self.attention,
+              prompt_init_bound=self.prompt_init_bound)
+    if not self.scan:
+      cls = nn.remat(Block) if self.remat else Block
+      for i, bp in enumerate(self.blocks):
+        x = cls(peft=bp, name=f"layers_{i}", **kw)(x)
+      return x
+    block = _scan_block_peft(self.blocks)
+    if block.prompt != "none":
+      # Every scanned block replaces the last prompt tokens; give the first one zeros to replace.
+      x = jnp.concatenate([x, jnp.zeros((x.shape[0], block.prompt_tokens, x.shape[2]), x.dtype)], axis=1)
+    cls = nn.remat(_ScanBlock) if self.remat else _ScanBlock
+    scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                      length=len(self.blocks))
+    x, _ = scanned(peft=block, name="layers", **kw)(x, None)
+    return x
+
+
+def _scan_block_peft(blocks: Sequence[peft_lib.BlockPEFT]) -> peft_lib.BlockPEFT:
+  """The one BlockPEFT a scanned encoder uses; VPT-deep's first block becomes a 'replace' block."""
+  first = blocks[0]
+  if first.prompt == "append":
+    first = peft_lib.BlockPEFT(**{**first.__dict__, "prompt": "replace"})
+  if any(b != first for b in blocks[1:]):
+    raise ValueError("scan=True needs the same PEFT on every block (no `partial`, no VPT-shallow); "
+                     "use scan=False for this PEFT configuration")
+  return first
+
+
+class VisionEmbeddings(nn.Module):
+  patch_size: int
+  width: int
+  num_positions: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, images):
+    scale = self.width ** -0.5
+    cls = self.param("class_embedding", nn.initializers.normal(scale), (self.width,))
+    x = nn.Conv(self.width, (self.patch_size, self.patch_size), strides=self.patch_size, padding="VALID",
+                use_bias=False, dtype=self.dtype, name="patch_embedding")(images.astype(self.dtype))
+    b, h, w, c = x.shape
+    if 1 + h * w != self.num_positions:
+      raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px give {h * w} patches, but the model "
+                       f"has {self.num_positions - 1} patch positions (image_size mismatch)")
+    x = x.reshape(b, h * w, c)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c)), x], axis=1)
+    pos = nn.Embed(self.num_positions, self.width, embedding_init=nn.initializers.normal(0.02),
+                   name="position_embedding").embedding
+    return x + pos.astype(x.dtype)[None]
+
+
+class VisionTransformer(nn.Module):
+  """Returns ln_post(class token): the pre-projection image feature."""
+
+  config: CLIPConfig
+  peft: peft_lib.PEFTConfig = peft_lib.PEFTConfig()
+
+  @nn.compact
+  def __call__(self, images):
+    c, v = self.config, self.config.vision
+    dtype = jnp.dtype(c.dtype)
+    n_pos = (v.image_size // v.patch_size) ** 2 + 1
+    x = VisionEmbeddings(v.patch_size, v.width, n_pos, dtype, name="embeddings")(images)
+    x = _layer_norm(v.ln_eps, "pre_layrnorm")(x).astype(dtype)  # sic: the HF name
+    blocks = tuple(self.peft.block(i, v.layers) for i in range(v.layers))
+    x = Encoder(v.width, v.heads, v.mlp_dim, v.ln_eps, c.act, False, dtype, c.attention, blocks,
+                c.remat, c.scan, peft_lib.vpt_init_bound(v.patch_size, v.width), name="encoder")(x)
+    return _layer_norm(v.ln_eps, "post_layernorm")(x[:, 0])
+
+
+class TextEmbeddings(nn.Module):
+  vocab_size: int
+  context_length: int
+  width: int
+
+  def setup(self):
+    self.token_embedding = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02))
+    self.position_embedding = nn.Embed(self.context_length, self.width,
+                                       embedding_init=nn.initializers.normal(0.01))
+
+
+class TextTransformer(nn.Module):
+  """Causal text transformer pooled at the end-of-text token.
+
+  ``embed_tokens`` + ``encode_embeds`` let a prompt learner replace word embeddings by learned vectors;
+  ``__call__(ids)`` is their composition with pooling at the end-of-text position.
+  """
+
+  config: CLIPConfig
+
+  def setup(self):
+    c, t = self.config, self.config.text
+    self.embeddings = TextEmbeddings(t.vocab_size, t.context_length, t.width)
+    blocks = tuple(peft_lib.BlockPEFT() for _ in range(t.layers))
+    self.encoder = Encoder(t.width, t.heads, t.mlp_dim, t.ln_eps, c.act, True, jnp.dtype(c.dtype),
+                           c.attention, blocks, c.remat, c.scan)
+    self.final_layer_norm = _layer_norm(t.ln_eps, "final_layer_norm")
+
+  def embed_tokens(self, ids):
+    return self.embeddings.token_embedding(ids)
+
+  def eot_positions(self, ids):
+    eos = self.config.text.eos_token_id
+    if eos == 2:
+      return jnp.argmax(ids, axis=-1)
+    return jnp.argmax(ids == eos, axis=-1)
+
+  def encode_embeds(self, embeds, eot_positions):
+    """Token embeddings [B, T, width] (T <= context_length) -> pooled features [B, width]."""
+    t = embeds.shape[1]
+    if t > self.config.text.context_length:
+      raise ValueError(f"{t} tokens exceed the context length {self.config.text.context_length}")
+    dtype = jnp.dtype(self.config.dtype)
+    x = (embeds + self.embeddings.position_embedding.embedding[:t][None]).astype(dtype)
+    x = self.final_layer_norm(self.encoder(x))
+    return jnp.take_along_axis(x, eot_positions[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+
+  def __call__(self, ids):
+    return self.encode_embeds(self.embed_tokens(ids), self.eot_positions(ids))
+
+
+class CLIP(nn.Module):
+  """The CLIP dual encoder. Use ``model.apply(variables, ..., method=CLIP.encode_image)`` etc."""
+
+  config: CLIPConfig
+  peft: peft_lib.PEFTConfig = peft_lib.PEFTConfig()
+
+  def setup(self):
+    c = self.config
+    self.vision_model = VisionTransformer(c, self.peft)
+    self.text_model = TextTransformer(c)
+    self.visual_projection = nn.Dense(c.embed_dim, use_bias=False, dtype=jnp.dtype(c.dtype))
+    self.text_projection = nn.Dense(c.embed_dim, use_bias=False, dtype=jnp.dtype(c.dtype))
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(c.logit_scale_init), ())
+
+  def image_pooled(self, images):
+    """ln_post(CLS) before the projection: the feature a linear head reads in phase 2."""
+    return self.vision_model(images)
+
+  def encode_image(self, images, *, return_pooled: bool = False):
+    """Projected (unnormalised, float32) image features; optionally also the pooled feature."""
+    pooled = self.vision_model(images)
+    feats = self.visual_projection(pooled.astype(jnp.dtype(self.config.dtype))).astype(jnp.float32)
+    return (feats, pooled) if return_pooled else feats
+
+  def encode_text(self, ids):
+    pooled = self.text_model(ids)
+    return self.text_projection(pooled.astype(jnp.dtype(self.config.dtype))).astype(jnp.float32)
+
+  def embed_tokens(self, ids):
+    return self.text_model.embed_tokens(ids)
+
+  def eot_positions(self, ids):
+    return self.text_model.eot_positions(ids)
+
+  def encode_text_embeds(self, embeds, eot_positions):
+    pooled = self.text_model.encode_embeds(embeds, eot_positions)
+    return self.text_projection(pooled.astype(jnp.dtype(self.config.dtype))).astype(jnp.float32)
+
+  def __call__(self, images, ids):
+    img = normalize(self.encode_image(images))
+    txt = normalize(self.encode_text(ids))
+    logits = jnp.exp(self.logit_scale) * img @ txt.T
+    return {"image_embeds": img, "text_embeds": txt, "logits_per_image": logits}
+
+
+def normalize(x, eps: float = 0.0):
+  """L2-normalises the last axis (float32)."""
+  x = x.astype(jnp.float32)
+  return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
+
+
+def init_params(model: CLIP, rng, *, batch: int = 1) -> dict:
+  """Initialises all parameters (both towers) of a CLIP module."""
+  c = model.config
+  images = jnp.zeros((batch, c.vision.image_size, c.vision.image_size, 3), jnp.float32)
+  ids = jnp.zeros((batch, c.text.context_length), jnp.int32)
+  return model.init(rng, images, ids)["params"]

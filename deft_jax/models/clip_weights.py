@@ -1,0 +1,181 @@
+"""Hugging Face CLIP checkpoints (safetensors only) <-> deft_jax CLIP parameters.
+
+``load_pretrained`` accepts a local directory (``config.json`` + ``*.safetensors``), a single
+``.safetensors`` file, or a hub id such as ``openai/clip-vit-base-patch16`` (downloaded with
+``huggingface_hub`` when online). Pickled ``pytorch_model.bin`` files are never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+
+from deft_jax.models import presets
+from deft_jax.models.weights import CheckpointMismatchError, flatten, merge_params
+
+# Buffers that HF state dicts may carry and that are not parameters.
+IGNORED_KEYS = (r".*\.position_ids",)
+# Parameters that a pretrained CLIP never has: PEFT additions. (Prompt learners live outside the model.)
+PEFT_PATTERNS = (r".*/vpt_prompt", r".*_lora/.*", r".*/adapter/.*", r".*/ssf_[a-z0-9]+/.*")
+
+_HUB_FILES = ["*.safetensors", "*.json", "merges.txt", "vocab.json"]
+
+
+def resolve_checkpoint(path_or_id: str | Path) -> Path:
+  """A local directory or file for a path or hub id; downloads (safetensors + json only) when needed."""
+  p = Path(path_or_id).expanduser()
+  if p.exists():
+    return p
+  s = str(path_or_id)
+  if s.startswith((".", "/", "~")) or s.count("/") != 1:
+    raise FileNotFoundError(f"CLIP checkpoint {s!r} does not exist (and it is not a hub id like "
+                            "'openai/clip-vit-base-patch16')")
+  try:
+    import huggingface_hub
+  except ImportError as e:  # pragma: no cover - huggingface_hub comes with transformers
+    raise ImportError("downloading from the hub needs huggingface_hub (pip install huggingface_hub)") from e
+  return Path(huggingface_hub.snapshot_download(s, allow_patterns=_HUB_FILES))
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+  """All tensors of a checkpoint directory (single or sharded safetensors) or file."""
+  from safetensors.numpy import load_file
+
+  path = Path(path)
+  if path.is_file():
+    files = [path]
+  else:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+      pickled = [f.name for f in path.glob("*.bin")] + [f.name for f in path.glob("*.pt*")]
+      hint = (f" It holds {pickled}: deft_jax never unpickles weights; convert them with "
+              "transformers (model.save_pretrained(dir, safe_serialization=True)).") if pickled else ""
+      raise FileNotFoundError(f"no *.safetensors file in {path}.{hint}")
+  out: dict[str, np.ndarray] = {}
+  for f in files:
+    if f.suffix != ".safetensors":
+      raise ValueError(f"{f} is not a .safetensors file; deft_jax loads safetensors only")
+    try:
+      tensors = load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers.
+      raise ValueError(f"cannot read {f}: {e} (corrupt or not a safetensors file?)") from e
+    out.update(tensors)
+  return out
+
+
+def hf_to_flax(state: Mapping[str, np.ndarray], *, scan: bool = False) -> dict[str, np.ndarray]:
+  """Renames (and transposes) a HF ``CLIPModel`` state dict into flat deft_jax paths.
+
+  Keys that do not look like CLIP parameters are kept under their original name, so that the strict merge
+  reports them as unexpected.
+  """
+  out: dict[str, np.ndarray] = {}
+  for key, value in state.items():
+    if any(re.fullmatch(p, key) for p in IGNORED_KEYS):
+      continue
+    value = np.asarray(value)
+    if value.dtype not in (np.float32, np.float64):
+      value = value.astype(np.float32)  # fp16 / bf16 checkpoints: parameters are fp32 here.
+    parts = key.split(".")
+    if len(parts) > 1 and parts[-2] == "patch_embedding" and parts[-1] == "weight":
+      out["/".join(parts[:-1] + ["kernel"])] = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+      continue
+    leaf = parts[-1]
+    parent = parts[-2] if len(parts) > 1 else ""
+    if parent in ("token_embedding", "position_embedding") and leaf == "weight":
+      name = "embedding"
+    elif re.search(r"(layer_norm\d|layernorm|layrnorm|final_layer_norm)$", parent) and leaf == "weight":
+      name = "scale"
+    elif leaf == "weight" and value.ndim == 2:
+      name, value = "kernel", value.T
+    else:
+      name = leaf
+    path = [("layers_" + p if i > 0 and parts[i - 1] == "layers" else p) for i, p in enumerate(parts[:-1])]
+    path = [p for i, p in enumerate(path) if not (p == "layers" and i + 1 < len(path)
+                                                   and path[i + 1].startswith("layers_"))]
+    out["/".join(path + [name])] = value
+  return stack_layers(out) if scan else out
+
+
+def flax_to_hf(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """deft_jax CLIP parameters (unscanned, no PEFT) -> a HF ``CLIPModel`` state dict."""
+  out = {}
+  for path, value in flatten(params).items():
+    if any(re.fullmatch(p, path) for p in PEFT_PATTERNS):
+      raise ValueError(f"{path} is a PEFT parameter; HF CLIP has no place for it (merge or drop it first)")
+    value = np.asarray(value, np.float32)
+    parts = path.split("/")
+    parts = [f"layers.{p[len('layers_'):]}" if re.fullmatch(r"layers_\d+", p) else p for p in parts]
+    leaf = parts[-1]
+    if leaf == "kernel" and parts[-2] == "patch_embedding":
+      value, leaf = value.transpose(3, 2, 0, 1), "weight"
+    elif leaf == "kernel":
+      value, leaf = value.T, "weight"
+    elif leaf in ("scale", "embedding"):
+      leaf = "weight"
+    out[".".join(parts[:-1] + [leaf])] = np.array(value, dtype=np.float32, order="C")  # keeps 0-d
+  return out
+
+
+def stack_layers(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """``encoder/layers_{i}/x`` -> ``encoder/layers/x`` stacked on a leading axis (the scan layout)."""
+  groups: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+  out = {}
+  for k, v in flat.items():
+    m = re.fullmatch(r"(.*/encoder)/layers_(\d+)/(.*)", k)
+    if m:
+      groups.setdefault((m.group(1), m.group(3)), {})[int(m.group(2))] = v
+    else:
+      out[k] = v
+  for (prefix, rest), layers in groups.items():
+    idx = sorted(layers)
+    if idx != list(range(len(idx))):
+      raise CheckpointMismatchError(f"{prefix}/layers_*/{rest}: layers {idx} are not 0..{len(idx) - 1}")
+    out[f"{prefix}/layers/{rest}"] = np.stack([layers[i] for i in idx])
+  return out
+
+
+def load_pretrained(
+    path_or_id: str | Path,
+    init_params: Mapping[str, Any],
+    *,
+    scan: bool = False,
+    dont_load: Iterable[str] = PEFT_PATTERNS,
+) -> dict:
+  """Merges a HF CLIP checkpoint into freshly initialised parameters (strictly; see weights.merge_params)."""
+  ckpt = resolve_checkpoint(path_or_id)
+  loaded = hf_to_flax(read_safetensors(ckpt), scan=scan)
+  return merge_params(init_params, loaded, dont_load=dont_load, source=str(path_or_id))
+
+
+def config_from_checkpoint(path_or_id: str | Path, **overrides) -> presets.CLIPConfig:
+  """The CLIPConfig described by a checkpoint's config.json."""
+  ckpt = resolve_checkpoint(path_or_id)
+  cfg_dir = ckpt if ckpt.is_dir() else ckpt.parent
+  return presets.from_hf_config(cfg_dir, **overrides)
+
+
+def save_hf_checkpoint(directory: str | Path, params: Mapping[str, Any], config: presets.CLIPConfig,
+                       *, extra_files: Optional[Mapping[str, str]] = None) -> Path:
+  """Writes ``model.safetensors`` + ``config.json`` that both deft_jax and transformers can load."""
+  from safetensors.numpy import save_file
+
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / "model.safetensors.tmp"
+  save_file(flax_to_hf(params), str(tmp))
+  tmp.replace(directory / "model.safetensors")
+  (directory / "config.json").write_text(json.dumps(presets.to_hf_config(config), indent=2))
+  for name, text in (extra_files or {}).items():
+    (directory / name).write_text(text)
+  return directory
+
+
+__all__ = [
+    "CheckpointMismatchError", "resolve_checkpoint", "read_safetensors", "hf_to_flax", "flax_to_hf",
+    "stack_layers", "load_pretrained", "config_from_checkpoint", "save_hf_checkpoint",
+]

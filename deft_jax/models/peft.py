@@ -1,0 +1,200 @@
+"""Parameter-efficient fine-tuning (PEFT) injected into the CLIP visual encoder.
+
+All methods are off by default and configured by one frozen dataclass, :class:`PEFTConfig`, so that the
+model code stays a pure function of (config, params, inputs). Modules here add parameters only; which
+parameters *train* is decided by the optimiser rules (:func:`trainable_patterns` names them).
+
+At initialisation LoRA (B = 0), Adapter (up-projection = 0) and SSF (scale = 1, shift = 0) leave the
+pretrained function unchanged; VPT adds tokens and therefore changes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LORA_TARGETS = ("q", "k", "v", "out", "fc1", "fc2")
+SSF_SITES = ("q", "k", "v", "out", "fc1", "fc2")
+
+
+@dataclasses.dataclass(frozen=True)
+class PEFTConfig:
+  """Which PEFT parameters exist in the visual encoder.
+
+  Attributes:
+    vpt: "none", "shallow" (prompts before the first block, carried through) or "deep"
+      (each block's prompt outputs are replaced by the next block's own prompts).
+    vpt_tokens: prompt tokens per block (the method's default is 20).
+    lora_rank: LoRA rank; 0 disables LoRA.
+    lora_alpha: LoRA scale is alpha / rank; None means a scale of 1 (the reference adds B(A(x)) unscaled).
+    lora_targets: projections that get LoRA, among q, k, v, out (attention) and fc1, fc2 (MLP).
+    adapter_dim: bottleneck width of the adapter after each MLP; 0 disables it.
+    ssf: learnable scale and shift after q/k/v, attention output, fc1 and fc2.
+    bitfit: train bias parameters (no new parameters; only the optimiser rules change).
+    bitfit_biases: regex (on the path inside a block) of the biases BitFit trains.
+    partial: restrict every method to the last `partial` blocks; None means all blocks.
+  """
+
+  vpt: str = "none"
+  vpt_tokens: int = 20
+  lora_rank: int = 0
+  lora_alpha: Optional[float] = None
+  lora_targets: Sequence[str] = ("q", "v")
+  adapter_dim: int = 0
+  ssf: bool = False
+  bitfit: bool = False
+  bitfit_biases: str = ".*bias"
+  partial: Optional[int] = None
+
+  def __post_init__(self):
+    if self.vpt not in ("none", "shallow", "deep"):
+      raise ValueError(f"peft.vpt must be 'none', 'shallow' or 'deep', got {self.vpt!r}")
+    if self.vpt != "none" and self.vpt_tokens <= 0:
+      raise ValueError(f"peft.vpt_tokens must be positive with vpt={self.vpt!r}, got {self.vpt_tokens}")
+    unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+    if unknown:
+      raise ValueError(f"unknown peft.lora_targets {unknown}; choose among {LORA_TARGETS}")
+    if self.lora_rank < 0 or self.adapter_dim < 0:
+      raise ValueError("peft.lora_rank and peft.adapter_dim must be >= 0")
+    if self.partial is not None and self.partial <= 0:
+      raise ValueError(f"peft.partial must be a positive block count or None, got {self.partial}")
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+  @classmethod
+  def from_dict(cls, d: Optional[Any]) -> "PEFTConfig":
+    """Builds from a dict / ConfigDict, rejecting unknown fields by name."""
+    if d is None:
+      return cls()
+    if isinstance(d, cls):
+      return d
+    d = dict(d)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown PEFT option(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)
+
+  @property
+  def lora_scale(self) -> float:
+    return 1.0 if self.lora_alpha is None else float(self.lora_alpha) / self.lora_rank
+
+  def active_blocks(self, num_layers: int) -> range:
+    k = num_layers if self.partial is None else min(self.partial, num_layers)
+    return range(num_layers - k, num_layers)
+
+  def block(self, i: int, num_layers: int) -> "BlockPEFT":
+    """The PEFT seen by block i of a tower with `num_layers` blocks."""
+    active = self.active_blocks(num_layers)
+    if i not in active:
+      return BlockPEFT()
+    first = active[0]
+    if self.vpt == "deep":
+      prompt = "replace" if i > first else "append"
+    elif self.vpt == "shallow":
+      prompt = "append" if i == first else "none"
+    else:
+      prompt = "none"
+    return BlockPEFT(
+        prompt=prompt,
+        prompt_tokens=self.vpt_tokens if prompt != "none" else 0,
+        lora_rank=self.lora_rank,
+        lora_scale=self.lora_scale if self.lora_rank else 1.0,
+        lora_targets=self.lora_targets if self.lora_rank else (),
+        adapter_dim=self.adapter_dim,
+        ssf=self.ssf,
+    )
+
+  def num_prompt_tokens(self) -> int:
+    return 0 if self.vpt == "none" else self.vpt_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPEFT:
+  """The PEFT of one transformer block (static, hashable)."""
+
+  prompt: str = "none"  # none | append | replace
+  prompt_tokens: int = 0
+  lora_rank: int = 0
+  lora_scale: float = 1.0
+  lora_targets: tuple = ()
+  adapter_dim: int = 0
+  ssf: bool = False
+
+
+def trainable_patterns(peft: PEFTConfig, tower: str = "vision_model") -> list[str]:
+  """Full-match regexes of the parameters a PEFT config adds or trains."""
+  enc = rf"{tower}/encoder/layers(_\d+)?"
+  pats = []
+  if peft.vpt != "none":
+    pats.append(rf"{enc}/vpt_prompt")
+  if peft.lora_rank:
+    pats.append(rf"{enc}/.*_lora/.*")
+  if peft.adapter_dim:
+    pats.append(rf"{enc}/adapter/.*")
+  if peft.ssf:
+    pats.append(rf"{enc}/.*ssf_.*/.*")
+  if peft.bitfit:
+    pats.append(rf"{enc}/{peft.bitfit_biases}")
+  return pats
+
+
+def vpt_init_bound(patch_size: int, width: int) -> float:
+  """VPT's uniform init bound sqrt(6 / (3 * p * p + width)) (~0.0625 for ViT-B/16)."""
+  return float(np.sqrt(6.0 / (3 * patch_size * patch_size + width)))
+
+
+def uniform_init(bound: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class LoRA(nn.Module):
+  """Low-rank residual B(A(x)) * scale with B zero-initialised."""
+
+  features: int
+  rank: int
+  scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    # A: the uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) default of a PyTorch Linear layer.
+    a = self.param("lora_a", uniform_init(1.0 / np.sqrt(fan_in)), (fan_in, self.rank))
+    b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features))
+    y = jnp.dot(jnp.dot(x, a.astype(self.dtype)), b.astype(self.dtype))
+    return y * jnp.asarray(self.scale, self.dtype)
+
+
+class SSF(nn.Module):
+  """Learnable per-channel scale and shift (identity at init)."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (d,))
+    shift = self.param("shift", nn.initializers.zeros, (d,))
+    return x * scale.astype(self.dtype) + shift.astype(self.dtype)
+
+
+class Adapter(nn.Module):
+  """Bottleneck MLP with its own residual; the up-projection starts at zero."""
+
+  bottleneck: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    h = nn.Dense(self.bottleneck, dtype=self.dtype, name="down")(x)
+    h = nn.relu(h)
+    h = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(h)
+    return x + h
