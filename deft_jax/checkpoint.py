@@ -1,0 +1,116 @@
+"""Orbax checkpoints per stage, and the guard that keeps one workdir to one configuration.
+
+Each stage (pretrain, detect, adapt) saves its whole train state -- a plain pytree of arrays -- under
+``workdir/checkpoints/<stage>`` every ``every_steps`` steps, asynchronously, plus a final save. Orbax
+writes into a temporary directory and renames it when complete, so a process killed mid-save leaves the
+previous checkpoint as the latest one; rerunning the same command restores it and continues.
+
+``workdir/config.json`` records the configuration of the run. A later run in the same workdir with a
+different configuration (other than fields that do not change results, such as logging intervals) is
+refused with the list of differences, so no earlier result is overwritten by an unrelated run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+# Fields that may change between a run and its resumption without changing results.
+RESUMABLE_FIELDS = ("stages", "log_every_steps", "checkpoint_every_steps", "report", "progress_every_steps",
+                    "write_images")
+CONFIG_FILE = "config.json"
+
+
+class WorkdirConflictError(RuntimeError):
+  """The workdir holds a run with another configuration."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be restored."""
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(d, dict):
+    out = {}
+    for k, v in d.items():
+      out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+  if isinstance(d, (list, tuple)):
+    return {prefix: json.loads(json.dumps(d, default=str))}
+  return {prefix: d}
+
+
+def config_to_dict(config) -> dict:
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return json.loads(json.dumps(d, default=str))
+
+
+def check_workdir(workdir: str | Path, config) -> None:
+  """Records the config in a new workdir; refuses a workdir whose recorded config differs."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / CONFIG_FILE
+  new = config_to_dict(config)
+  if path.exists():
+    try:
+      old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise WorkdirConflictError(f"{path} is not valid JSON ({e}); this workdir was not written by deft_jax "
+                                 "or is damaged. Use a new --workdir.") from e
+    a, b = _flatten(old), _flatten(new)
+    diffs = [k for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_FIELDS]
+    if diffs:
+      lines = "\n  ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in diffs[:30])
+      raise WorkdirConflictError(
+          f"workdir {workdir} holds a run with a different configuration; refusing to overwrite it.\n  {lines}\n"
+          "Use a new --workdir (or delete this one) to start a different run.")
+  if jax.process_index() == 0:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+class StageCheckpointer:
+  """Periodic asynchronous checkpoints of one stage's train state."""
+
+  def __init__(self, directory: str | Path, *, every_steps: int, max_to_keep: int = 2,
+               async_save: bool = True):
+    self.directory = Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, int(every_steps)), max_to_keep=max_to_keep, create=True,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self._mngr.latest_step()
+
+  def restore(self, abstract_state) -> Optional[Any]:
+    """The latest state (with the shardings of ``abstract_state``), or None when there is none."""
+    step = self._mngr.latest_step()
+    if step is None:
+      return None
+    try:
+      state = self._mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:  # orbax / tensorstore raise many types for damaged files
+      raise CorruptCheckpointError(
+          f"cannot restore checkpoint step {step} in {self.directory}: {type(e).__name__}: {e}\n"
+          "It may be damaged or come from another model. Move it away to restart this stage from its last "
+          "good checkpoint (or from scratch); nothing has been deleted.") from e
+    logging.info("restored %s at step %d", self.directory, step)
+    return state
+
+  def save(self, step: int, state, *, force: bool = False) -> bool:
+    return self._mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

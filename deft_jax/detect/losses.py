@@ -1,0 +1,112 @@
+"""DEFT's phase-1 losses: clean-sample selection by dual prompts, L_cls and L_neg.
+
+Notation (per batch of B images, C classes): ``s_pos[b, k]`` and ``s_neg[b, k]`` are the scaled cosine
+similarities of image b to the positive and negative prompt of class k. Per class a two-way softmax gives
+
+    p_yes[b, k] = e^{s_pos} / (e^{s_pos} + e^{s_neg}) = sigmoid(s_pos - s_neg),   p_no = 1 - p_yes,
+
+where the sigmoid form is the same quantity computed stably. Stop-gradients (as the method states):
+``s_pos`` enters p_yes as a constant, and ``s_neg`` is computed by the caller from stop-gradient image
+features, so L_neg trains the negative prompts alone; L_cls trains the positive prompts and PEFT.
+
+All means are masked means ``sum(m * x) / max(sum(m), 1)`` over static shapes: padding examples (``valid``
+False) never count, and a batch with no selected sample gives L_cls = 0 instead of NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+P_MIN = 1e-5  # probabilities are clamped to [1e-5, 1] before the log
+RCE_LOG_ZERO = -4.0 * jnp.log(10.0)  # log(0) clipped to log(1e-4) in the reverse cross-entropy
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  mask = mask.astype(x.dtype)
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example cross-entropy [B]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
+def reverse_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """RCE = -sum_k p_k log(onehot_k) with log(0) clipped to log(1e-4): equals -log(1e-4) * (1 - p_y)."""
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  p_y = jnp.take_along_axis(p, labels[:, None], axis=-1)[:, 0]
+  return -RCE_LOG_ZERO * (1.0 - p_y)
+
+
+def symmetric_cross_entropy(logits, labels, alpha: float = 1.0, beta: float = 1.0) -> jax.Array:
+  return alpha * cross_entropy(logits, labels) + beta * reverse_cross_entropy(logits, labels)
+
+
+def p_yes(s_pos: jax.Array, s_neg: jax.Array) -> jax.Array:
+  """[B, C] probability that each class's positive prompt beats its negative prompt (s_pos held constant)."""
+  return jax.nn.sigmoid(jax.lax.stop_gradient(s_pos).astype(jnp.float32) - s_neg.astype(jnp.float32))
+
+
+def select_clean(py: jax.Array, labels: jax.Array, *, strict: bool) -> tuple[jax.Array, jax.Array]:
+  """(p_clean [B], selected [B]): p_clean = p_yes at the given label; selected when > 0.5.
+
+  ``strict`` (real-world datasets) also requires the given label to have the largest p_yes of all classes.
+  """
+  p_clean = jnp.take_along_axis(py, labels[:, None], axis=-1)[:, 0]
+  selected = p_clean > 0.5
+  if strict:
+    selected = selected & (jnp.argmax(py, axis=-1) == labels)
+  return p_clean, jax.lax.stop_gradient(selected)
+
+
+def complementary_labels(rng, labels: jax.Array, num_classes: int) -> jax.Array:
+  """A label drawn uniformly from the C - 1 classes other than each given label."""
+  offset = jax.random.randint(rng, labels.shape, 1, num_classes)
+  return (labels + offset) % num_classes
+
+
+def deft_loss(s_pos, s_neg, labels, valid, rng, *, warmup, pseudo_labels, strict: bool = False,
+              warmup_loss: str = "ce") -> tuple[jax.Array, dict]:
+  """Total phase-1 loss L_cls + L_neg and per-example outputs.
+
+  Args:
+    s_pos: [B, C] logits against positive prompts (gradient flows to positive prompts and PEFT).
+    s_neg: [B, C] logits of stop-gradient image features against negative prompts.
+    labels: [B] given (noisy) labels.
+    valid: [B] bool, False for padding.
+    rng: key for the complementary labels (fresh each call).
+    warmup: traced bool; during warm-up L_cls uses every sample and t_i = given label.
+    pseudo_labels: traced bool; when True unselected samples use t_i = argmax_k s_pos in L_neg.
+    strict: the stricter selection rule of the real-world datasets.
+    warmup_loss: "ce" or "sce" (symmetric CE, alpha = beta = 1) for L_cls during warm-up.
+
+  Returns:
+    (loss, aux) with aux holding loss_cls, loss_neg, p_clean [B], selected [B], suggested [B], margin [B].
+  """
+  num_classes = s_pos.shape[-1]
+  py = p_yes(s_pos, s_neg)
+  p_clean, selected = select_clean(py, labels, strict=strict)
+
+  # L_cls: CE over C classes of s_pos against the given label, over selected samples (all in warm-up).
+  ce = cross_entropy(s_pos, labels)
+  warm_ce = symmetric_cross_entropy(s_pos, labels) if warmup_loss == "sce" else ce
+  cls_mask = valid & jnp.where(warmup, True, selected)
+  loss_cls = masked_mean(jnp.where(warmup, warm_ce, ce), cls_mask)
+
+  # L_neg: push p_no up at a random complementary class, p_yes up at the target class t_i.
+  comp = complementary_labels(rng, labels, num_classes)
+  p_no_comp = 1.0 - jnp.take_along_axis(py, comp[:, None], axis=-1)[:, 0]
+  suggested = jnp.argmax(s_pos, axis=-1)
+  use_pseudo = pseudo_labels & ~selected
+  target = jnp.where(use_pseudo, suggested, labels)
+  p_yes_t = jnp.take_along_axis(py, target[:, None], axis=-1)[:, 0]
+  log_clamped = lambda p: jnp.log(jnp.clip(p, P_MIN, 1.0))  # noqa: E731
+  loss_neg = masked_mean(-log_clamped(p_no_comp), valid) + masked_mean(-log_clamped(p_yes_t), valid)
+
+  s_pos_y = jnp.take_along_axis(s_pos, labels[:, None], axis=-1)[:, 0]
+  s_neg_y = jnp.take_along_axis(s_neg, labels[:, None], axis=-1)[:, 0]
+  aux = dict(loss_cls=loss_cls, loss_neg=loss_neg, p_clean=jax.lax.stop_gradient(p_clean), selected=selected,
+             suggested=suggested, margin=jax.lax.stop_gradient(s_pos_y - s_neg_y))
+  return loss_cls + loss_neg, aux

@@ -1,0 +1,160 @@
+"""Dual textual prompts (CoOp style): learned positive and negative context vectors per class prompt.
+
+For class k the positive prompt is ``[SOS] pos_ctx[0..n-1] tokens("<name>.") [EOT]`` ("end" position; "middle"
+splits the context around the name, "front" puts the name first) and the negative prompt the same with
+``neg_ctx``. The context vectors replace the word embeddings of n placeholder tokens, so the end-of-text
+position (the pooling position) does not move.
+
+Everything static about the prompts (token ids, where the context goes, the end-of-text positions, the
+context length actually needed) is computed once on the host by :class:`PromptTemplate`; the per-step
+work is a gather and one pass of the text tower over 2C sequences, optionally in class chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deft_jax.models import clip as clip_lib
+from deft_jax.models.tokenizer import Tokenizer
+
+PLACEHOLDER = "X"
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+  """Static description of the C class prompts.
+
+  Attributes:
+    ids: int32 [C, T] token ids (placeholders where the context goes); T is trimmed to the longest prompt.
+    ctx_index: int32 [C, T], j >= 0 where context vector j replaces the word embedding, -1 elsewhere.
+    eot: int32 [C] end-of-text positions.
+    n_ctx: number of context vectors.
+    init_ids: int32 [n_ctx] token ids whose embeddings initialise the context (ctx_init), or None.
+  """
+
+  ids: np.ndarray
+  ctx_index: np.ndarray
+  eot: np.ndarray
+  n_ctx: int
+  init_ids: Optional[np.ndarray] = None
+
+  @property
+  def num_classes(self) -> int:
+    return self.ids.shape[0]
+
+
+def clean_class_name(name: str) -> str:
+  return " ".join(name.replace("_", " ").split())
+
+
+def build_template(class_names: Sequence[str], tokenizer: Tokenizer, *, n_ctx: int = 16, ctx_init: str = "",
+                   position: str = "end") -> PromptTemplate:
+  """Token layout of every class prompt.
+
+  With ``ctx_init`` (e.g. "a photo of a") the context length is the token count of that text and the
+  context starts from its word embeddings; otherwise ``n_ctx`` vectors start from N(0, 0.02).
+  """
+  if not class_names:
+    raise ValueError("no class names given")
+  if position not in ("end", "middle", "front"):
+    raise ValueError(f"class_token_position must be 'end', 'middle' or 'front', got {position!r}")
+  init_ids = None
+  if ctx_init:
+    init_ids = np.asarray(tokenizer.encode(ctx_init), np.int32)
+    n_ctx = len(init_ids)
+  if n_ctx <= 0:
+    raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+  ph = tokenizer.encode(PLACEHOLDER)
+  if len(ph) != 1:
+    raise ValueError("the placeholder must be a single token")
+  dot = tokenizer.encode(".")
+  rows, ctx_rows = [], []
+  for name in class_names:
+    name_ids = tokenizer.encode(clean_class_name(name))
+    if not name_ids:
+      raise ValueError(f"class name {name!r} has no tokens")
+    c = list(range(n_ctx))
+    if position == "end":
+      body = [(None, j) for j in c] + [(t, -1) for t in name_ids + dot]
+    elif position == "front":
+      body = [(t, -1) for t in name_ids] + [(None, j) for j in c] + [(t, -1) for t in dot]
+    else:
+      half = n_ctx // 2
+      body = ([(None, j) for j in c[:half]] + [(t, -1) for t in name_ids] + [(None, j) for j in c[half:]]
+              + [(t, -1) for t in dot])
+    seq = [(tokenizer.bos_id, -1)] + [(ph[0] if t is None else t, j) for t, j in body] + [(tokenizer.eos_id, -1)]
+    if len(seq) > tokenizer.context_length:
+      raise ValueError(f"the prompt of class {name!r} needs {len(seq)} tokens, more than the context length "
+                       f"{tokenizer.context_length}; shorten the name or n_ctx")
+    rows.append([t for t, _ in seq])
+    ctx_rows.append([j for _, j in seq])
+  t_max = max(len(r) for r in rows)
+  ids = np.full((len(rows), t_max), tokenizer.pad_id, np.int32)
+  ctx_index = np.full((len(rows), t_max), -1, np.int32)
+  for i, (r, c) in enumerate(zip(rows, ctx_rows)):
+    ids[i, : len(r)] = r
+    ctx_index[i, : len(c)] = c
+  eot = np.asarray([len(r) - 1 for r in rows], np.int32)
+  return PromptTemplate(ids, ctx_index, eot, n_ctx, init_ids)
+
+
+def init_prompts(rng, template: PromptTemplate, width: int, *, class_specific: bool = False,
+                 token_embedding: Optional[jax.Array] = None) -> dict:
+  """``{"pos_ctx", "neg_ctx"}``, each [n_ctx, width] (or [C, n_ctx, width] when class-specific)."""
+  shape = (template.num_classes, template.n_ctx, width) if class_specific else (template.n_ctx, width)
+  k_pos, k_neg = jax.random.split(rng)
+  if template.init_ids is not None:
+    if token_embedding is None:
+      raise ValueError("ctx_init needs the token embedding table")
+    base = jnp.asarray(token_embedding)[jnp.asarray(template.init_ids)]
+    ctx = jnp.broadcast_to(base, shape).astype(jnp.float32)
+    return {"pos_ctx": ctx, "neg_ctx": ctx}
+  return {"pos_ctx": 0.02 * jax.random.normal(k_pos, shape, jnp.float32),
+          "neg_ctx": 0.02 * jax.random.normal(k_neg, shape, jnp.float32)}
+
+
+def prompt_embeddings(token_embeds: jax.Array, ctx: jax.Array, template: PromptTemplate) -> jax.Array:
+  """[C, T, width]: word embeddings with the context vectors in place of the placeholders."""
+  idx = jnp.asarray(template.ctx_index)
+  j = jnp.maximum(idx, 0)
+  if ctx.ndim == 2:
+    ctx_full = ctx[j]  # [C, T, width]
+  else:
+    ctx_full = jnp.take_along_axis(ctx, j[..., None], axis=1)
+  return jnp.where((idx >= 0)[..., None], ctx_full.astype(token_embeds.dtype), token_embeds)
+
+
+def text_features(model: clip_lib.CLIP, clip_params, prompts: dict, template: PromptTemplate, *,
+                  chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+  """L2-normalised positive and negative text features, each [C, embed_dim] (float32).
+
+  ``chunk`` > 0 runs the text tower over at most ``chunk`` prompts at a time, rematerialised, so that
+  memory stays bounded for datasets with up to thousands of classes.
+  """
+  ids = jnp.asarray(template.ids)
+  eot = jnp.asarray(template.eot)
+  variables = {"params": clip_params}
+  tok = model.apply(variables, ids, method=clip_lib.CLIP.embed_tokens)
+  embeds = jnp.concatenate([prompt_embeddings(tok, prompts["pos_ctx"], template),
+                            prompt_embeddings(tok, prompts["neg_ctx"], template)])
+  eot2 = jnp.concatenate([eot, eot])
+
+  def encode(e, p):
+    return model.apply(variables, e, p, method=clip_lib.CLIP.encode_text_embeds)
+
+  n = embeds.shape[0]
+  if chunk and chunk < n:
+    pad = (-n) % chunk
+    e = jnp.pad(embeds, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, *embeds.shape[1:])
+    p = jnp.pad(eot2, (0, pad)).reshape(-1, chunk)
+    feats = jax.lax.map(jax.checkpoint(lambda a: encode(*a)), (e, p)).reshape(-1, model.config.embed_dim)[:n]
+  else:
+    feats = encode(embeds, eot2)
+  feats = clip_lib.normalize(feats)
+  c = template.num_classes
+  return feats[:c], feats[c:]

@@ -1,0 +1,139 @@
+"""The phase-1 train step: a pure ``(state, batch) -> (state, metrics)`` function, and the loss it minimises.
+
+State (a plain pytree): ``step``, ``rng`` (uint32 key data), ``params = {"clip": ..., "prompts": {"pos_ctx",
+"neg_ctx"}}``, ``opt_state``, and ``online``: per-example records ``p_clean``, ``selected``, ``suggested``,
+``margin`` of size N, written at the batch's example indices as they are visited. Each epoch visits every
+example once, so after the last epoch ``online["selected"]`` is the method's final clean mask (the selection
+made in train mode on augmented views), and it is checkpointed with the rest of the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deft_jax import optim
+from deft_jax.detect import losses
+from deft_jax.detect.prompts import PromptTemplate, text_features
+from deft_jax.models import clip as clip_lib
+
+ONLINE_FIELDS = {"p_clean": jnp.float32, "selected": jnp.bool_, "suggested": jnp.int32, "margin": jnp.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectSettings:
+  """Static settings of the phase-1 step (everything the jitted function closes over)."""
+
+  steps_per_epoch: int
+  warmup_epochs: int = 1
+  pseudo_label_start_epoch: int = 1
+  strict: bool = False
+  warmup_loss: str = "ce"
+  text_chunk: int = 0
+
+
+def logits(model: clip_lib.CLIP, params, images, template: PromptTemplate, *, text_chunk: int = 0,
+           return_features: bool = False):
+  """(s_pos, s_neg) [B, C]; s_neg uses stop-gradient image features so only negative prompts learn from it."""
+  pos, neg = text_features(model, params["clip"], params["prompts"], template, chunk=text_chunk)
+  feats = model.apply({"params": params["clip"]}, images, method=clip_lib.CLIP.encode_image)
+  img = clip_lib.normalize(feats)
+  scale = jnp.exp(params["clip"]["logit_scale"].astype(jnp.float32))
+  s_pos = scale * img @ pos.T
+  s_neg = scale * jax.lax.stop_gradient(img) @ neg.T
+  return (s_pos, s_neg, img) if return_features else (s_pos, s_neg)
+
+
+def loss_fn(params, batch, rng, step, *, model, template: PromptTemplate, settings: DetectSettings):
+  """(total loss, aux) for one batch at optimiser step ``step``."""
+  epoch = step // settings.steps_per_epoch
+  s_pos, s_neg = logits(model, params, batch["image"], template, text_chunk=settings.text_chunk)
+  return losses.deft_loss(
+      s_pos, s_neg, batch["label"], batch["mask"], rng,
+      warmup=epoch < settings.warmup_epochs, pseudo_labels=epoch >= settings.pseudo_label_start_epoch,
+      strict=settings.strict, warmup_loss=settings.warmup_loss)
+
+
+def init_online(num_examples: int) -> dict:
+  return {k: jnp.zeros((num_examples,), dt) for k, dt in ONLINE_FIELDS.items()}
+
+
+def make_train_step(model, template: PromptTemplate, tx, mask, settings: DetectSettings, lr_fn=None):
+  """The un-jitted step; the caller jits it with shardings and donation."""
+
+  def train_step(state: dict, batch: dict):
+    step = state["step"]
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+    (loss, aux), grads = optim.value_and_grad_trainable(
+        lambda p: loss_fn(p, batch, rng, step, model=model, template=template, settings=settings),
+        state["params"], mask)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optim.apply_updates_trainable(state["params"], updates, mask)
+    valid = batch["mask"]
+    n = state["online"]["p_clean"].shape[0]
+    idx = jnp.where(valid, batch["index"], n)  # padding rows point past the end and are dropped
+    online = {k: state["online"][k].at[idx].set(aux[k].astype(ONLINE_FIELDS[k]), mode="drop")
+              for k in ONLINE_FIELDS}
+    metrics = _batch_metrics(loss, aux, batch)
+    if lr_fn is not None:
+      metrics["lr"] = lr_fn(step)
+    new_state = {**state, "step": step + 1, "params": params, "opt_state": opt_state, "online": online}
+    return new_state, metrics
+
+  return train_step
+
+
+def _batch_metrics(loss, aux, batch) -> dict:
+  valid = batch["mask"]
+  nvalid = jnp.maximum(valid.sum(), 1)
+  sel = aux["selected"] & valid
+  known = valid & (batch["clean_label"] >= 0)
+  truly_clean = known & (batch["label"] == batch["clean_label"])
+  return {
+      "loss": loss, "loss_cls": aux["loss_cls"], "loss_neg": aux["loss_neg"],
+      "selected_fraction": sel.sum() / nvalid,
+      # Running precision of the selection on examples with known ground truth (-1 when none is known).
+      "batch_precision": jnp.where(known.any(), (sel & truly_clean).sum() / jnp.maximum((sel & known).sum(), 1),
+                                   -1.0),
+  }
+
+
+def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool = False, text_chunk: int = 0,
+                with_embedding: bool = False) -> dict:
+  """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin (+ embedding)."""
+  s_pos, s_neg, img = logits(model, params, batch["image"], template, text_chunk=text_chunk,
+                             return_features=True)
+  py = losses.p_yes(s_pos, s_neg)
+  p_clean, selected = losses.select_clean(py, batch["label"], strict=strict)
+  lab = batch["label"][:, None]
+  out = {
+      "p_clean": p_clean, "is_clean": selected, "suggested": jnp.argmax(s_pos, axis=-1).astype(jnp.int32),
+      "margin": (jnp.take_along_axis(s_pos, lab, -1) - jnp.take_along_axis(s_neg, lab, -1))[:, 0],
+      "index": batch["index"], "valid": batch["mask"],
+  }
+  if with_embedding:
+    out["embedding"] = img
+  return out
+
+
+def gather_by_index(chunks: list[dict], num_examples: int) -> dict[str, np.ndarray]:
+  """Concatenates per-batch outputs and orders them by example index; each index must appear exactly once."""
+  host = jax.device_get(chunks)
+  valid = np.concatenate([c["valid"] for c in host])
+  index = np.concatenate([c["index"] for c in host])[valid]
+  counts = np.bincount(index, minlength=num_examples)
+  if len(counts) != num_examples or (counts != 1).any():
+    missing, dup = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
+    raise RuntimeError(f"scoring pass covered the dataset incorrectly: {len(missing)} example(s) missing "
+                       f"(e.g. {missing[:5].tolist()}), {len(dup)} seen more than once (e.g. {dup[:5].tolist()})")
+  order = np.argsort(index)
+  out = {}
+  for k in host[0]:
+    if k in ("valid", "index"):
+      continue
+    out[k] = np.concatenate([c[k] for c in host])[valid][order]
+  return out

@@ -1,0 +1,117 @@
+"""Meshes, sharding rules and global batches.
+
+Sharding is configuration, not code (as in big_vision):
+
+- ``mesh``: a list of ``(axis_name, size)``; one size may be -1 (all remaining devices). Default
+  ``[("data", -1)]``: pure data parallelism.
+- ``sharding_rules``: ``(regex, rule)`` pairs matched with ``re.search`` against '/'-joined paths of any
+  state pytree (parameters, optimiser state, ...), first match wins, default ``replicate``. A rule is
+  ``"replicate"`` or ``"fsdp"`` / ``"fsdp:<axis>"``: shard the largest dimension divisible by the axis size
+  (ZeRO-3 style; small or indivisible arrays stay replicated).
+
+Batches are split along their leading axis over every mesh axis. ``jax.jit`` with these shardings is the
+modern pjit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from deft_jax.models.weights import tree_paths
+
+
+def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),), devices=None) -> Mesh:
+  """A ``jax.sharding.Mesh`` over all (or the given) devices, with classic (auto) axis types."""
+  devices = list(jax.devices() if devices is None else devices)
+  axes = [(str(n), int(s)) for n, s in axes]
+  sizes = [s for _, s in axes]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh {axes}: at most one axis may have size -1")
+  known = int(np.prod([s for s in sizes if s != -1])) if any(s != -1 for s in sizes) else 1
+  if len(devices) % known:
+    raise ValueError(f"mesh {axes} does not divide the {len(devices)} available devices")
+  sizes = [len(devices) // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f"mesh {axes} needs {int(np.prod(sizes))} devices, {len(devices)} are available")
+  return Mesh(np.asarray(devices).reshape(sizes), tuple(n for n, _ in axes))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every mesh axis."""
+  return NamedSharding(mesh, P(mesh.axis_names))
+
+
+def _fsdp_spec(shape, axis: str, mesh: Mesh) -> P:
+  size = mesh.shape[axis]
+  dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+  for d in dims:
+    if shape[d] % size == 0 and shape[d] >= size:
+      spec = [None] * len(shape)
+      spec[d] = axis
+      return P(*spec)
+  return P()
+
+
+def shardings_for(tree, mesh: Mesh, rules: Sequence[tuple[str, str]] = ()):
+  """A tree of NamedShardings for ``tree`` (arrays or ShapeDtypeStructs) following ``rules``."""
+  paths = tree_paths(tree)
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  out = []
+  for path, leaf in zip(paths, leaves):
+    rule = "replicate"
+    for pattern, r in rules:
+      if re.search(pattern, path):
+        rule = r
+        break
+    shape = getattr(leaf, "shape", ())
+    if rule == "replicate" or not shape:
+      out.append(NamedSharding(mesh, P()))
+    elif rule.startswith("fsdp"):
+      axis = rule.split(":", 1)[1] if ":" in rule else mesh.axis_names[0]
+      if axis not in mesh.axis_names:
+        raise ValueError(f"sharding rule {pattern!r}: axis {axis!r} is not in the mesh {mesh.axis_names}")
+      out.append(NamedSharding(mesh, _fsdp_spec(shape, axis, mesh)))
+    else:
+      raise ValueError(f"unknown sharding rule {rule!r} for {pattern!r}; use 'replicate' or 'fsdp[:axis]'")
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+tree_shardings = shardings_for
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+  """Host-local NumPy batch -> global jax.Arrays split along the batch axis (works on one or many hosts)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def distributed_init_if_needed() -> bool:
+  """Calls ``jax.distributed.initialize()`` on multi-host platforms (TPU pods, SLURM, explicit env)."""
+  multi = (
+      os.environ.get("JAX_COORDINATOR_ADDRESS")
+      or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+      or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+      or _tpu_multi_host()
+  )
+  if not multi:
+    return False
+  jax.distributed.initialize()
+  logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
+  return True
+
+
+def _tpu_multi_host() -> bool:
+  # Cloud TPU VMs of a multi-host slice list every worker in TPU_WORKER_HOSTNAMES.
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h]) > 1

@@ -1,0 +1,1 @@
+"""Contrastive CLIP pretraining: a small real vision-language model for offline work."""

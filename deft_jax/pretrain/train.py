@@ -1,0 +1,164 @@
+"""Contrastive pretraining of a CLIP on (image, class-caption) pairs.
+
+Each training image is paired with a caption drawn from templates ("a blurry photo of a {}.") filled with
+its class name. The loss is the symmetric InfoNCE of CLIP. Captions built from class names repeat within a
+batch, so by default the targets are multi-positive: every pair whose captions name the same class counts as a
+positive, with the target mass spread evenly over them (with all-distinct captions this is exactly CLIP's
+loss). The result is saved as a Hugging Face-format checkpoint (``model.safetensors`` + ``config.json`` +
+tokenizer files), which the detection and adaptation stages load through the same loader as downloaded CLIPs.
+
+Config section ``pretrain``: ``epochs``, ``batch_size``, ``optim``, ``schedule``, ``preset`` (architecture,
+e.g. "tiny_32px"), ``multi_positive``, ``split`` (the clean split to train on, e.g. "pretrain").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deft_jax import loop, optim, parallel
+from deft_jax.checkpoint import StageCheckpointer
+from deft_jax.data import pipeline, preprocess
+from deft_jax.models import clip as clip_lib
+from deft_jax.models import clip_weights, presets, zeroshot
+from deft_jax.models.tokenizer import DEFAULT_DIR, Tokenizer
+from deft_jax.pretrain.templates import TEMPLATES, ZERO_SHOT_TEMPLATE
+
+MAX_LOGIT_SCALE = float(np.log(100.0))
+
+
+def contrastive_loss(img, txt, labels, logit_scale, valid, *, multi_positive: bool = True):
+  """Symmetric InfoNCE between normalised image and text features [B, D] (padding rows excluded)."""
+  logits = jnp.exp(logit_scale) * img @ txt.T
+  pair_ok = valid[:, None] & valid[None, :]
+  logits = jnp.where(pair_ok, logits, -1e9)
+  if multi_positive:
+    pos = (labels[:, None] == labels[None, :]) & pair_ok
+  else:
+    pos = jnp.eye(img.shape[0], dtype=bool) & pair_ok
+  targets = pos / jnp.maximum(pos.sum(-1, keepdims=True), 1)
+  li = -(targets * jax.nn.log_softmax(logits, axis=-1)).sum(-1)
+  lt = -(targets.T * jax.nn.log_softmax(logits.T, axis=-1)).sum(-1)
+  n = jnp.maximum(valid.sum(), 1)
+  return 0.5 * (jnp.where(valid, li, 0).sum() + jnp.where(valid, lt, 0).sum()) / n
+
+
+def make_step(model: clip_lib.CLIP, caption_ids, tx, *, multi_positive: bool, lr_fn):
+  """caption_ids: int32 [T, C, L] token ids of every template x class caption."""
+  n_t, n_c, _ = caption_ids.shape
+  caption_ids = jnp.asarray(caption_ids)
+
+  def loss_fn(params, batch, rng):
+    labels = batch["label"]
+    t_idx = jax.random.randint(rng, labels.shape, 0, n_t)
+    if n_t * n_c <= labels.shape[0]:  # encode each distinct caption once, then gather
+      table = model.apply({"params": params}, caption_ids.reshape(n_t * n_c, -1), method=clip_lib.CLIP.encode_text)
+      txt = table[t_idx * n_c + labels]
+    else:
+      txt = model.apply({"params": params}, caption_ids[t_idx, labels], method=clip_lib.CLIP.encode_text)
+    img = model.apply({"params": params}, batch["image"], method=clip_lib.CLIP.encode_image)
+    return contrastive_loss(clip_lib.normalize(img), clip_lib.normalize(txt), labels, params["logit_scale"],
+                            batch["mask"], multi_positive=multi_positive)
+
+  def step(state, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optim.apply_updates_trainable(state["params"], updates,
+                                           jax.tree.map(lambda _: True, state["params"]))
+    # CLIP clamps the temperature so that exp(logit_scale) <= 100.
+    params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)}
+    metrics = {"loss": loss, "logit_scale": jnp.exp(params["logit_scale"]), "lr": lr_fn(state["step"])}
+    return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+  return step
+
+
+def zero_shot_accuracy(model, params, split, tokenizer, *, mesh, batch_size, data_kw, templates=TEMPLATES) -> float:
+  feats = zeroshot.class_text_features(model, params, split.class_names, tokenizer, templates)
+  fn = jax.jit(lambda p, b: (jnp.argmax(zeroshot.zero_shot_logits(model, p, b["image"], feats), -1) == b["label"])
+               & b["mask"])
+  correct = 0
+  for local in pipeline.eval_batches(split, global_batch_size=batch_size, **data_kw):
+    correct += int(fn(params, parallel.shard_batch(local, mesh)).sum())
+  return correct / split.num_examples
+
+
+def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
+  """Pretrains (resumably) and returns the directory of the HF-format checkpoint."""
+  p = config.pretrain
+  out_dir = Path(workdir) / "pretrain"
+  final = out_dir / "clip"
+  if (final / "model.safetensors").exists():
+    logging.info("[pretrain] complete: reusing %s", final)
+    return final
+  if p.split not in splits:
+    raise ValueError(f"pretrain.split={p.split!r} is not a split of this dataset (have {sorted(splits)})")
+  split, test = splits[p.split], splits.get("test")
+  cfg = presets.get_preset(p.preset, dtype=config.model.dtype)
+  model = clip_lib.CLIP(cfg)
+  tokenizer = Tokenizer(context_length=cfg.text.context_length)
+  caption_ids = np.stack([tokenizer([t.format(n) for n in split.class_names]) for t in TEMPLATES])
+  mean, std = preprocess.normalization(config.data.normalization)
+  data_kw = dict(image_size=cfg.vision.image_size, mean=mean, std=std)
+  spe = pipeline.steps_per_epoch(split, p.batch_size)
+  total = p.epochs * spe
+  rng = jax.random.key(config.seed + 1)
+  k_init, k_train = jax.random.split(rng)
+  params = clip_lib.init_params(model, k_init)
+  rules = [(".*", 1.0)]
+  tx, schedules = optim.make_optimizer(params, rules, optim=p.optim, schedule=p.schedule, total_steps=total,
+                                       steps_per_epoch=spe)
+  state = {"step": np.int32(0), "rng": jax.random.key_data(k_train), "params": params,
+           "opt_state": tx.init(params)}
+  sh = parallel.shardings_for(state, mesh, [tuple(r) for r in config.sharding_rules])
+  state = jax.device_put(state, sh)
+  ckpt = StageCheckpointer(out_dir / "checkpoints", every_steps=config.checkpoint_every_steps)
+  restored = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                       state))
+  state = restored if restored is not None else state
+  step = jax.jit(make_step(model, caption_ids, tx, multi_positive=bool(p.multi_positive),
+                           lr_fn=schedules["g0"]),
+                 in_shardings=(sh, parallel.batch_sharding(mesh)), out_shardings=(sh, parallel.replicated(mesh)),
+                 donate_argnums=(0,))
+
+  def batches(epoch, start):
+    return pipeline.train_batches(split, global_batch_size=p.batch_size, seed=config.seed + 1, epoch=epoch,
+                                  start_step=start, augment=p.augment, **data_kw)
+
+  def on_epoch_end(st, epoch):
+    if test is None or (epoch + 1) % p.eval_every_epochs and epoch + 1 != p.epochs:
+      return None
+    acc = zero_shot_accuracy(model, st["params"], test, tokenizer, mesh=mesh, batch_size=p.batch_size,
+                             data_kw=data_kw)
+    return {"zero_shot_accuracy": acc}
+
+  lcfg = loop.LoopConfig("pretrain", p.epochs, spe, config.log_every_steps, config.checkpoint_every_steps)
+  state = loop.run(lcfg, state, step, batches, mesh=mesh, writer=writer, checkpointer=ckpt,
+                   on_epoch_end=on_epoch_end)
+  ckpt.close()
+  params = jax.device_get(state["params"])
+  acc = None
+  if test is not None:
+    acc = zero_shot_accuracy(model, state["params"], test, tokenizer, mesh=mesh, batch_size=p.batch_size,
+                             data_kw=data_kw)
+    acc1 = zero_shot_accuracy(model, state["params"], test, tokenizer, mesh=mesh, batch_size=p.batch_size,
+                              data_kw=data_kw, templates=(ZERO_SHOT_TEMPLATE,))
+    logging.info("[pretrain] zero-shot test accuracy %.4f (template ensemble), %.4f (one template)", acc, acc1)
+  if jax.process_index() == 0:
+    tmp = out_dir / "clip.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    clip_weights.save_hf_checkpoint(tmp, params, cfg)
+    for name in ("vocab.json", "merges.txt"):
+      shutil.copy(DEFAULT_DIR / name, tmp / name)
+    (tmp / "pretrain_info.json").write_text(json.dumps({
+        "preset": p.preset, "split": split.name, "num_examples": split.num_examples, "epochs": p.epochs,
+        "zero_shot_accuracy_ensemble": acc, "steps": int(state["step"])}, indent=2))
+    tmp.replace(final)
+  return final
