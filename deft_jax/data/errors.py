@@ -1,0 +1,45 @@
+"""Errors raised for bad input data; every message names the offending thing."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+  """Base class: the data (not the code) is wrong."""
+
+
+class UnknownSourceError(DataError):
+  """`data.source` names no known dataset."""
+
+
+class LabelRangeError(DataError):
+  """A label lies outside [0, num_classes)."""
+
+
+class ClassNamesError(DataError):
+  """Class names do not match the classes the labels use."""
+
+
+class EmptyClassError(DataError):
+  """A class folder holds no image."""
+
+
+class CorruptImageError(DataError):
+  """An image cannot be read or decoded."""
+
+
+class MissingDataError(FileNotFoundError):
+  """A manual download is missing; the message says which files go where."""
+
+
+def check_labels(labels, num_classes: int, *, what: str, ids=None) -> None:
+  """Raises LabelRangeError naming the first label outside [0, num_classes)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  labels = np.asarray(labels)
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    i = int(bad[0])
+    where = f"position {i}" + (f" ({ids[i]})" if ids is not None else "")
+    raise LabelRangeError(
+        f"{what}: label {int(labels[i])} at {where} is outside [0, {num_classes})"
+        f" ({bad.size} bad label(s) in all).")
