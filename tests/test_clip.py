@@ -269,3 +269,11 @@ def test_flax_to_hf_round_trip_loads_in_transformers(tmp_path):
   out = model.apply({"params": params}, images, ids)
   np.testing.assert_allclose(np.asarray(out["logits_per_image"]), ref[2], atol=1e-4)
   assert json.loads((tmp_path / "config.json").read_text())["vision_config"]["patch_size"] == 8
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded_attention_used_for_cudnn_equals_plain_attention(causal):
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 197, 4, 16)) for i in range(3))
+  plain = clip_lib.attention(q, k, v, causal=causal, implementation=None)
+  padded = clip_lib.padded_attention(q, k, v, causal=causal, implementation=None, multiple=16)
+  np.testing.assert_allclose(np.asarray(padded), np.asarray(plain), atol=1e-6)

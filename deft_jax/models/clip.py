@@ -38,6 +38,32 @@ def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
 
 
+CUDNN_SEQ_MULTIPLE = 16
+
+
+def attention(q, k, v, *, causal: bool, implementation: Optional[str]):
+  """``jax.nn.dot_product_attention`` on [B, T, heads, head_dim].
+
+  cuDNN's fused kernel rejects some sequence lengths (ViT-B/16 has 197 tokens, 217 with VPT), so with
+  ``implementation="cudnn"`` the sequence is padded to a multiple of 16 (see :func:`padded_attention`).
+  """
+  if implementation == "cudnn" and q.shape[1] % CUDNN_SEQ_MULTIPLE:
+    return padded_attention(q, k, v, causal=causal, implementation=implementation, multiple=CUDNN_SEQ_MULTIPLE)
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+
+
+def padded_attention(q, k, v, *, causal: bool, implementation: Optional[str], multiple: int):
+  """The same attention with the sequence zero-padded to a multiple of ``multiple``: padded keys are masked
+  through ``key_value_seq_lengths`` and padded query rows are dropped."""
+  t = q.shape[1]
+  widths = ((0, 0), (0, (-t) % multiple), (0, 0), (0, 0))
+  q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
+  lengths = jnp.full((q.shape[0],), t, jnp.int32)
+  o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation,
+                                   query_seq_lengths=lengths, key_value_seq_lengths=lengths)
+  return o[:, :t]
+
+
 class Attention(nn.Module):
   width: int
   heads: int
@@ -60,7 +86,7 @@ class Attention(nn.Module):
     b, t, _ = x.shape
     hd = self.width // self.heads
     q, k, v = (self._proj(x, s, f"{s}_proj").reshape(b, t, self.heads, hd) for s in "qkv")
-    o = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.attention)
+    o = attention(q, k, v, causal=self.causal, implementation=self.attention)
     return self._proj(o.reshape(b, t, self.width), "out", "out_proj")
 
 

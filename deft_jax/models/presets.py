@@ -70,8 +70,9 @@ PRESETS: dict[str, CLIPConfig] = {
         VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_dim=64),
         TextConfig(width=32, layers=2, heads=2, mlp_dim=64), embed_dim=24),
     # The small real VLM pretrained offline on CIFAR-sized images (deft_jax.pretrain).
+    # Sized so that pretraining plus detection fit in minutes on 2 CPU cores.
     "tiny_32px": CLIPConfig(
-        VisionConfig(image_size=32, patch_size=4, width=192, layers=6, heads=3, mlp_dim=768),
+        VisionConfig(image_size=32, patch_size=4, width=96, layers=4, heads=3, mlp_dim=384),
         TextConfig(width=128, layers=3, heads=2, mlp_dim=512, context_length=32), embed_dim=128),
 }
 
