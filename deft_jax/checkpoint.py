@@ -6,8 +6,11 @@ writes into a temporary directory and renames it when complete, so a process kil
 previous checkpoint as the latest one; rerunning the same command restores it and continues.
 
 ``workdir/config.json`` records the configuration of the run. A later run in the same workdir with a
-different configuration (other than fields that do not change results, such as logging intervals) is
-refused with the list of differences, so no earlier result is overwritten by an unrelated run.
+different configuration is refused with the list of differences when any stage output that the changed
+fields would invalidate already exists, so no earlier result is overwritten or silently mixed with a new
+one. Changes that only affect stages that have not produced anything yet are accepted (e.g. trying
+another ``adapt`` setting on a finished detection), and so are fields that do not change results
+(logging intervals, the mesh).
 """
 
 from __future__ import annotations
@@ -18,11 +21,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Fields that may change between a run and its resumption without changing results.
-RESUMABLE_FIELDS = ("stages", "log_every_steps", "checkpoint_every_steps", "report", "progress_every_steps",
-                    "write_images")
+RESUMABLE_FIELDS = ("stages", "log_every_steps", "checkpoint_every_steps", "report", "mesh", "sharding_rules")
+# The outputs (workdir subfolders) that a change of each config section invalidates; any other section
+# (data, model, seed) invalidates everything.
+_DOWNSTREAM = {
+    "pretrain": ("pretrain", "detect", "baselines", "report", "adapt"),
+    "detect": ("detect", "report", "adapt"),
+    "baselines": ("baselines", "report", "adapt"),
+    "adapt": ("adapt",),
+}
+_ALL_OUTPUTS = ("pretrain", "detect", "baselines", "report", "adapt")
 CONFIG_FILE = "config.json"
 
 
@@ -65,11 +77,16 @@ def check_workdir(workdir: str | Path, config) -> None:
     a, b = _flatten(old), _flatten(new)
     diffs = [k for k in sorted(set(a) | set(b))
              if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_FIELDS]
-    if diffs:
+    affected = sorted({o for k in diffs for o in _DOWNSTREAM.get(k.split(".")[0], _ALL_OUTPUTS)})
+    existing = [o for o in affected if (workdir / o).exists() and any((workdir / o).iterdir())]
+    if existing:
       lines = "\n  ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in diffs[:30])
       raise WorkdirConflictError(
           f"workdir {workdir} holds a run with a different configuration; refusing to overwrite it.\n  {lines}\n"
+          f"These changes would invalidate its existing outputs: {', '.join(existing)}.\n"
           "Use a new --workdir (or delete this one) to start a different run.")
+    if diffs:
+      logging.info("config changes affect only stages without outputs yet: %s", ", ".join(diffs))
   if jax.process_index() == 0:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
@@ -114,3 +131,20 @@ class StageCheckpointer:
   def close(self) -> None:
     self._mngr.wait_until_finished()
     self._mngr.close()
+
+
+def save_npz(path: str | Path, arrays: dict) -> None:
+  """Writes ``arrays`` to ``path`` atomically (a temporary sibling renamed into place), on process 0 only."""
+  if jax.process_index() != 0:
+    return
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, **arrays)
+  tmp.replace(path)
+
+
+def load_npz(path: str | Path) -> dict:
+  """All arrays of an .npz file, read eagerly (never unpickles)."""
+  with np.load(path, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}

@@ -10,6 +10,7 @@ where to continue and the data iterator where to skip to.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -66,22 +67,23 @@ def run(
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=None,
                                              every_steps=cfg.log_every_steps)
   pending: list[dict] = []
+  last_saved = None
   t_last, step_last = time.monotonic(), step
   while step < total:
     epoch, in_epoch = divmod(step, cfg.steps_per_epoch)
-    it = batches(epoch, in_epoch)
+    it = prefetch_to_devices(batches(epoch, in_epoch), mesh)
     for _ in range(in_epoch, cfg.steps_per_epoch):
       try:
-        local = next(it)
+        batch = next(it)
       except StopIteration:
         raise RuntimeError(f"[{cfg.stage}] the data iterator of epoch {epoch} ended before its "
                            f"{cfg.steps_per_epoch} steps") from None
-      state, metrics = step_fn(state, parallel.shard_batch(local, mesh))
+      state, metrics = step_fn(state, batch)
       pending.append(metrics)
       step += 1
       progress(step)
-      if checkpointer is not None:
-        checkpointer.save(step, state)
+      if checkpointer is not None and checkpointer.save(step, state):
+        last_saved = step
       if step % cfg.log_every_steps == 0 or step == total:
         scalars = _mean_metrics(pending)
         pending = []
@@ -99,10 +101,23 @@ def run(
         logging.info("[%s] end of epoch %d: %s", cfg.stage, epoch + 1,
                      " ".join(f"{k}={v:.4g}" for k, v in extra.items()))
   if checkpointer is not None:
-    checkpointer.save(step, state, force=True)
+    if last_saved != step:
+      checkpointer.save(step, state, force=True)
     checkpointer.wait()
   writer.flush()
   return state
+
+
+def prefetch_to_devices(batches: Iterator[dict], mesh, size: int = 2) -> Iterator[dict]:
+  """Global device batches, ``size`` transfers ahead: the host-to-device copy of the next batches
+  (asynchronous in JAX) overlaps with the running step."""
+  queue: collections.deque = collections.deque()
+  for local in batches:
+    queue.append(parallel.shard_batch(local, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:

@@ -4,7 +4,6 @@ import functools
 import gzip
 import html
 
-import numpy as np
 import pytest
 import regex
 

@@ -10,7 +10,6 @@ made in train mode on augmented views), and it is checkpointed with the rest of 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp

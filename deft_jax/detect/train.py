@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from deft_jax import loop, optim, parallel
-from deft_jax.checkpoint import StageCheckpointer
+from deft_jax.checkpoint import StageCheckpointer, load_npz, save_npz
 from deft_jax.data import pipeline, preprocess
 from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect import step as step_lib
@@ -128,8 +128,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   out_file = out_dir / OUTPUT_FILE
   if out_file.exists():
     logging.info("[detect] complete: reusing %s", out_file)
-    with np.load(out_file, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
+    return load_npz(out_file)
   d = config.detect
   spe = pipeline.steps_per_epoch(train_split, d.batch_size)
   det = Detector(config, class_names=train_split.class_names, num_examples=train_split.num_examples, mesh=mesh,
@@ -147,7 +146,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
 
   def batches(epoch, start):
     return pipeline.train_batches(train_split, global_batch_size=d.batch_size, seed=config.seed, epoch=epoch,
-                                  start_step=start, augment=config.data.augment, **data_kw)
+                                  start_step=start, augment=config.data.train_augment, **data_kw)
 
   def on_epoch_end(st, epoch):
     online = jax.device_get(st["online"])
@@ -173,18 +172,9 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   for k in ("p_clean", "is_clean", "suggested", "margin"):
     result[k] = result[src + k]
   result["params_step"] = np.asarray(int(state["step"]))
-  _save_npz(out_file, result)
+  save_npz(out_file, result)
   _save_prompt_params(out_dir, state["params"])
   return result
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-  if jax.process_index() != 0:
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, **arrays)
-  tmp.replace(path)
 
 
 def _save_prompt_params(out_dir: Path, params) -> None:
@@ -192,4 +182,4 @@ def _save_prompt_params(out_dir: Path, params) -> None:
   from deft_jax.models.weights import flatten
   flat = {k: np.asarray(v) for k, v in flatten(jax.device_get(params)).items()
           if k.startswith("prompts/") or any(s in k for s in ("vpt_prompt", "_lora/", "/adapter/", "/ssf_"))}
-  _save_npz(out_dir / "learned_params.npz", flat)
+  save_npz(out_dir / "learned_params.npz", flat)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np

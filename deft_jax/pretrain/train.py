@@ -80,14 +80,31 @@ def make_step(model: clip_lib.CLIP, caption_ids, tx, *, multi_positive: bool, lr
   return step
 
 
-def zero_shot_accuracy(model, params, split, tokenizer, *, mesh, batch_size, data_kw, templates=TEMPLATES) -> float:
-  feats = zeroshot.class_text_features(model, params, split.class_names, tokenizer, templates)
-  fn = jax.jit(lambda p, b: (jnp.argmax(zeroshot.zero_shot_logits(model, p, b["image"], feats), -1) == b["label"])
-               & b["mask"])
-  correct = 0
-  for local in pipeline.eval_batches(split, global_batch_size=batch_size, **data_kw):
-    correct += int(fn(params, parallel.shard_batch(local, mesh)).sum())
-  return correct / split.num_examples
+class ZeroShotEval:
+  """Zero-shot top-1 accuracy of the model on ``split`` for several template sets, in one pass over the images.
+
+  The image-side function is compiled once (its class features are an argument), so periodic evaluations
+  during training cost one pass each and no recompilation.
+  """
+
+  def __init__(self, model, split, tokenizer, *, mesh, batch_size, data_kw, template_sets):
+    self.model, self.split, self.tokenizer, self.mesh = model, split, tokenizer, mesh
+    self.batch_size, self.data_kw, self.template_sets = batch_size, data_kw, dict(template_sets)
+
+    def correct(params, batch, feats):  # feats: [S, C, D] -> correct counts [S]
+      img = clip_lib.normalize(model.apply({"params": params}, batch["image"], method=clip_lib.CLIP.encode_image))
+      pred = jnp.argmax(jnp.einsum("bd,scd->sbc", img, feats), -1)
+      return jnp.sum((pred == batch["label"][None]) & batch["mask"][None], axis=1)
+
+    self._correct = jax.jit(correct)
+
+  def __call__(self, params) -> dict[str, float]:
+    feats = jnp.stack([zeroshot.class_text_features(self.model, params, self.split.class_names, self.tokenizer,
+                                                    templates) for templates in self.template_sets.values()])
+    total = np.zeros(len(self.template_sets), np.int64)
+    for local in pipeline.eval_batches(self.split, global_batch_size=self.batch_size, **self.data_kw):
+      total += np.asarray(self._correct(params, parallel.shard_batch(local, self.mesh), feats))
+    return {name: float(c) / self.split.num_examples for name, c in zip(self.template_sets, total)}
 
 
 def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
@@ -132,12 +149,17 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
     return pipeline.train_batches(split, global_batch_size=p.batch_size, seed=config.seed + 1, epoch=epoch,
                                   start_step=start, augment=p.augment, **data_kw)
 
+  evaluate = None
+  if test is not None:
+    evaluate = ZeroShotEval(model, test, tokenizer, mesh=mesh, batch_size=p.batch_size, data_kw=data_kw,
+                            template_sets={"ensemble": TEMPLATES, "single": (ZERO_SHOT_TEMPLATE,)})
+
   def on_epoch_end(st, epoch):
-    if test is None or (epoch + 1) % p.eval_every_epochs and epoch + 1 != p.epochs:
+    # The last epoch is evaluated once, after the loop; 0 = no periodic evaluation.
+    every = int(p.eval_every_epochs or 0)
+    if evaluate is None or not every or (epoch + 1) % every or epoch + 1 == p.epochs:
       return None
-    acc = zero_shot_accuracy(model, st["params"], test, tokenizer, mesh=mesh, batch_size=p.batch_size,
-                             data_kw=data_kw)
-    return {"zero_shot_accuracy": acc}
+    return {"zero_shot_accuracy": evaluate(st["params"])["ensemble"]}
 
   lcfg = loop.LoopConfig("pretrain", p.epochs, spe, config.log_every_steps, config.checkpoint_every_steps)
   state = loop.run(lcfg, state, step, batches, mesh=mesh, writer=writer, checkpointer=ckpt,
@@ -145,12 +167,13 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   ckpt.close()
   params = jax.device_get(state["params"])
   acc = None
-  if test is not None:
-    acc = zero_shot_accuracy(model, state["params"], test, tokenizer, mesh=mesh, batch_size=p.batch_size,
-                             data_kw=data_kw)
-    acc1 = zero_shot_accuracy(model, state["params"], test, tokenizer, mesh=mesh, batch_size=p.batch_size,
-                              data_kw=data_kw, templates=(ZERO_SHOT_TEMPLATE,))
-    logging.info("[pretrain] zero-shot test accuracy %.4f (template ensemble), %.4f (one template)", acc, acc1)
+  if evaluate is not None:
+    accs = evaluate(state["params"])
+    acc = accs["ensemble"]
+    logging.info("[pretrain] zero-shot test accuracy %.4f (template ensemble), %.4f (one template)", acc,
+                 accs["single"])
+    writer.write_scalars(int(state["step"]), {"pretrain/zero_shot_accuracy": acc,
+                                              "pretrain/zero_shot_accuracy_single_template": accs["single"]})
   if jax.process_index() == 0:
     tmp = out_dir / "clip.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
