@@ -18,3 +18,51 @@ def assets_dir() -> Path:
   if not ASSETS.exists():
     pytest.skip(f"real-data assets not found at {ASSETS} (they sit beside the checkout in CI)")
   return ASSETS
+
+
+def main_env() -> dict:
+  """The environment of a user's `python -m deft_jax.main`: this checkout importable, one CPU device."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  env["XLA_FLAGS"] = ""
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def main_command(workdir, *overrides, config="configs/demo.py") -> list[str]:
+  import sys
+  return [sys.executable, "-m", "deft_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
+
+
+def run_main(workdir, *overrides, config="configs/demo.py", timeout=1800, check=True):
+  """`python -m deft_jax.main` in a subprocess on one CPU device, as a user would run it."""
+  import subprocess
+
+  cmd = main_command(workdir, *overrides, config=config)
+  proc = subprocess.run(cmd, cwd=REPO, env=main_env(), capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+  return proc
+
+
+# The offline real-noise setting shared by the detection and adaptation quality tests: the demo's tiny CLIP
+# pretrained on 5,000 clean CIFAR-10 images, DEFT on 4,000 images with CIFAR-10N worse_label (41.6 % noise),
+# and the comparison selectors.
+REAL_NOISE_OVERRIDES = (
+    "--config.stages=('pretrain','detect')",
+    "--config.detect.epochs=5",
+    "--config.baselines.label_match=True",
+    "--config.baselines.small_loss=True",
+)
+
+
+@pytest.fixture(scope="session")
+def real_noise_workdir(tmp_path_factory):
+  """A finished pretrain + detect (+ baselines) run on the packaged demo data; tests copy from it."""
+  import time
+
+  workdir = tmp_path_factory.mktemp("real_noise") / "run"
+  t0 = time.time()
+  run_main(workdir, *REAL_NOISE_OVERRIDES)
+  (workdir / "seconds.txt").write_text(f"{time.time() - t0:.1f}")
+  return workdir

@@ -1,0 +1,18 @@
+r"""CIFAR-100N: CIFAR-100 with real human label noise (40.2 %, the `noisy_label` set), TFDS cifar100_n.
+
+Real-world setting of the method: strict selection (the given label must also have the largest
+positive-vs-negative margin), 5 warm-up epochs with symmetric CE, pseudo-labels in L_neg from epoch 2,
+phase 2 for 5 epochs at constant lr.
+
+  python -m deft_jax.main --config configs/cifar100n.py --workdir /tmp/cifar100n
+  python -m deft_jax.main --config configs/cifar100n.py:runlocal --workdir /tmp/cifar100n_smoke
+"""
+
+from deft_jax.config_lib import paper_config, parse_args, real_world, runlocal
+
+
+def get_config(arg=None):
+  a = parse_args(arg, runlocal=False, label_set="noisy_label")
+  c = real_world(paper_config("tfds:cifar100_n", augment="cifar"))
+  c.data.label_set = a["label_set"]
+  return runlocal(c) if a["runlocal"] else c

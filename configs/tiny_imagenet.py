@@ -1,0 +1,18 @@
+r"""Tiny-ImageNet (folder layout: set --config.data.root) with synthetic label noise.
+
+  python -m deft_jax.main --config configs/tiny_imagenet.py:root=/data/tiny-imagenet-200 --workdir /tmp/tiny_imagenet           # symmetric 40 %
+  python -m deft_jax.main --config configs/tiny_imagenet.py:noise=idn,ratio=0.3 --workdir /tmp/tiny_imagenet_idn
+  python -m deft_jax.main --config configs/tiny_imagenet.py:runlocal --workdir /tmp/tiny_imagenet_smoke
+"""
+
+from deft_jax.config_lib import paper_config, parse_args, runlocal
+
+
+def get_config(arg=None):
+  a = parse_args(arg, runlocal=False, noise="sym", ratio=0.4, root="")
+  c = paper_config("tiny_imagenet")
+  c.data.noise.type = a["noise"]
+  c.data.noise.ratio = a["ratio"]
+  c.data.normalization = "clip"
+  c.data.root = a["root"]
+  return runlocal(c) if a["runlocal"] else c

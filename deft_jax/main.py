@@ -1,0 +1,60 @@
+r"""deft_jax: find noisy labels with a vision-language model, then fine-tune on the clean ones.
+
+  python -m deft_jax.main --config configs/cub200.py --workdir /tmp/cub200
+  python -m deft_jax.main --config configs/cifar100.py:noise=idn,ratio=0.3 --workdir /tmp/c100 \
+      --config.detect.epochs=5
+
+Rerunning the same command in the same workdir resumes where it stopped.
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Configuration file (configs/<name>.py[:args]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard summaries and the report.")
+flags.DEFINE_bool("library_logs", False, "Keep the INFO logs of Orbax, CLU and JAX's backend probing "
+                  "(hidden by default; warnings and errors always show).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+_QUIET = ("/orbax/", "/clu/", "/jax/_src/xla_bridge.py")
+
+
+class _LibraryInfoFilter(logging.Filter):
+  """Drops INFO records from libraries that log every checkpoint save; the run's own progress stays."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or not any(q in record.pathname for q in _QUIET)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.library_logs:
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(_LibraryInfoFilter())
+  import jax  # after flag parsing, so that --help is fast
+
+  from deft_jax import parallel, run
+  from deft_jax.errors import USER_ERRORS
+
+  parallel.distributed_init_if_needed()
+  logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[:8])
+  try:
+    run.run(FLAGS.config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    print(f"deft_jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

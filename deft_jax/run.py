@@ -1,0 +1,203 @@
+"""Runs the configured stages in order: pretrain -> detect (+ baselines, report) -> adapt -> evaluate.
+
+Each stage resumes from its own checkpoints and is skipped when its outputs already exist, so rerunning the
+same command after a crash or preemption continues the run; a workdir that holds another configuration is
+refused (checkpoint.check_workdir).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+from deft_jax import checkpoint as ckpt_lib
+from deft_jax import parallel
+from deft_jax.config_lib import STAGE_ORDER
+from deft_jax.data import datasets
+from deft_jax.models import build
+
+BASELINES = ("label_match", "small_loss", "gmm")
+
+
+def _hparams(config) -> dict[str, Any]:
+  flat = {}
+
+  def rec(d, prefix):
+    for k, v in d.items():
+      key = f"{prefix}.{k}" if prefix else k
+      if isinstance(v, dict):
+        rec(v, key)
+      elif isinstance(v, (int, float, str, bool)):
+        flat[key] = v
+      else:
+        flat[key] = str(v)
+
+  rec(ckpt_lib.config_to_dict(config), "")
+  return flat
+
+
+def check_stages(config) -> list[str]:
+  unknown = [s for s in config.stages if s not in STAGE_ORDER]
+  if unknown:
+    raise ValueError(f"unknown stage(s) {unknown} in config.stages; known: {list(STAGE_ORDER)}")
+  return [s for s in STAGE_ORDER if s in config.stages]
+
+
+def run(config, workdir: str | Path) -> dict:
+  """Runs every configured stage; returns a summary dict (also in workdir/summary.json)."""
+  t0 = time.time()
+  workdir = Path(workdir)
+  stages = check_stages(config)
+  ckpt_lib.check_workdir(workdir, config)
+  mesh = parallel.make_mesh(config.mesh)
+  logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
+  writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
+  writer.write_hparams(_hparams(config))
+
+  data_cfg = config.data.to_dict()
+  if data_cfg.get("balanced_subset") and not data_cfg.get("balanced_subset_file"):
+    data_cfg["balanced_subset_file"] = str(workdir / "balanced_subset.npz")  # drawn once, kept with the run
+  splits = datasets.get_dataset(data_cfg, noisy_labels_path=workdir / "noisy_labels.npz")
+  train = splits["train"]
+  logging.info("data: %s", ", ".join(f"{k}={v.num_examples}" for k, v in splits.items()))
+  if train.noise_rate() is not None:
+    logging.info("train split: %d classes, true noise rate %.4f", train.num_classes, train.noise_rate())
+
+  summary: dict[str, Any] = {"workdir": str(workdir), "stages": stages}
+  checkpoint = build.resolve_checkpoint(config.model, workdir)
+  if "pretrain" in stages:
+    from deft_jax.pretrain import train as pretrain
+    path = pretrain.run(config, workdir, splits=splits, mesh=mesh, writer=writer)
+    info = path / "pretrain_info.json"
+    if info.exists():
+      summary["pretrain"] = json.loads(info.read_text())
+  elif config.model.checkpoint == "pretrain" and not (Path(checkpoint) / "model.safetensors").exists():
+    raise FileNotFoundError(f"model.checkpoint='pretrain' but {checkpoint} does not exist: add 'pretrain' to "
+                            "config.stages or point model.checkpoint at a CLIP checkpoint")
+
+  detection = None
+  if "detect" in stages:
+    from deft_jax.detect import train as detect
+    detection = detect.run(config, workdir, train_split=train, mesh=mesh, writer=writer, checkpoint=checkpoint)
+    baselines = run_baselines(config, workdir, train, mesh=mesh, checkpoint=checkpoint, writer=writer)
+    summary["detection"] = write_report(config, workdir, train, detection, baselines, writer)
+  elif (workdir / "detect" / "detection.npz").exists():
+    detection = ckpt_lib.load_npz(workdir / "detect" / "detection.npz")
+
+  if "adapt" in stages or "evaluate" in stages:
+    from deft_jax.adapt import train as adapt
+    if config.adapt.selection == "deft" and detection is None and config.adapt.method in ("fft", "peft"):
+      raise FileNotFoundError(f"adapt.selection='deft' needs the detect stage's output "
+                              f"({workdir / 'detect' / 'detection.npz'}): add 'detect' to config.stages")
+    summary["adapt"] = adapt.run(config, workdir, splits=splits, mesh=mesh, writer=writer,
+                                 clip_checkpoint=checkpoint, detection=detection)
+  summary["seconds"] = round(time.time() - t0, 1)
+  if jax.process_index() == 0:
+    print(final_lines(summary, workdir), flush=True)
+  writer.flush()
+  writer.close()
+  if jax.process_index() == 0:
+    tmp = workdir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+    tmp.replace(workdir / "summary.json")
+  return summary
+
+
+def final_lines(summary: dict, workdir: Path) -> str:
+  """The last lines a run prints: where the results are, and phase 2's test accuracy."""
+  lines = [f"deft_jax finished in {summary['seconds'] / 60:.1f} min; outputs in {workdir}"]
+  if "detection" in summary:
+    lines.append(f"  label issues: {summary['detection']['report']}/label_issues.csv "
+                 f"(estimated noise {100 * summary['detection']['estimated_noise_rate']:.1f}%)")
+  a = summary.get("adapt")
+  if a:
+    what = a["method"] + (f" on the {a['selection']} selection ({a['num_selected']} of {a['num_train']} examples)"
+                          if "selection" in a else "")
+    for split in ("test", "test2"):
+      if isinstance(a.get(split), dict) and a[split].get("top1") is not None:
+        top5 = a[split].get("top5")
+        lines.append(f"  phase 2 ({what}): {split} top-1 {100 * a[split]['top1']:.2f}%"
+                     + (f", top-5 {100 * top5:.2f}%" if top5 is not None else ""))
+  lines.append(f"  TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
+  return "\n".join(lines)
+
+
+def _json_default(x):
+  if isinstance(x, (np.generic,)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  return str(x)
+
+
+def run_baselines(config, workdir: Path, train, *, mesh, checkpoint, writer=None) -> dict[str, dict]:
+  """The configured comparison selectors; each keeps its result in workdir/baselines/<name>/ and reuses it."""
+  from deft_jax.adapt import selectors
+  out = {}
+  for name in BASELINES:
+    if config.baselines.get(name, False):
+      out[name] = selectors.SELECTORS[name](config, train, mesh=mesh, clip_checkpoint=checkpoint, workdir=workdir,
+                                            writer=writer)
+  return out
+
+
+def write_report(config, workdir: Path, train, detection: dict, baselines: dict, writer) -> dict:
+  """Writes workdir/report/, logs the health summary, and adds summaries to TensorBoard."""
+  from deft_jax.report import build_and_write_report, metrics as rm
+  from deft_jax.report.plots import suspects_grid_array
+
+  comparison = {}
+  if train.clean_labels is not None:
+    known = train.clean_labels >= 0  # -1: no ground truth for this example (e.g. most of Clothing1M)
+    truly_clean = train.labels == train.clean_labels
+
+    def quality(is_clean, score=None):
+      m = rm.detection_metrics(is_clean, train.labels, train.clean_labels)
+      out = {k: float(m[k]) for k in ("precision", "recall", "f1")}
+      if score is not None:
+        out["auroc"] = float(rm.auroc(score, truly_clean, mask=known))
+      return out
+
+    # The selected method itself is the report's headline; here go the alternatives it is compared with.
+    if "pass_is_clean" in detection and config.detect.selection != "scoring_pass":
+      comparison["DEFT (scoring pass)"] = quality(detection["pass_is_clean"], detection["pass_p_clean"])
+    if "online_is_clean" in detection and config.detect.selection == "scoring_pass":
+      comparison["DEFT (online, last epoch)"] = quality(detection["online_is_clean"], detection["online_p_clean"])
+    for k, v in baselines.items():
+      comparison[BASELINE_NAMES[k]] = quality(v["is_clean"], v["p_clean"])
+    comparison["keep every label"] = quality(np.ones(train.num_examples, bool))
+  extra = {"baselines": comparison} if comparison else {}
+  if train.noise_report is not None and hasattr(train.noise_report, "summary"):
+    extra["noise"] = train.noise_report.summary()
+  image_fn = (lambda idx: train.load_images(idx)) if config.report.write_images else None
+  table, summary, text = build_and_write_report(
+      workdir / "report", detection, given=train.labels, class_names=train.class_names,
+      clean_labels=train.clean_labels, ids=train.ids, image_fn=image_fn, extra_summary=extra)
+  step = int(detection.get("params_step", 0))
+  scalars = {f"report/{_slug(name)}/{k}": v for name, d in comparison.items() for k, v in d.items()
+             if np.isfinite(v)}
+  writer.write_scalars(step, scalars)
+  if image_fn is not None:
+    grid = suspects_grid_array(table, image_fn, num=16, cols=4)
+    if grid is not None:
+      writer.write_images(step, {"report/suspects": grid})
+  writer.write_histograms(step, {"report/p_clean": np.asarray(detection["p_clean"])})
+  print(text, flush=True)
+  return {"comparison": comparison, "estimated_noise_rate": float(1 - np.mean(detection["is_clean"])),
+          "report": str(workdir / "report")}
+
+
+def _slug(name: str) -> str:
+  """'CLIP label-match' -> 'clip_label_match' (a TensorBoard tag component)."""
+  return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+BASELINE_NAMES = {"label_match": "CLIP label-match", "small_loss": "small-loss", "gmm": "GMM"}
