@@ -56,7 +56,7 @@ def row(workdir: Path) -> dict:
   out = {"zero_shot": summary["pretrain"]["zero_shot_accuracy_ensemble"], "noise": float(1 - clean.mean())}
   sel = {"DEFT": (det["is_clean"], det["p_clean"]), "DEFT pass": (det["pass_is_clean"], det["pass_p_clean"])}
   for name in ("label_match", "small_loss"):
-    b = np.load(workdir / "baselines" / f"{name}.npz")
+    b = np.load(workdir / "baselines" / name / "selection.npz")
     sel[name] = (b["is_clean"], b["p_clean"])
   for name, (is_clean, score) in sel.items():
     out[name] = (detection_metrics(is_clean, given, truth)["f1"], auroc(score, clean))

@@ -93,8 +93,10 @@ def test_sigkill_mid_detection_then_rerun_gives_the_same_clean_mask(demo_run, tm
   killed.mkdir()
   shutil.copytree(workdir / "pretrain", killed / "pretrain")  # same pretrained CLIP, skip that stage
   shutil.copy(workdir / "config.json", killed / "config.json")
-  proc = subprocess.Popen(main_command(killed, config=DEMO), cwd=REPO, env=main_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  # Only the stages up to detection (config.stages does not change results, so the workdir guard accepts it).
+  stages = "--config.stages=('pretrain','detect')"
+  proc = subprocess.Popen(main_command(killed, stages, config=DEMO), cwd=REPO, env=main_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpts = killed / "detect" / "checkpoints"
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
@@ -106,7 +108,7 @@ def test_sigkill_mid_detection_then_rerun_gives_the_same_clean_mask(demo_run, tm
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (killed / "detect" / "detection.npz").exists()
-  _main(killed)
+  _main(killed, stages)
   a = np.load(workdir / "detect" / "detection.npz")
   b = np.load(killed / "detect" / "detection.npz")
   np.testing.assert_array_equal(a["is_clean"], b["is_clean"])
