@@ -153,6 +153,17 @@ def is_oom(exc: BaseException) -> bool:
   return any(s in text for s in ("resource_exhausted", "out of memory", "outofmemory", "oom when allocating"))
 
 
+def safe_profile(fn) -> dict:
+  """Runs ``fn`` (a profiling step); a profiler failure (no CUPTI, ...) must not cost the measurement, an OOM
+  still propagates."""
+  try:
+    return fn()
+  except Exception as e:  # noqa: BLE001
+    if is_oom(e):
+      raise
+    return {"error": f"{type(e).__name__}: {e}"[:500]}
+
+
 def error_record(cfg: BenchConfig, exc: BaseException | str, kind: Optional[str] = None) -> dict:
   rec = base_record(cfg)
   if isinstance(exc, BaseException):

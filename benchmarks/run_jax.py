@@ -113,7 +113,7 @@ def _run(cfg: common.BenchConfig, measured_peak: float | None) -> dict:
   if not np.isfinite(loss):
     rec["warning"] = f"non-finite loss {loss}"
   if cfg.profile_dir:
-    rec["profile"] = _safe_profile(lambda: _profile(one_step, cfg))
+    rec["profile"] = common.safe_profile(lambda: _profile(one_step, cfg))
 
   ops = flops.step_products(cfg.step, built.config, batch=cfg.batch, num_classes=cfg.num_classes,
                             text_len=built.text_len, vpt_tokens=cfg.vpt_tokens, lora_rank=cfg.lora_rank)
@@ -139,16 +139,6 @@ def _run(cfg: common.BenchConfig, measured_peak: float | None) -> dict:
   del state, batch, compiled, built
   gc.collect()
   return rec
-
-
-def _safe_profile(fn) -> dict:
-  """A profiler failure (no CUPTI, ...) must not cost the measurement."""
-  try:
-    return fn()
-  except Exception as e:  # noqa: BLE001
-    if common.is_oom(e):
-      raise
-    return {"error": f"{type(e).__name__}: {e}"[:500]}
 
 
 def _profile(one_step, cfg) -> dict:

@@ -184,7 +184,7 @@ def run(cfg: common.BenchConfig, measured_peak: float | None = None) -> dict:
   rec["loss"] = float(loss.detach())
 
   if cfg.profile_dir:
-    rec["profile"] = _safe_profile(lambda: _profile(step, dev, cfg))
+    rec["profile"] = common.safe_profile(lambda: _profile(step, dev, cfg))
 
   ops = flops.step_products(cfg.step, c, batch=cfg.batch, num_classes=cfg.num_classes, text_len=text_len,
                             vpt_tokens=cfg.vpt_tokens, lora_rank=cfg.lora_rank)
@@ -220,16 +220,6 @@ def _countable_attention(model, dev):
   finally:
     for c, impl in saved:
       c._attn_implementation = impl
-
-
-def _safe_profile(fn) -> dict:
-  """A profiler failure (no CUPTI, ...) must not cost the measurement."""
-  try:
-    return fn()
-  except Exception as e:  # noqa: BLE001
-    if common.is_oom(e):
-      raise
-    return {"error": f"{type(e).__name__}: {e}"[:500]}
 
 
 def _profile(step, dev, cfg) -> dict:

@@ -87,10 +87,7 @@ def check_workdir(workdir: str | Path, config) -> None:
           "Use a new --workdir (or delete this one) to start a different run.")
     if diffs:
       logging.info("config changes affect only stages without outputs yet: %s", ", ".join(diffs))
-  if jax.process_index() == 0:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(new, indent=2, sort_keys=True))
-    tmp.replace(path)
+  write_json(path, new, sort_keys=True)
 
 
 class StageCheckpointer:
@@ -141,6 +138,17 @@ def save_npz(path: str | Path, arrays: dict) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp.npz")
   np.savez(tmp, **arrays)
+  tmp.replace(path)
+
+
+def write_json(path: str | Path, obj, *, sort_keys: bool = False, default=None) -> None:
+  """Writes ``obj`` as indented JSON to ``path`` atomically, on process 0 only."""
+  if jax.process_index() != 0:
+    return
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=default))
   tmp.replace(path)
 
 

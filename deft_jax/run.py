@@ -104,10 +104,7 @@ def run(config, workdir: str | Path) -> dict:
     print(final_lines(summary, workdir), flush=True)
   writer.flush()
   writer.close()
-  if jax.process_index() == 0:
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=_json_default))
-    tmp.replace(workdir / "summary.json")
+  ckpt_lib.write_json(workdir / "summary.json", summary, default=_json_default)
   return summary
 
 

@@ -20,6 +20,18 @@ def assets_dir() -> Path:
   return ASSETS
 
 
+def save_tiny_clip(directory, seed: int) -> str:
+  """A tiny random CLIP (preset "tiny") saved as a HF checkpoint in ``directory`` (what the pretrain stage writes)."""
+  import jax
+
+  from deft_jax.models import clip as clip_lib
+  from deft_jax.models import clip_weights, presets
+
+  cfg = presets.get_preset("tiny")
+  params = jax.device_get(clip_lib.init_params(clip_lib.CLIP(cfg), jax.random.key(seed)))
+  return str(clip_weights.save_hf_checkpoint(directory, params, cfg))
+
+
 def main_env() -> dict:
   """The environment of a user's `python -m deft_jax.main`: this checkout importable, one CPU device."""
   env = dict(os.environ)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
+from conftest import save_tiny_clip
 from deft_jax import config_lib, parallel
 from deft_jax.adapt import build, evaluate, selectors, train, trainer as trainer_lib
 from deft_jax.data import cifar_offline, pipeline
@@ -25,9 +26,7 @@ N_TRAIN, N_TEST, B = 20, 13, 8  # 13 test images: the last eval batch is padded
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
   """A tiny random CLIP saved as a HF checkpoint (what the pretrain stage produces)."""
-  cfg = presets.get_preset("tiny")
-  params = jax.device_get(clip_lib.init_params(clip_lib.CLIP(cfg), jax.random.key(42)))
-  return str(clip_weights.save_hf_checkpoint(tmp_path_factory.mktemp("clip"), params, cfg))
+  return save_tiny_clip(tmp_path_factory.mktemp("clip"), seed=42)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,11 @@
 """The notebook API: find_label_issues on in-memory images (real CIFAR-10 JPEGs decoded) with a tiny random CLIP."""
 
-import jax
 import numpy as np
 import pytest
 
+from conftest import save_tiny_clip
 from deft_jax import api
 from deft_jax.data import cifar_offline
-from deft_jax.models import clip as clip_lib
-from deft_jax.models import clip_weights, presets
 from deft_jax.report import label_issues_table
 
 N = 24
@@ -19,9 +17,7 @@ OVERRIDES = {"model.preset": "tiny", "data.image_size": 32, "data.normalization"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-  cfg = presets.get_preset("tiny")
-  params = jax.device_get(clip_lib.init_params(clip_lib.CLIP(cfg), jax.random.key(3)))
-  return str(clip_weights.save_hf_checkpoint(tmp_path_factory.mktemp("clip"), params, cfg))
+  return save_tiny_clip(tmp_path_factory.mktemp("clip"), seed=3)
 
 
 @pytest.fixture(scope="module")

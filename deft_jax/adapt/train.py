@@ -31,7 +31,7 @@ import numpy as np
 
 from deft_jax.adapt import build, evaluate, selectors
 from deft_jax.adapt import trainer as trainer_lib
-from deft_jax.checkpoint import StageCheckpointer, save_npz
+from deft_jax.checkpoint import StageCheckpointer, save_npz, write_json
 from deft_jax.report import metrics as report_metrics
 
 SELECTIONS = ("deft", "all", "label_match", "small_loss", "gmm", "clean_oracle")
@@ -95,15 +95,6 @@ def _num(x) -> Optional[float]:
 
 def _pct(x) -> str:
   return "-" if x is None else f"{100 * float(x):.2f}%"
-
-
-def _write_json(path: Path, obj) -> None:
-  if jax.process_index() != 0:
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-  tmp.replace(path)
 
 
 def train_classifier(config, classifier, subset, *, mesh, writer, out_dir: Path, eval_splits=None):
@@ -179,5 +170,5 @@ def run(config, workdir: str | Path, *, splits, mesh, writer, clip_checkpoint: O
     logging.info("[adapt] %s: top-1 %s, top-5 %s, mean per-class %s (%d examples)", name, _pct(m.get("top1")),
                  _pct(m.get("top5")), _pct(m.get("mean_per_class_accuracy")), m["count"])
     writer.write_scalars(info["steps"], {f"adapt/{name}_top1": m["top1"] or 0.0})
-  _write_json(results_path, results)
+  write_json(results_path, results, sort_keys=True)
   return results
