@@ -185,6 +185,23 @@ def test_text_embeddings_path_equals_ids_path():
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+def test_trimmed_caption_ids_give_the_same_text_features():
+  """Tokenizer.trim_padding (used for pretraining captions and zero-shot prompts) cuts exactly after the
+  latest end-of-text token, and the text tower gives the same features on the trimmed ids."""
+  model = clip_lib.CLIP(_tiny())
+  params = clip_lib.init_params(model, jax.random.key(1))
+  tok = Tokenizer()
+  ids = tok(["a photo of a cat.", "a photo of a big red fire truck on a road.", "dog"])
+  trimmed = tok.trim_padding(ids)
+  assert trimmed.shape == (3, len(tok.encode("a photo of a big red fire truck on a road.")) + 2)
+  np.testing.assert_array_equal(trimmed, ids[:, :trimmed.shape[1]])
+  assert (ids[:, trimmed.shape[1]:] == tok.pad_id).all()
+  assert tok.trim_padding(ids[None]).shape == (1, *trimmed.shape)  # leading axes ([T, C, L] caption tables)
+  full = model.apply({"params": params}, jnp.asarray(ids), method=clip_lib.CLIP.encode_text)
+  short = model.apply({"params": params}, jnp.asarray(trimmed), method=clip_lib.CLIP.encode_text)
+  np.testing.assert_allclose(np.asarray(short), np.asarray(full), rtol=1e-5, atol=1e-6)  # fp32 round-off
+
+
 # ---------------------------------------------------------------------------------------------- loader errors
 
 

@@ -64,6 +64,16 @@ class Tokenizer:
       out[i, : len(ids)] = ids
     return out
 
+  def trim_padding(self, ids: np.ndarray) -> np.ndarray:
+    """``ids`` [..., context_length] cut after the latest end-of-text token of any row.
+
+    The text tower is causal and pools at the end-of-text token, so the padding after it cannot change any
+    feature: short captions (class names in templates) then cost a fraction of the full context.
+    """
+    ids = np.asarray(ids)
+    eot = np.argmax(ids == self.eos_id, axis=-1)
+    return ids[..., : int(eot.max()) + 1]
+
   @classmethod
   def for_checkpoint(cls, checkpoint_dir: Optional[str | Path], **kw) -> "Tokenizer":
     """The checkpoint's own tokenizer files when it has them, else the bundled OpenAI vocabulary."""

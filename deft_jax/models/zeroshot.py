@@ -17,7 +17,7 @@ def class_text_features(model: clip_lib.CLIP, params, class_names: Sequence[str]
   """[C, embed_dim] L2-normalised class features, averaged over templates (prompt ensembling)."""
   names = [" ".join(n.replace("_", " ").split()) for n in class_names]
   ids = np.concatenate([tokenizer([t.format(n) for n in names]) for t in templates])  # [T*C, L]
-  ids = ids[:, : int(_needed_length(ids, tokenizer)) ]
+  ids = tokenizer.trim_padding(ids)
   enc = jax.jit(lambda p, x: clip_lib.normalize(model.apply({"params": p}, x, method=clip_lib.CLIP.encode_text)))
   feats = []
   for i in range(0, len(ids), chunk):
@@ -27,12 +27,6 @@ def class_text_features(model: clip_lib.CLIP, params, class_names: Sequence[str]
     feats.append(np.asarray(out)[: len(part)])
   feats = np.concatenate(feats).reshape(len(templates), len(names), -1)
   return clip_lib.normalize(jnp.asarray(feats.mean(0)))
-
-
-def _needed_length(ids: np.ndarray, tokenizer: Tokenizer) -> int:
-  # Causal attention: tokens after the end-of-text token cannot change the pooled feature, so drop them.
-  eot = np.argmax(ids == tokenizer.eos_id, axis=1)
-  return eot.max() + 1
 
 
 def zero_shot_logits(model: clip_lib.CLIP, params, images, class_features) -> jax.Array:

@@ -50,7 +50,8 @@ def contrastive_loss(img, txt, labels, logit_scale, valid, *, multi_positive: bo
 
 
 def make_step(model: clip_lib.CLIP, caption_ids, tx, *, multi_positive: bool, lr_fn):
-  """caption_ids: int32 [T, C, L] token ids of every template x class caption."""
+  """caption_ids: int32 [T, C, L] token ids of every template x class caption (L may be trimmed below the
+  context length, see ``Tokenizer.trim_padding``)."""
   n_t, n_c, _ = caption_ids.shape
   caption_ids = jnp.asarray(caption_ids)
 
@@ -121,7 +122,8 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   cfg = presets.get_preset(p.preset, dtype=config.model.dtype)
   model = clip_lib.CLIP(cfg)
   tokenizer = Tokenizer(context_length=cfg.text.context_length)
-  caption_ids = np.stack([tokenizer([t.format(n) for n in split.class_names]) for t in TEMPLATES])
+  caption_ids = tokenizer.trim_padding(
+      np.stack([tokenizer([t.format(n) for n in split.class_names]) for t in TEMPLATES]))
   mean, std = preprocess.normalization(config.data.normalization)
   data_kw = dict(image_size=cfg.vision.image_size, mean=mean, std=std)
   spe = pipeline.steps_per_epoch(split, p.batch_size)
