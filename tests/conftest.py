@@ -7,7 +7,12 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pytest
+from deft_jax import cpu_memory  # noqa: E402
+
+# The tests run on the CPU: keep freed host memory as `python -m deft_jax.main` does (before JAX starts).
+cpu_memory.configure({**os.environ, "JAX_PLATFORMS": "cpu"})
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
