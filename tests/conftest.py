@@ -18,6 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
 
 
+def pytest_collection_modifyitems(config, items):
+  """The real-noise tests (tests/test_real_noise.py, which share a session fixture that pretrains a CLIP) are
+  the longest chain of the suite: collected first, pytest-xdist's ``--dist loadfile`` (pytest.ini) starts
+  them first, on one worker, while the other worker runs everything else module by module."""
+  items.sort(key=lambda item: "real_noise_workdir" not in item.fixturenames)
+
+
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
   if not ASSETS.exists():
