@@ -16,11 +16,12 @@ on = cpu_memory.configure()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: (jnp.cumsum(jnp.sin(x)) * jnp.cos(x)[::-1]).sum())
 x = jnp.ones((12_000_000,), jnp.float32)
-f(x).block_until_ready()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(3):  # compile, then let the heap reach its high-water mark
   f(x).block_until_ready()
-print(on, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10)
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+  f(x).block_until_ready()
+print(on, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 20)
 """
 
 
@@ -37,7 +38,8 @@ def test_kept_heap_removes_most_page_faults_of_each_xla_cpu_call():
   off, faults_off = _faults_per_call("off")
   print(f"minor page faults per call: {faults_off:.0f} default malloc, {faults_on:.0f} kept heap")
   assert on and not off
-  assert faults_on * 5 < faults_off
+  # Alone on the 2-core machine: ~47k vs ~2.3k; next to another test worker the kept heap measured ~13k.
+  assert faults_on * 2 < faults_off
 
 
 def test_auto_follows_jax_platforms_and_installed_plugins(monkeypatch):
