@@ -25,6 +25,8 @@ import os
 import pkgutil
 import sys
 
+ENV = "DEFT_JAX_CPU_MALLOC"  # "auto" (default), "on" or "off"
+
 # mallopt(3) parameters (glibc malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -68,9 +70,6 @@ def keep_freed_memory() -> bool:
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   results = [mallopt(M_ARENA_MAX, 1), mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, _INT_MAX)]
   return all(r == 1 for r in results)
-
-
-ENV = "DEFT_JAX_CPU_MALLOC"
 
 
 def mode(environ=None) -> str:
