@@ -39,16 +39,16 @@ from deft_jax.detect import train as detect  # noqa: E402
 from deft_jax.report import metrics as report_metrics  # noqa: E402
 
 VARIANTS = {
-    "deft": dict(selection="deft"),
-    "all": dict(selection="all"),
-    "oracle": dict(selection="clean_oracle"),
-    "deft_text": dict(selection="deft", head_init="text"),
-    "all_text": dict(selection="all", head_init="text"),
-    "deft_all": dict(selection="deft", trainable="all"),
-    "all_all": dict(selection="all", trainable="all"),
-    "gce": dict(selection="all", loss="gce"),
-    "sce": dict(selection="all", loss="sce"),
-    "elr": dict(selection="all", loss="elr"),
+    "deft": dict(train_on="deft"),
+    "all": dict(train_on="all"),
+    "oracle": dict(train_on="clean_oracle"),
+    "deft_text": dict(train_on="deft", head_init="text"),
+    "all_text": dict(train_on="all", head_init="text"),
+    "deft_all": dict(train_on="deft", trainable="all"),
+    "all_all": dict(train_on="all", trainable="all"),
+    "gce": dict(train_on="all", loss="gce"),
+    "sce": dict(train_on="all", loss="sce"),
+    "elr": dict(train_on="all", loss="elr"),
     "zeroshot": dict(method="zeroshot"),
 }
 

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 def run_point(workdir: Path, args, pretrain_epochs: int) -> None:
   over = [
       "--config.stages=('pretrain','detect')", f"--config.pretrain.epochs={pretrain_epochs}",
-      f"--config.detect.epochs={args.detect_epochs}", "--config.baselines.label_match=True",
-      "--config.baselines.small_loss=True", f"--config.data.label_set={args.label_set}",
+      f"--config.detect.epochs={args.detect_epochs}", "--config.baselines.methods=('label_match','small_loss')",
+      f"--config.data.label_set={args.label_set}",
   ]
   if args.root:
     over += ["--config.data.source=cifar10n_offline", f"--config.data.root={args.root}",
@@ -54,10 +54,10 @@ def row(workdir: Path) -> dict:
   given, truth = table["given_label"].to_numpy(), table["true_label"].to_numpy()
   clean = given == truth
   out = {"zero_shot": summary["pretrain"]["zero_shot_accuracy_ensemble"], "noise": float(1 - clean.mean())}
-  sel = {"DEFT": (det["is_clean"], det["p_clean"]), "DEFT pass": (det["pass_is_clean"], det["pass_p_clean"])}
+  sel = {"DEFT": (det["is_clean"], det["score"]), "DEFT pass": (det["pass_is_clean"], det["pass_score"])}
   for name in ("label_match", "small_loss"):
-    b = np.load(workdir / "baselines" / name / "selection.npz")
-    sel[name] = (b["is_clean"], b["p_clean"])
+    b = np.load(workdir / "baselines" / name / "detection.npz")
+    sel[name] = (b["is_clean"], b["score"])
   for name, (is_clean, score) in sel.items():
     out[name] = (detection_metrics(is_clean, given, truth)["f1"], auroc(score, clean))
   out["keep all"] = detection_metrics(np.ones_like(clean), given, truth)["f1"]

@@ -8,11 +8,12 @@ phase 2 for 5 epochs at constant lr.
   python -m deft_jax.main --config configs/cifar100n.py:runlocal --workdir /tmp/cifar100n_smoke
 """
 
-from deft_jax.config_lib import paper_config, parse_args, real_world, runlocal
+from deft_jax.config_lib import paper_config, parse_args, real_world, runlocal, variant
 
 
 def get_config(arg=None):
-  a = parse_args(arg, runlocal=False, label_set="noisy_label")
+  a = parse_args(arg, runlocal=False, method="deft", label_set="noisy_label")
   c = real_world(paper_config("tfds:cifar100_n", augment="cifar"))
   c.data.label_set = a["label_set"]
+  c = variant(c, a["method"])
   return runlocal(c) if a["runlocal"] else c

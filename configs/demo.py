@@ -37,8 +37,7 @@ def get_config(arg=None):
   c.detect.peft.vpt_tokens = 8  # the tiny model sees 64 patches; 20 prompt tokens would swamp them
 
   c.adapt.epochs = 5
-  c.baselines.label_match = True
-  c.baselines.small_loss = True
+  c.baselines.methods = ("label_match", "small_loss")
   c.baselines.epochs = 5
 
   c.log_every_steps = 20
@@ -50,7 +49,7 @@ def get_config(arg=None):
     c.pretrain.schedule.warmup_steps = 5
     c.detect.epochs = 3
     c.adapt.epochs = 2
-    c.baselines.small_loss = False
+    c.baselines.methods = ("label_match",)
     c.log_every_steps = 10
     c.checkpoint_every_steps = 10
   return c

@@ -5,14 +5,15 @@ r"""Tiny-ImageNet (folder layout: set --config.data.root) with synthetic label n
   python -m deft_jax.main --config configs/tiny_imagenet.py:runlocal --workdir /tmp/tiny_imagenet_smoke
 """
 
-from deft_jax.config_lib import paper_config, parse_args, runlocal
+from deft_jax.config_lib import paper_config, parse_args, runlocal, variant
 
 
 def get_config(arg=None):
-  a = parse_args(arg, runlocal=False, noise="sym", ratio=0.4, root="")
-  c = paper_config("tiny_imagenet")
+  a = parse_args(arg, runlocal=False, method="deft", noise="sym", ratio=0.4, root="")
+  c = paper_config("tiny_imagenet", augment="squash_crop", eval_resize="squash")
   c.data.noise.type = a["noise"]
   c.data.noise.ratio = a["ratio"]
   c.data.normalization = "clip"
   c.data.root = a["root"]
+  c = variant(c, a["method"])
   return runlocal(c) if a["runlocal"] else c

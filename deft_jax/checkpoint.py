@@ -24,6 +24,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from deft_jax.errors import CorruptCheckpointError, WorkdirConflictError  # noqa: F401 (re-exported)
+
 # Fields that may change between a run and its resumption without changing results.
 RESUMABLE_FIELDS = ("stages", "log_every_steps", "checkpoint_every_steps", "report", "mesh", "sharding_rules")
 # The outputs (workdir subfolders) that a change of each config section invalidates; any other section
@@ -36,14 +38,6 @@ _DOWNSTREAM = {
 }
 _ALL_OUTPUTS = ("pretrain", "detect", "baselines", "report", "adapt")
 CONFIG_FILE = "config.json"
-
-
-class WorkdirConflictError(RuntimeError):
-  """The workdir holds a run with another configuration."""
-
-
-class CorruptCheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be restored."""
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -118,6 +112,10 @@ class StageCheckpointer:
           "good checkpoint (or from scratch); nothing has been deleted.") from e
     logging.info("restored %s at step %d", self.directory, step)
     return state
+
+  def should_save(self, step: int) -> bool:
+    """Whether :meth:`save` at ``step`` (not forced) would write a checkpoint."""
+    return self._mngr.should_save(step)
 
   def save(self, step: int, state, *, force: bool = False) -> bool:
     return self._mngr.save(step, args=ocp.args.StandardSave(state), force=force)

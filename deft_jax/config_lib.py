@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.pretrain = ml_collections.ConfigDict(dict(
       split="pretrain", preset="tiny_32px", epochs=30, batch_size=256, augment="cifar", multi_positive=True,
-      eval_every_epochs=10,
+      eval_every_epochs=10, snapshot_epochs=(),
       optim=dict(name="adamw", weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6),
       schedule=dict(lr=1e-3, decay="cosine", warmup_steps=100, per_epoch=False)))
 
@@ -39,25 +39,27 @@ def base_config() -> ml_collections.ConfigDict:
       epochs=10, warmup_epochs=1, batch_size=64, eval_batch_size=256,
       optim=dict(name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4,
                  grad_clip_norm=config_dict.placeholder(float)),
-      # The method gives "cosine decay over 10 epochs" without the granularity; per step is the smooth form.
-      schedule=dict(lr=0.03, decay="cosine", warmup_steps=0, per_epoch=False, min_lr=0.0),
+      # The reference steps its cosine once per epoch: the lr is constant within an epoch.
+      schedule=dict(lr=0.03, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0),
       n_ctx=16, ctx_init="", class_specific=False, class_token_position="end",
-      peft=dict(vpt="deep", vpt_tokens=20, lora_rank=0, lora_alpha=config_dict.placeholder(float),
+      peft=dict(vpt="deep", vpt_tokens=20, lora_rank=0, lora_alpha=1.0,
                 lora_targets=("q", "v"), adapter_dim=0, ssf=False, bitfit=False,
                 partial=config_dict.placeholder(int)),
       trainable=config_dict.placeholder(list),
-      strict_selection=False, warmup_loss="ce", pseudo_label_start_epoch=config_dict.placeholder(int),
-      selection="online", scoring_pass=True, text_chunk=0))
+      strict_selection=False, warmup_loss="ce", pseudo_labels_from_epoch=config_dict.placeholder(int),
+      final_mask="online", scoring_pass=True, text_chunk=0))
 
   # Phase 2 (method.md): FFT of the visual blocks + a new linear head on ln_post(CLS), CE on the clean
   # subset, SGD momentum 0.9, lr 5e-4, wd 5e-4, cosine over 10 epochs stepped per epoch, batch 64 (real-world
   # datasets: epochs=5, schedule.decay="constant"). Fields are documented in deft_jax/adapt/train.py.
   c.adapt = ml_collections.ConfigDict(dict(
-      method="fft",  # fft | peft | none (phase 1's learned prompts) | zeroshot
-      selection="deft",  # deft | all | label_match | small_loss | gmm | clean_oracle
+      method="fft",  # fft | peft | vlpt | none (phase 1's learned prompts) | zeroshot
+      train_on="deft",  # deft | all | clean_oracle | any baseline (deft_jax/baselines/: gmm, turn, ...)
       backbone="clip", backbone_checkpoint="", backbone_optimizer=True,
       # steps > 0: that many optimiser steps whatever the subset size (equal-step comparisons); else epochs.
-      epochs=10, steps=0, batch_size=64, eval_batch_size=256, eval_every_epochs=0, augment="",
+      # epoch_over: "all" (the reference: each epoch visits all N examples, the loss averaged over the selected
+      # ones in each batch) | "selected" (each epoch visits the selected subset only).
+      epochs=10, steps=0, epoch_over="all", batch_size=64, eval_batch_size=256, eval_every_epochs=0, augment="",
       optim=dict(name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4,
                  grad_clip_norm=config_dict.placeholder(float)),
       schedule=dict(lr=5e-4, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0),
@@ -71,17 +73,23 @@ def base_config() -> ml_collections.ConfigDict:
                 partial=config_dict.placeholder(int)),
       zeroshot_templates="ensemble"))  # ensemble | single | [templates]; zero-shot, head_init=text, label-match
 
-  # Comparison selectors (deft_jax/adapt/selectors.py): which ones the report computes beside DEFT, and the
-  # training of the small-loss and GMM selectors (CLIP with VPT-deep and a linear head, as the reference).
+  # Comparison detectors (deft_jax/baselines/, one module each): which ones the report computes beside DEFT,
+  # the training that small-loss, VLPT, TURN's probe and GMM (model="selector") share (CLIP with VPT-deep and a
+  # linear head, as the reference runs small-loss), and each one's own options.
   c.baselines = ml_collections.ConfigDict(dict(
-      label_match=True, small_loss=False, gmm=False,
+      methods=("label_match",),
       epochs=10, warmup_epochs=1, batch_size=64, eval_batch_size=256,
       optim=dict(name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4,
                  grad_clip_norm=config_dict.placeholder(float)),
-      schedule=dict(lr=0.03, decay="cosine", warmup_steps=0, per_epoch=False, min_lr=0.0),
+      schedule=dict(lr=0.03, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0),
       peft=dict(vpt="deep", vpt_tokens=20, lora_rank=0, adapter_dim=0, ssf=False, bitfit=False,
                 partial=config_dict.placeholder(int)),
-      small_loss_rate=config_dict.placeholder(float)))  # None: the train split's true noise rate
+      # rate None: the nominal noise rate (data.noise.ratio), else the train split's known rate.
+      small_loss=dict(rate=config_dict.placeholder(float)),
+      # model: "phase2" (the reference: phase 2's FFT classifier and recipe) | "selector" (small-loss's model).
+      gmm=dict(model="phase2"),
+      # cleanlab_cl: K-fold logistic-regression probe (folds, C); cleanlab_datalab: k nearest neighbours.
+      cleanlab=dict(folds=5, C=1.0, knn=10)))
 
   c.mesh = [("data", -1)]
   c.sharding_rules = []  # e.g. [("token_embedding|encoder/layers", "fsdp")]
@@ -92,11 +100,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 
-def paper_config(source: str, *, augment: str = "resize_crop"):
+def paper_config(source: str, *, augment: str = "resize_crop", eval_resize: str = "short_side"):
+  """The paper's setting on ``source``: CLIP ViT-B/16 at 224 px, the reference's crop geometry for the dataset
+  (CIFAR: "cifar"; Tiny-ImageNet, Cars, CUB, WebVision: "squash_crop" + "squash"; see data/preprocess.py)."""
   c = base_config()
   c.data.source = source
   c.data.image_size = 224
   c.data.train_augment = augment
+  c.data.eval_resize = eval_resize
   c.model.preset = "vit_b16"
   c.model.checkpoint = "openai/clip-vit-base-patch16"
   return c
@@ -107,11 +118,36 @@ def real_world(c, *, batch_size: int = 64):
   c.detect.strict_selection = True
   c.detect.warmup_epochs = 5
   c.detect.warmup_loss = "sce"
-  c.detect.pseudo_label_start_epoch = 2
+  c.detect.pseudo_labels_from_epoch = 2  # the 2nd epoch (1-based), inside the 5 warm-up epochs
   c.detect.batch_size = batch_size
   c.adapt.epochs = 5
   c.adapt.schedule.decay = "constant"
   c.adapt.batch_size = batch_size
+  return c
+
+
+VARIANTS = ("deft", "vlpt", "turn")
+
+
+def variant(c, method: str):
+  """The paper's comparison methods as whole runs on a config (its ``method=`` argument):
+
+  - "deft": the method (detection, then phase 2 on DEFT's clean subset);
+  - "vlpt": VLPT, visual + learned text prompts trained with CE on every noisy label (the paper's Fig. 1), no
+    detection; the prompts train at phase 1's lr;
+  - "turn": TURN (Table 4), a linear probe on the noisy labels keeps the samples a GMM on its losses calls
+    clean, then phase 2 (FFT) trains on them (deft_jax/baselines/turn.py), no DEFT detection.
+  """
+  if method not in VARIANTS:
+    raise ValueError(f"unknown method {method!r}; known: {VARIANTS}")
+  if method == "vlpt":
+    c.stages = ("adapt", "evaluate")
+    c.adapt.method = "vlpt"
+    c.adapt.train_on = "all"
+    c.adapt.schedule.lr = c.detect.schedule.lr
+  elif method == "turn":
+    c.stages = ("adapt", "evaluate")
+    c.adapt.train_on = "turn"
   return c
 
 

@@ -3,7 +3,11 @@
 A stage supplies a jitted pure step ``(state, batch) -> (state, metrics)``, a batch source
 ``batches(epoch, start_step)`` and optional epoch-end hooks; the loop supplies resumption from the latest
 checkpoint, global batches on the mesh, periodic TensorBoard scalars, progress lines with steps/s and ETA,
-and periodic asynchronous checkpoints. The state is a plain pytree whose ``"step"`` entry counts optimiser
+periodic asynchronous checkpoints, and a guard against divergence: a non-finite loss stops the stage with
+:class:`~deft_jax.errors.DivergedError` before anything is written from that state (no checkpoint, no
+epoch-end output), so the last good checkpoint stays the latest. Losses are checked at every logging step,
+before every checkpoint and epoch end (no extra host sync), and the whole state's finiteness before every
+checkpoint and at the end (a finite last loss can precede a broken update). The state is a plain pytree whose ``"step"`` entry counts optimiser
 steps; epoch and position in the epoch are derived from it, so a restored state tells the loop exactly
 where to continue and the data iterator where to skip to.
 """
@@ -17,11 +21,13 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
 
 from deft_jax import parallel
 from deft_jax.checkpoint import StageCheckpointer
+from deft_jax.errors import DivergedError
 
 
 @dataclasses.dataclass
@@ -67,6 +73,7 @@ def run(
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_secs=None,
                                              every_steps=cfg.log_every_steps)
   pending: list[dict] = []
+  unchecked: list[tuple[int, Any]] = []  # (step, loss) not yet seen to be finite
   last_saved = None
   t_last, step_last = time.monotonic(), step
   while step < total:
@@ -81,10 +88,19 @@ def run(
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       step += 1
+      if "loss" in metrics:
+        unchecked.append((step, metrics["loss"]))
       progress(step)
-      if checkpointer is not None and checkpointer.save(step, state):
+      saving = checkpointer is not None and checkpointer.should_save(step)
+      logging_now = step % cfg.log_every_steps == 0 or step == total
+      if saving or logging_now or step % cfg.steps_per_epoch == 0:
+        _check_finite(cfg, unchecked, checkpointer)
+        unchecked = []
+      if saving or step == total:  # the last update may have broken the parameters after a finite loss
+        _check_state_finite(cfg, state, step, checkpointer)
+      if saving and checkpointer.save(step, state):
         last_saved = step
-      if step % cfg.log_every_steps == 0 or step == total:
+      if logging_now:
         scalars = _mean_metrics(pending)
         pending = []
         writer.write_scalars(step, {f"{cfg.stage}/{k}": v for k, v in scalars.items()})
@@ -106,6 +122,45 @@ def run(
     checkpointer.wait()
   writer.flush()
   return state
+
+
+def _check_finite(cfg: LoopConfig, unchecked: list[tuple[int, Any]],
+                  checkpointer: Optional[StageCheckpointer]) -> None:
+  """Raises DivergedError at the first non-finite loss among ``unchecked`` (one host sync for all)."""
+  if not unchecked:
+    return
+  losses = np.asarray(jax.device_get([loss for _, loss in unchecked]), np.float64)
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    _diverged(cfg, unchecked[int(bad[0])][0], f"the loss is {losses[bad[0]]}", checkpointer)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+
+
+def _check_state_finite(cfg: LoopConfig, state, step: int, checkpointer: Optional[StageCheckpointer]) -> None:
+  """Before a checkpoint and at the end: every floating-point leaf of the state (parameters, optimiser state)
+  is finite, else DivergedError; so no checkpoint and no stage output ever comes from a broken state."""
+  if not bool(jax.device_get(_all_finite(state))):
+    _diverged(cfg, step, "the parameters are no longer finite", checkpointer)
+
+
+def _diverged(cfg: LoopConfig, step: int, what: str, checkpointer: Optional[StageCheckpointer]):
+  kept = "no checkpoint of this stage exists yet"
+  if checkpointer is not None:
+    checkpointer.wait()  # an asynchronous save of an earlier, finite state completes
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      kept = f"the last good checkpoint (step {latest}) is kept in {checkpointer.directory}"
+  section = cfg.stage.split("/")[0]  # "baselines/small_loss" trains with the baselines section
+  raise DivergedError(
+      f"[{cfg.stage}] {what} at step {step} of {cfg.total_steps} (epoch "
+      f"{(step - 1) // cfg.steps_per_epoch + 1}): training diverged. Nothing was written from this state; "
+      f"{kept}. Lower the learning rate ({section}.schedule.lr) or set {section}.optim.grad_clip_norm, "
+      "and start again in a new --workdir.")
 
 
 def prefetch_to_devices(batches: Iterator[dict], mesh, size: int = 2) -> Iterator[dict]:

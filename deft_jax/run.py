@@ -24,9 +24,6 @@ from deft_jax.config_lib import STAGE_ORDER
 from deft_jax.data import datasets
 from deft_jax.models import build
 
-BASELINES = ("label_match", "small_loss", "gmm")
-
-
 def _hparams(config) -> dict[str, Any]:
   flat = {}
 
@@ -87,15 +84,17 @@ def run(config, workdir: str | Path) -> dict:
   if "detect" in stages:
     from deft_jax.detect import train as detect
     detection = detect.run(config, workdir, train_split=train, mesh=mesh, writer=writer, checkpoint=checkpoint)
-    baselines = run_baselines(config, workdir, train, mesh=mesh, checkpoint=checkpoint, writer=writer)
-    summary["detection"] = write_report(config, workdir, train, detection, baselines, writer)
+    from deft_jax import baselines
+    compared = baselines.run_configured(config, train, mesh=mesh, clip_checkpoint=checkpoint, workdir=workdir,
+                                        writer=writer, eval_splits=_eval_splits(splits))
+    summary["detection"] = write_report(config, workdir, train, detection, compared, writer)
   elif (workdir / "detect" / "detection.npz").exists():
     detection = ckpt_lib.load_npz(workdir / "detect" / "detection.npz")
 
   if "adapt" in stages or "evaluate" in stages:
     from deft_jax.adapt import train as adapt
-    if config.adapt.selection == "deft" and detection is None and config.adapt.method in ("fft", "peft"):
-      raise FileNotFoundError(f"adapt.selection='deft' needs the detect stage's output "
+    if config.adapt.train_on == "deft" and detection is None and config.adapt.method in adapt.TRAINED:
+      raise FileNotFoundError(f"adapt.train_on='deft' needs the detect stage's output "
                               f"({workdir / 'detect' / 'detection.npz'}): add 'detect' to config.stages")
     summary["adapt"] = adapt.run(config, workdir, splits=splits, mesh=mesh, writer=writer,
                                  clip_checkpoint=checkpoint, detection=detection)
@@ -116,12 +115,13 @@ def final_lines(summary: dict, workdir: Path) -> str:
                  f"(estimated noise {100 * summary['detection']['estimated_noise_rate']:.1f}%)")
   a = summary.get("adapt")
   if a:
-    what = a["method"] + (f" on the {a['selection']} selection ({a['num_selected']} of {a['num_train']} examples)"
-                          if "selection" in a else "")
+    what = a["method"] + (f" on the {a['train_on']} selection ({a['num_selected']} of {a['num_train']} examples)"
+                          if "train_on" in a else "")
     for split in ("test", "test2"):
       if isinstance(a.get(split), dict) and a[split].get("top1") is not None:
-        top5 = a[split].get("top5")
+        top5, best = a[split].get("top5"), a[split].get("best_top1")
         lines.append(f"  phase 2 ({what}): {split} top-1 {100 * a[split]['top1']:.2f}%"
+                     + (f" (best {100 * best:.2f}% at epoch {a[split]['best_epoch']:g})" if best is not None else "")
                      + (f", top-5 {100 * top5:.2f}%" if top5 is not None else ""))
   lines.append(f"  TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
   return "\n".join(lines)
@@ -135,19 +135,14 @@ def _json_default(x):
   return str(x)
 
 
-def run_baselines(config, workdir: Path, train, *, mesh, checkpoint, writer=None) -> dict[str, dict]:
-  """The configured comparison selectors; each keeps its result in workdir/baselines/<name>/ and reuses it."""
-  from deft_jax.adapt import selectors
-  out = {}
-  for name in BASELINES:
-    if config.baselines.get(name, False):
-      out[name] = selectors.SELECTORS[name](config, train, mesh=mesh, clip_checkpoint=checkpoint, workdir=workdir,
-                                            writer=writer)
-  return out
+def _eval_splits(splits) -> dict:
+  return {k: splits[k] for k in ("test", "test2") if k in splits}
 
 
-def write_report(config, workdir: Path, train, detection: dict, baselines: dict, writer) -> dict:
-  """Writes workdir/report/, logs the health summary, and adds summaries to TensorBoard."""
+def write_report(config, workdir: Path, train, detection: dict, compared: dict, writer) -> dict:
+  """Writes workdir/report/, logs the health summary, and adds summaries to TensorBoard; ``compared`` holds the
+  baselines' outputs by name."""
+  from deft_jax import baselines
   from deft_jax.report import build_and_write_report, metrics as rm
   from deft_jax.report.plots import suspects_grid_array
 
@@ -156,7 +151,7 @@ def write_report(config, workdir: Path, train, detection: dict, baselines: dict,
     known = train.clean_labels >= 0  # -1: no ground truth for this example (e.g. most of Clothing1M)
     truly_clean = train.labels == train.clean_labels
 
-    def quality(is_clean, score=None):
+    def quality(is_clean, score=None):  # score: the ranking score (higher = more likely clean)
       m = rm.detection_metrics(is_clean, train.labels, train.clean_labels)
       out = {k: float(m[k]) for k in ("precision", "recall", "f1")}
       if score is not None:
@@ -164,12 +159,14 @@ def write_report(config, workdir: Path, train, detection: dict, baselines: dict,
       return out
 
     # The selected method itself is the report's headline; here go the alternatives it is compared with.
-    if "pass_is_clean" in detection and config.detect.selection != "scoring_pass":
-      comparison["DEFT (scoring pass)"] = quality(detection["pass_is_clean"], detection["pass_p_clean"])
-    if "online_is_clean" in detection and config.detect.selection == "scoring_pass":
-      comparison["DEFT (online, last epoch)"] = quality(detection["online_is_clean"], detection["online_p_clean"])
-    for k, v in baselines.items():
-      comparison[BASELINE_NAMES[k]] = quality(v["is_clean"], v["p_clean"])
+    if "pass_is_clean" in detection and config.detect.final_mask != "scoring_pass":
+      comparison["DEFT (scoring pass)"] = quality(detection["pass_is_clean"], detection["pass_score"])
+    if "online_is_clean" in detection and config.detect.final_mask == "scoring_pass":
+      comparison["DEFT (online, last epoch)"] = quality(detection["online_is_clean"], detection["online_score"])
+    for k, v in compared.items():
+      comparison[baselines.display_name(k)] = quality(v["is_clean"], v["score"])
+      if "test_top1" in v:  # the baselines whose own model classifies (GMM, TURN's probe, VLPT)
+        comparison[baselines.display_name(k)]["test_top1"] = float(v["test_top1"])
     comparison["keep every label"] = quality(np.ones(train.num_examples, bool))
   extra = {"baselines": comparison} if comparison else {}
   if train.noise_report is not None and hasattr(train.noise_report, "summary"):
@@ -196,5 +193,3 @@ def _slug(name: str) -> str:
   """'CLIP label-match' -> 'clip_label_match' (a TensorBoard tag component)."""
   return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
-
-BASELINE_NAMES = {"label_match": "CLIP label-match", "small_loss": "small-loss", "gmm": "GMM"}

@@ -71,12 +71,11 @@ def run_main(workdir, *overrides, config="configs/demo.py", timeout=1800, check=
 
 # The offline real-noise setting shared by the detection and adaptation quality tests: the demo's tiny CLIP
 # pretrained on 5,000 clean CIFAR-10 images, DEFT on 4,000 images with CIFAR-10N worse_label (41.6 % noise),
-# and the comparison selectors.
+# and the comparison baselines.
 REAL_NOISE_OVERRIDES = (
     "--config.stages=('pretrain','detect')",
     "--config.detect.epochs=5",
-    "--config.baselines.label_match=True",
-    "--config.baselines.small_loss=True",
+    "--config.baselines.methods=('label_match','small_loss')",
 )
 
 
@@ -90,3 +89,39 @@ def real_noise_workdir(tmp_path_factory):
   run_main(workdir, *REAL_NOISE_OVERRIDES)
   (workdir / "seconds.txt").write_text(f"{time.time() - t0:.1f}")
   return workdir
+
+
+@pytest.fixture(scope="session")
+def mesh1():
+  """A one-device mesh (the tests' simulated devices number 8)."""
+  import jax
+
+  from deft_jax import parallel
+  return parallel.make_mesh([("data", 1)], jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+  """A tiny random CLIP saved as a HF checkpoint, shared by the tests that only need some CLIP."""
+  return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), seed=42)
+
+
+def tiny_config(checkpoint: str = "", **sections):
+  """config_lib.base_config() shrunk for unit tests (tiny model, 32 px, small batches, few epochs): the run's
+  own configuration with its defaults, so tests cannot drift from it. ``sections`` update config sections,
+  e.g. ``adapt=dict(epochs=2)``."""
+  from deft_jax import config_lib
+
+  c = config_lib.base_config()
+  c.model.preset, c.model.checkpoint = "tiny", checkpoint
+  c.data.image_size, c.data.train_augment = 32, "cifar"
+  c.detect.update(dict(epochs=2, batch_size=8, eval_batch_size=8, n_ctx=4))
+  c.detect.peft.update(dict(vpt_tokens=2))
+  c.adapt.update(dict(epochs=1, batch_size=8, eval_batch_size=8, zeroshot_templates="single"))
+  c.baselines.update(dict(epochs=2, warmup_epochs=1, batch_size=8, eval_batch_size=8))
+  c.baselines.peft.update(dict(vpt_tokens=2))
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 1000
+  for name, fields in sections.items():
+    c[name].update(fields)
+  return c

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax.adapt import gmm, losses
+from deft_jax.adapt import losses
+from deft_jax.baselines import _gmm_fit as gmm
 from deft_jax.adapt import step as step_lib
 
 # Two examples, three classes. Softmax of [ln 1, ln 2, ln 1] is [0.25, 0.5, 0.25]; of [0, 0, 0] a third each.
@@ -83,10 +84,15 @@ def test_small_loss_keeps_the_smallest_fraction_of_valid_examples_only():
   assert np.asarray(step_lib.small_loss_keep(per, jnp.zeros(6, bool), 0.5)).sum() == 0
 
 
-def test_small_loss_rate_ramps_from_zero_over_the_warmup():
-  s = step_lib.StepSettings(selection="small_loss", small_loss_rate=0.4, warmup_epochs=2)
-  rates = [float(step_lib.small_loss_rate(s, jnp.int32(e))) for e in range(4)]
-  np.testing.assert_allclose(rates, [0.0, 0.2, 0.4, 0.4], rtol=1e-6)
+def test_small_loss_rate_follows_co_teachings_linspace_over_the_warmup():
+  """Was r * min(e / W, 1) (r reached one epoch after the warm-up); co-teaching and the reference use
+  linspace(0, r, W)[e] for the W warm-up epochs, then r."""
+  s = step_lib.StepSettings(loss_mask="small_loss", small_loss_rate=0.4, warmup_epochs=5)
+  rates = [float(step_lib.small_loss_rate(s, jnp.int32(e))) for e in range(7)]
+  np.testing.assert_allclose(rates, list(np.linspace(0, 0.4, 5)) + [0.4, 0.4], rtol=1e-6)
+  one = step_lib.StepSettings(loss_mask="small_loss", small_loss_rate=0.4, warmup_epochs=1)
+  np.testing.assert_allclose([float(step_lib.small_loss_rate(one, jnp.int32(e))) for e in range(3)],
+                             [0.0, 0.4, 0.4], rtol=1e-6)
 
 
 def test_label_margin_is_label_logit_minus_best_other():
@@ -97,7 +103,7 @@ def test_label_margin_is_label_logit_minus_best_other():
 def test_gmm_recovers_a_two_component_mixture_and_its_posterior_split():
   rng = np.random.default_rng(0)
   x = np.concatenate([rng.normal(0.2, 0.05, 7000), rng.normal(0.7, 0.1, 3000)])
-  model = gmm.fit(x, reg_covar=0.0)
+  model = gmm.fit(x, reg_covar=0.0, max_iter=200, tol=1e-9)
   np.testing.assert_allclose(model.means, [0.2, 0.7], atol=0.01)
   np.testing.assert_allclose(model.weights, [0.7, 0.3], atol=0.01)
   np.testing.assert_allclose(np.sqrt(model.variances), [0.05, 0.1], atol=0.01)
@@ -107,10 +113,11 @@ def test_gmm_recovers_a_two_component_mixture_and_its_posterior_split():
 
 
 def test_gmm_clean_posterior_normalises_and_handles_constant_losses():
-  p, model = gmm.clean_posterior(np.concatenate([np.full(50, 10.0), np.full(50, 30.0)]) +
-                                 np.random.default_rng(1).normal(0, 0.1, 100))
+  p, log_odds, model = gmm.clean_posterior(np.concatenate([np.full(50, 10.0), np.full(50, 30.0)]) +
+                                           np.random.default_rng(1).normal(0, 0.1, 100))
   assert model is not None and (p[:50] > 0.5).all() and (p[50:] < 0.5).all()
-  p, model = gmm.clean_posterior(np.full(10, 2.0))
+  np.testing.assert_array_equal(log_odds > 0, p > 0.5)
+  p, log_odds, model = gmm.clean_posterior(np.full(10, 2.0))
   assert model is None and (p == 1).all()
   with pytest.raises(ValueError, match="two finite"):
     gmm.fit(np.asarray([1.0]))

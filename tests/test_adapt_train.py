@@ -9,8 +9,8 @@ import pytest
 from clu import metric_writers
 
 from conftest import save_tiny_clip
-from deft_jax import config_lib, parallel
-from deft_jax.adapt import build, evaluate, selectors, train, trainer as trainer_lib
+from deft_jax import baselines, config_lib, parallel
+from deft_jax.adapt import build, evaluate, train, trainer as trainer_lib
 from deft_jax.data import cifar_offline, pipeline
 from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect import step as detect_step
@@ -221,7 +221,7 @@ def test_backbone_registry_model_trains_with_batch_stats(splits, mesh1):
 
 
 def test_stage_writes_results_atomically_and_reuses_them(ckpt, splits, mesh1, tmp_path):
-  config = _config(ckpt, steps=3)
+  config = _config(ckpt, steps=3, epoch_over="selected")
   detection = {"is_clean": np.arange(N_TRAIN) % 2 == 0}
   writer = metric_writers.LoggingWriter()
   res = train.run(config, tmp_path, splits=splits, mesh=mesh1, writer=writer, clip_checkpoint=ckpt,
@@ -237,60 +237,69 @@ def test_stage_writes_results_atomically_and_reuses_them(ckpt, splits, mesh1, tm
                    detection=None) == on_disk  # complete: reused, nothing retrained
 
 
-def test_selection_sources(ckpt, splits, mesh1):
+def test_train_on_sources(ckpt, splits, mesh1):
   config = _config(ckpt)
   split = splits["train"]
   kw = dict(mesh=mesh1, clip_checkpoint=ckpt)
-  config.adapt.selection = "clean_oracle"
-  np.testing.assert_array_equal(train.selection_mask(config, split, None, **kw), split.labels == split.clean_labels)
-  config.adapt.selection = "all"
-  assert train.selection_mask(config, split, None, **kw).all()
-  config.adapt.selection = "deft"
+  config.adapt.train_on = "clean_oracle"
+  np.testing.assert_array_equal(train.train_mask(config, split, None, **kw), split.labels == split.clean_labels)
+  config.adapt.train_on = "all"
+  assert train.train_mask(config, split, None, **kw).all()
+  config.adapt.train_on = "deft"
   with pytest.raises(ValueError, match="detect stage"):
-    train.selection_mask(config, split, None, **kw)
+    train.train_mask(config, split, None, **kw)
   with pytest.raises(ValueError, match="empty"):
-    train.selection_mask(config, split, {"is_clean": np.zeros(N_TRAIN, bool)}, **kw)
+    train.train_mask(config, split, {"is_clean": np.zeros(N_TRAIN, bool)}, **kw)
+  config.adapt.train_on = "nonexistent"
+  with pytest.raises(ValueError, match="turn"):  # the message lists the baselines
+    train.train_mask(config, split, None, **kw)
 
 
 def _check_contract(out, n):
-  assert set(out) >= {"p_clean", "is_clean", "suggested", "margin"}
+  assert set(out) >= {"p_clean", "is_clean", "suggested", "margin", "label_score", "score"}
   assert out["p_clean"].dtype == np.float32 and out["is_clean"].dtype == bool
   assert out["suggested"].dtype == np.int32 and out["margin"].dtype == np.float32
-  assert all(v.shape == (n,) for v in out.values())
+  assert all(v.shape == (n,) for v in out.values() if v.ndim)
   assert ((out["p_clean"] >= 0) & (out["p_clean"] <= 1)).all()
+  assert np.isfinite(out["score"]).all()
 
 
 def test_label_match_selector_is_zero_shot_prediction_equals_label(ckpt, splits, mesh1, tmp_path):
   config = _config(ckpt)
   split = splits["train"]
-  out = selectors.label_match(config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)
+  out = baselines.run("label_match", config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)
   _check_contract(out, N_TRAIN)
   zs = build.zeroshot_classifier(config, split.class_names, mesh=mesh1, checkpoint=ckpt, rng=jax.random.key(0))
   logits = evaluate.predict(zs, zs.variables, split, mesh=mesh1, batch_size=B)
   np.testing.assert_array_equal(out["suggested"], logits.argmax(1))
   np.testing.assert_array_equal(out["is_clean"], logits.argmax(1) == split.labels)
   np.testing.assert_array_equal(out["is_clean"], out["margin"] > 0)
-  assert (tmp_path / "baselines" / "label_match" / "selection.npz").exists()
+  assert (tmp_path / "baselines" / "label_match" / "detection.npz").exists()
+  # the ranking score is log p(given label): monotone in p_clean
+  np.testing.assert_allclose(np.exp(out["score"]), out["p_clean"], rtol=1e-5)
 
 
 def test_training_selectors_return_the_detector_contract(ckpt, splits, mesh1, tmp_path):
   config = _config(ckpt)
   split = splits["train"]
-  sl = selectors.small_loss(config, split, mesh=mesh1, clip_checkpoint=ckpt)
+  sl = baselines.run("small_loss", config, split, mesh=mesh1, clip_checkpoint=ckpt)
   _check_contract(sl, N_TRAIN)
-  # Last epoch: r = the true noise rate; floor((1 - r) * 8) of each full batch of 8, at least 1 of the last 4.
+  # Last epoch: r = the split's noise rate (real noise: no nominal rate); floor((1 - r) * 8) of each full batch
+  # of 8, at least 1 of the last 4.
   r = split.noise_rate()
   want = 2 * max(int(np.floor((1 - r) * 8)), 1) + max(int(np.floor((1 - r) * 4)), 1)
   assert sl["is_clean"].sum() == want
-  g = selectors.gmm(config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)
+  config.baselines.gmm.model = "selector"
+  g = baselines.run("gmm", config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)
   _check_contract(g, N_TRAIN)
   np.testing.assert_array_equal(g["is_clean"], g["p_clean"] > 0.5)
-  again = selectors.gmm(config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)  # cached
+  again = baselines.run("gmm", config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)  # cached
   np.testing.assert_array_equal(again["p_clean"], g["p_clean"])
 
 
 def test_a_resumed_stage_reproduces_the_uninterrupted_one(ckpt, splits, mesh1, tmp_path):
-  config = _config(ckpt, epochs=2, loss="elr")  # 10 selected examples: 2 steps per epoch, 4 in all
+  # Each epoch visits all 20 examples (10 selected; the loss is masked): 3 steps per epoch, 6 in all.
+  config = _config(ckpt, epochs=2, loss="elr")
   config.checkpoint_every_steps = 2
   detection = {"is_clean": np.arange(N_TRAIN) % 2 == 0}
   kw = dict(splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(), clip_checkpoint=ckpt,
@@ -299,11 +308,11 @@ def test_a_resumed_stage_reproduces_the_uninterrupted_one(ckpt, splits, mesh1, t
   out = tmp_path / "adapt"
   with np.load(out / "predictions.npz") as f:
     logits = f["test_logits"]
-  # Simulate a preemption after step 2: the last checkpoint and the results are gone.
-  assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
-  shutil.rmtree(out / "checkpoints" / "4")
+  # Simulate a preemption after step 4: the last checkpoint and the results are gone.
+  assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]
+  shutil.rmtree(out / "checkpoints" / "6")
   (out / "results.json").unlink()
   again = train.run(config, tmp_path, **kw)
-  assert again["steps"] == first["steps"] == 4
+  assert again["steps"] == first["steps"] == 6
   with np.load(out / "predictions.npz") as f:
     np.testing.assert_allclose(f["test_logits"], logits, rtol=1e-5, atol=1e-6)

@@ -24,7 +24,7 @@ def _config(peft=None, trainable=None):
       "detect": {
           "epochs": 2, "warmup_epochs": 1, "batch_size": 8, "n_ctx": 4, "ctx_init": "", "class_specific": False,
           "class_token_position": "end", "peft": peft or {"vpt": "deep", "vpt_tokens": 3, "lora_rank": 2},
-          "trainable": trainable, "strict_selection": False, "warmup_loss": "ce", "pseudo_label_start_epoch": None,
+          "trainable": trainable, "strict_selection": False, "warmup_loss": "ce", "pseudo_labels_from_epoch": None,
           "text_chunk": 0, "optim": {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4},
           "schedule": {"lr": 0.03, "decay": "cosine"},
       },

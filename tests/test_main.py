@@ -62,7 +62,7 @@ def test_demo_runlocal_produces_report_tensorboard_and_checkpoints(demo_run):
     assert any((workdir / stage / "checkpoints").iterdir()), stage
   # Phase 2 trained on DEFT's clean subset and was evaluated on the test split.
   adapt = json.loads((workdir / "adapt" / "results.json").read_text())
-  assert adapt["selection"] == "deft" and adapt["num_selected"] == int(mask.sum())
+  assert adapt["train_on"] == "deft" and adapt["num_selected"] == int(mask.sum())
   assert adapt["test"]["count"] == 500 and 0 <= adapt["test"]["top1"] <= 1
   assert f"test top-1 {100 * adapt['test']['top1']:.2f}%" in proc.stdout
   assert "CLIP label-match" in proc.stdout  # the baseline beside DEFT

@@ -31,7 +31,7 @@ from deft_jax.report import auroc, detection_metrics
 
 def _load(workdir):
   det = dict(np.load(workdir / "detect" / "detection.npz"))
-  base = {n: dict(np.load(workdir / "baselines" / n / "selection.npz")) for n in ("label_match", "small_loss")}
+  base = {n: dict(np.load(workdir / "baselines" / n / "detection.npz")) for n in ("label_match", "small_loss")}
   from deft_jax.data import cifar_offline
   train = cifar_offline.load_demo(label_set="worse_label")["train"]
   return det, base, train
@@ -45,9 +45,9 @@ def _quality(train, is_clean, score):
 def test_deft_beats_label_match_and_is_within_a_point_of_small_loss(real_noise_workdir):
   det, base, train = _load(real_noise_workdir)
   info = json.loads((real_noise_workdir / "pretrain" / "clip" / "pretrain_info.json").read_text())
-  f1_deft, auc_deft = _quality(train, det["is_clean"], det["p_clean"])
-  f1_lm, auc_lm = _quality(train, base["label_match"]["is_clean"], base["label_match"]["p_clean"])
-  f1_sl, auc_sl = _quality(train, base["small_loss"]["is_clean"], base["small_loss"]["p_clean"])
+  f1_deft, auc_deft = _quality(train, det["is_clean"], det["score"])
+  f1_lm, auc_lm = _quality(train, base["label_match"]["is_clean"], base["label_match"]["score"])
+  f1_sl, auc_sl = _quality(train, base["small_loss"]["is_clean"], base["small_loss"]["score"])
   print(f"zero-shot accuracy {info['zero_shot_accuracy_ensemble']:.3f}; F1/AUROC: DEFT {f1_deft:.3f}/{auc_deft:.3f}"
         f" label-match {f1_lm:.3f}/{auc_lm:.3f} small-loss {f1_sl:.3f}/{auc_sl:.3f}")
   assert info["zero_shot_accuracy_ensemble"] > 0.35  # the tiny CLIP really learned something
@@ -65,7 +65,7 @@ def test_bf16_and_fp32_detection_select_the_same_samples(real_noise_workdir, tmp
     wd.mkdir()
     shutil.copytree(real_noise_workdir / "pretrain", wd / "pretrain")
     run_main(wd, *REAL_NOISE_OVERRIDES[:1], "--config.detect.epochs=2", "--config.data.train_indices=0:640",
-             "--config.baselines.label_match=False", "--config.baselines.small_loss=False",
+             "--config.baselines.methods=()",
              f"--config.model.dtype={dtype}")
     results[dtype] = dict(np.load(wd / "detect" / "detection.npz"))
   a, b = results["float32"]["is_clean"], results["bfloat16"]["is_clean"]
@@ -101,7 +101,7 @@ def test_fft_on_deft_subset_beats_fft_on_all_noisy_labels_at_equal_steps(real_no
   top1 = {}
   for selection in ("deft", "all"):
     c = demo_config()
-    c.adapt.update(dict(method="fft", selection=selection, steps=STEPS))
+    c.adapt.update(dict(method="fft", train_on=selection, steps=STEPS))
     res = adapt.run(c, tmp_path / selection, splits=splits, mesh=mesh, writer=metric_writers.LoggingWriter(),
                     clip_checkpoint=clip, detection=detection)
     assert res["steps"] == STEPS
@@ -121,7 +121,7 @@ def test_backbone_from_random_init_on_deft_subset_beats_all_noisy_labels(real_no
   top1 = {}
   for selection in ("deft", "all"):
     c = demo_config()
-    c.adapt.update(dict(method="fft", selection=selection, steps=STEPS, backbone="resnet_tiny",
+    c.adapt.update(dict(method="fft", train_on=selection, steps=STEPS, backbone="resnet_tiny",
                         backbone_checkpoint="none", backbone_optimizer=False))
     c.adapt.schedule.lr = 0.05
     res = adapt.run(c, tmp_path / selection, splits=splits, mesh=mesh, writer=metric_writers.LoggingWriter(),

@@ -111,12 +111,15 @@ def test_auroc_undefined_for_single_class_and_respects_mask():
     assert math.isnan(M.auroc([0.1, 0.2, 0.3], np.array([True, True, False]), mask=mask))
 
 
-def test_topk_counts_label_among_k_best_and_ties_favour_label():
-    logits = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [2.0, 2.0, 0.0]])
-    labels = np.array([1, 0, 1])
-    np.testing.assert_array_equal(M.topk_correct(logits, labels, 1), [False, False, True])
-    np.testing.assert_array_equal(M.topk_correct(logits, labels, 2), [True, False, True])
-    np.testing.assert_array_equal(M.topk_correct(logits, labels, 5), [True, True, True])
+def test_topk_counts_label_among_k_best_and_ties_follow_the_argmax_convention():
+    """Ties used to count in the label's favour (all-equal logits made every example correct); now the lower
+    class index wins a tie, as argmax does."""
+    logits = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [2.0, 2.0, 0.0], [2.0, 2.0, 0.0]])
+    labels = np.array([1, 0, 1, 0])
+    np.testing.assert_array_equal(M.topk_correct(logits, labels, 1), [False, False, False, True])
+    np.testing.assert_array_equal(M.topk_correct(logits, labels, 1), logits.argmax(1) == labels)
+    np.testing.assert_array_equal(M.topk_correct(logits, labels, 2), [True, False, True, True])
+    np.testing.assert_array_equal(M.topk_correct(logits, labels, 5), [True, True, True, True])
 
 
 def test_classification_metrics_ignore_padding_and_report_per_class():

@@ -4,11 +4,14 @@
 "peft" (the PEFT of ``adapt.peft`` + head, backbone frozen), "none" (classify with phase 1's learned positive
 prompts and PEFT weights, read from ``workdir/detect/learned_params.npz``), "zeroshot" (CLIP with class text
 features). ``config.adapt.backbone`` other than "clip" names a ``deft_jax.models.backbones`` model for
-"fft" (all its parameters train, its reference optimiser by default).
+"fft" (all its parameters train, its reference optimiser by default). "vlpt": CLIP with ``adapt.peft`` (VPT-deep)
+and learned CoOp prompts (``detect``'s prompt layout: n_ctx, ctx_init, class_token_position), trained with the
+adapt loss; set ``adapt.schedule.lr`` to suit prompts (e.g. 0.03, phase 1's).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -24,7 +27,7 @@ from deft_jax.models.peft import PEFTConfig
 from deft_jax.models.tokenizer import Tokenizer
 from deft_jax.pretrain.templates import TEMPLATES, ZERO_SHOT_TEMPLATE
 
-METHODS = ("fft", "peft", "none", "zeroshot")
+METHODS = ("fft", "peft", "vlpt", "none", "zeroshot")
 LEARNED_PARAMS = Path("detect") / "learned_params.npz"
 
 
@@ -68,10 +71,10 @@ def _mean_std(config, checkpoint: Optional[str]):
 
 def zeroshot_classifier(config, class_names, *, mesh, checkpoint: Optional[str], rng) -> clf.Classifier:
   mean, std = _mean_std(config, checkpoint)
-  return clf.text_classifier(
+  return _with_data(config, clf.text_classifier(
       config.model, mesh=mesh, rng=rng, checkpoint=checkpoint, mean=mean, std=std,
       class_features=zeroshot_features(class_names, config.adapt.zeroshot_templates, checkpoint),
-      sharding_rules=config.sharding_rules, name="zeroshot")
+      sharding_rules=config.sharding_rules, name="zeroshot"))
 
 
 def prompt_classifier(config, class_names, *, mesh, checkpoint: Optional[str], rng,
@@ -97,19 +100,19 @@ def prompt_classifier(config, class_names, *, mesh, checkpoint: Optional[str], r
     return pos
 
   mean, std = _mean_std(config, checkpoint)
-  return clf.text_classifier(config.model, mesh=mesh, rng=rng, checkpoint=checkpoint, peft=peft,
-                             class_features=features, extra_params=extra, mean=mean, std=std,
-                             sharding_rules=config.sharding_rules, name="learned_prompts")
+  return _with_data(config, clf.text_classifier(
+      config.model, mesh=mesh, rng=rng, checkpoint=checkpoint, peft=peft, class_features=features,
+      extra_params=extra, mean=mean, std=std, sharding_rules=config.sharding_rules, name="learned_prompts"))
 
 
 def clip_head_classifier(config, class_names, *, mesh, checkpoint: Optional[str], rng, peft: PEFTConfig,
                          trainable, head_init: str, calibration_images=None) -> clf.Classifier:
   mean, std = _mean_std(config, checkpoint)
-  return clf.clip_classifier(
+  return _with_data(config, clf.clip_classifier(
       config.model, num_classes=len(class_names), mesh=mesh, rng=rng, checkpoint=checkpoint, peft=peft,
       trainable=trainable, head_init=head_init, mean=mean, std=std, sharding_rules=config.sharding_rules,
       class_features=zeroshot_features(class_names, config.adapt.zeroshot_templates, checkpoint),
-      calibration_images=calibration_images)
+      calibration_images=calibration_images))
 
 
 def phase2_classifier(config, class_names, *, mesh, checkpoint: Optional[str], rng, workdir=None,
@@ -122,14 +125,16 @@ def phase2_classifier(config, class_names, *, mesh, checkpoint: Optional[str], r
     return zeroshot_classifier(config, class_names, mesh=mesh, checkpoint=checkpoint, rng=rng)
   if a.method == "none":
     return prompt_classifier(config, class_names, mesh=mesh, checkpoint=checkpoint, rng=rng, workdir=workdir)
+  if a.method == "vlpt":
+    return vlpt_classifier(config, class_names, mesh=mesh, checkpoint=checkpoint, rng=rng,
+                           peft=PEFTConfig.from_dict(a.peft))
   if a.backbone != "clip":
     if a.method != "fft":
       raise ValueError(f"adapt.backbone={a.backbone!r} supports method 'fft' only (got {a.method!r})")
-    return clf.backbone_classifier(a.backbone, num_classes=len(class_names), mesh=mesh, rng=rng,
-                                   checkpoint=a.backbone_checkpoint, dtype=config.model.dtype,
-                                   image_size=int(config.data.image_size or 0),
-                                   use_reference_optimizer=bool(a.backbone_optimizer),
-                                   sharding_rules=config.sharding_rules)
+    return _with_data(config, clf.backbone_classifier(
+        a.backbone, num_classes=len(class_names), mesh=mesh, rng=rng, checkpoint=a.backbone_checkpoint,
+        dtype=config.model.dtype, image_size=int(config.data.image_size or 0),
+        use_reference_optimizer=bool(a.backbone_optimizer), sharding_rules=config.sharding_rules))
   if a.method == "peft":
     peft, trainable = PEFTConfig.from_dict(a.peft), "peft"
   else:
@@ -140,11 +145,29 @@ def phase2_classifier(config, class_names, *, mesh, checkpoint: Optional[str], r
                               trainable=trainable, head_init=a.head_init, calibration_images=calibration_images)
 
 
+def vlpt_classifier(config, class_names, *, mesh, checkpoint: Optional[str], rng, peft: PEFTConfig) -> clf.Classifier:
+  """VLPT (visual prompts + learned text prompts, CE): the paper's Fig. 1 classifier, with phase 1's prompt layout."""
+  d = config.detect
+  model_cfg = model_build.clip_config(config.model, checkpoint)
+  mean, std = clip_normalization(config, model_cfg.vision.image_size)
+  ckpt_dir = Path(checkpoint) if checkpoint and Path(checkpoint).is_dir() else None
+  tokenizer = Tokenizer.for_checkpoint(ckpt_dir, context_length=model_cfg.text.context_length)
+  return _with_data(config, clf.vlpt_classifier(
+      config.model, class_names=class_names, tokenizer=tokenizer, mesh=mesh, rng=rng, checkpoint=checkpoint,
+      peft=peft, n_ctx=int(d.n_ctx), ctx_init=d.ctx_init, class_token_position=d.class_token_position,
+      text_chunk=int(d.text_chunk), mean=mean, std=std, sharding_rules=config.sharding_rules))
+
+
 def selector_classifier(config, class_names, *, mesh, checkpoint: Optional[str], rng) -> clf.Classifier:
   """The training-based selectors' model: CLIP with ``baselines.peft`` (VPT-deep by default) and a linear head."""
   b = config.baselines
   return clip_head_classifier(config, class_names, mesh=mesh, checkpoint=checkpoint, rng=rng,
                               peft=PEFTConfig.from_dict(b.peft), trainable="peft", head_init="random")
+
+
+def _with_data(config, classifier: clf.Classifier) -> clf.Classifier:
+  """The classifier with the data's eval transform (data.eval_resize)."""
+  return dataclasses.replace(classifier, eval_resize=config.data.get("eval_resize", "short_side"))
 
 
 def rng_for(config, stream: int):

@@ -8,9 +8,11 @@ The trainer (``adapt/train.py``) knows only :class:`Classifier`; each backbone i
   all (frozen by construction, and no memory spent on them). Rules by ``trainable``:
   "blocks" (the reference's FFT: the transformer blocks and the head train; patch / class / position
   embeddings, ln_pre and ln_post stay frozen), "all" (every visual parameter), "peft" (the PEFT parameters
-  and the head; the pretrained backbone frozen), or an explicit rule list.
+  and the head; the pretrained backbone frozen), "head" (a linear probe), or an explicit rule list.
 - ``text_classifier``: CLIP's own classifier, image features against fixed class text features (zero-shot
   prompts, or the positive prompts learned in phase 1). Nothing trains.
+- ``vlpt_classifier``: VLPT, the paper's Fig. 1 classifier: CLIP with visual prompts (PEFT) and CoOp context
+  vectors, classifying by the class prompts' text features; only the prompts (and the PEFT) train.
 - ``backbone_classifier``: a ``deft_jax.models.backbones`` model (ResNet-50, ConvNeXt-T, ViT-B/16, MAE);
   every parameter trains, as in the paper; batch-norm statistics travel as a second variable collection.
 
@@ -49,6 +51,7 @@ class Classifier:
     rules: optimiser rules over ``variables["params"]`` (deft_jax.optim); None for a classifier that does
       not train.
     image_size, mean, std: the input the model expects (images are normalised with mean / std).
+    eval_resize: the eval transform of the data (data.eval_resize: "short_side" or "squash").
     optim: overrides of ``config.adapt.optim`` / ``schedule.lr`` (the reference optimiser of a backbone).
     features: optional ``(variables, images) -> pooled features``.
   """
@@ -62,6 +65,7 @@ class Classifier:
   std: Sequence[float]
   optim: Optional[dict] = None
   features: Optional[Callable] = None
+  eval_resize: str = "short_side"
   # jitted evaluation functions by (mesh, sharding rules), so that per-epoch evaluations compile once.
   jit_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -111,12 +115,14 @@ def clip_rules(trainable, peft: PEFTConfig) -> list[Rule]:
     return [(r"vision_model/encoder/.*", 1.0)] + head + [(r"vision_model/.*", None)]
   if trainable == "all":
     return [(r"vision_model/.*", 1.0)] + head
+  if trainable == "head":
+    return head + [(r"vision_model/.*", None)]
   if trainable == "peft":
     pats = trainable_patterns(peft)
     if not pats:
       logging.warning("adapt: trainable='peft' with no PEFT configured: only the head trains (a linear probe)")
     return [(p, 1.0) for p in pats] + head + [(r"vision_model/.*", None)]
-  raise ValueError(f"adapt.trainable must be 'blocks', 'all', 'peft' or a list of (regex, value) rules, "
+  raise ValueError(f"adapt.trainable must be 'blocks', 'all', 'peft', 'head' or a list of (regex, value) rules, "
                    f"got {trainable!r}")
 
 
@@ -217,6 +223,41 @@ def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], peft: Op
     return jnp.exp(p["logit_scale"].astype(jnp.float32)) * img @ variables["text"].T, {}
 
   return Classifier(name=name, apply=apply, variables={"params": params, "text": text}, rules=None,
+                    image_size=model.config.vision.image_size, mean=mean, std=std)
+
+
+def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, rng, checkpoint: Optional[str],
+                    peft: Optional[PEFTConfig] = None, n_ctx: int = 16, ctx_init: str = "",
+                    class_token_position: str = "end", text_chunk: int = 0, mean=(), std=(),
+                    sharding_rules: Sequence = ()) -> Classifier:
+  """VLPT: image features (with ``peft``, VPT-deep in the paper) against the text features of C class prompts
+  whose context vectors are learned (CoOp, one unified context), logits exp(logit_scale) * cosine. Parameters
+  ``{"clip": the whole CLIP, "prompts": {"ctx"}}``; the context and the PEFT parameters train, every
+  pretrained weight is frozen. The text tower runs on every step, as in phase 1."""
+  from deft_jax.detect import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
+
+  peft = peft or PEFTConfig()
+  model = build.build_clip(model_cfg, peft, checkpoint)
+  k_clip, k_ctx = jax.random.split(rng)
+  clip_params = build.init_clip_params(model, k_clip, mesh=mesh, sharding_rules=sharding_rules,
+                                       checkpoint=checkpoint, prefix="params/clip/")
+  template = prompts_lib.build_template(class_names, tokenizer, n_ctx=n_ctx, ctx_init=ctx_init,
+                                        position=class_token_position)
+  tok = clip_params["text_model"]["embeddings"]["token_embedding"]["embedding"]
+  ctx = prompts_lib.init_prompts(k_ctx, template, model.config.text.width, token_embedding=tok)["pos_ctx"]
+  params = {"clip": clip_params, "prompts": {"ctx": ctx}}
+  params = jax.device_put(params, parallel.shardings_for({"params": params}, mesh, sharding_rules)["params"])
+  rules = ([(r"prompts/ctx", 1.0)] + [(f"clip/{p}", 1.0) for p in trainable_patterns(peft)]
+           + [(r"clip/.*", None)])
+
+  def apply(variables, images, *, train: bool = False, rng=None):
+    del train, rng
+    p = variables["params"]
+    (text,) = prompts_lib.context_features(model, p["clip"], [p["prompts"]["ctx"]], template, chunk=text_chunk)
+    img = clip_lib.normalize(model.apply({"params": p["clip"]}, images, method=clip_lib.CLIP.encode_image))
+    return jnp.exp(p["clip"]["logit_scale"].astype(jnp.float32)) * img @ text.T, {}
+
+  return Classifier(name="vlpt", apply=apply, variables={"params": params}, rules=rules,
                     image_size=model.config.vision.image_size, mean=mean, std=std)
 
 

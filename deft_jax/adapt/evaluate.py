@@ -48,7 +48,8 @@ def predict(classifier: Classifier, variables, split, *, mesh, batch_size: int,
   fn = fn or jit_logits(classifier, variables, mesh, sharding_rules)
   chunks = []
   for local in pipeline.eval_batches(split, global_batch_size=batch_size, image_size=classifier.image_size,
-                                     mean=classifier.mean, std=classifier.std):
+                                     mean=classifier.mean, std=classifier.std,
+                                     eval_resize=classifier.eval_resize):
     chunks.append(fn(variables, parallel.shard_batch(local, mesh)))
   return gather_by_index(chunks, split.num_examples)["logits"]
 
@@ -62,11 +63,12 @@ def eval_labels(split) -> tuple[np.ndarray, np.ndarray]:
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray, *, num_classes: int, mask=None,
-             topk: Sequence[int] = (1, 5)) -> dict:
-  """JSON-ready top-k, per-class and mean per-class accuracy (None where undefined)."""
+             topk: Sequence[int] = (1, 5), stage: str = "") -> dict:
+  """JSON-ready top-k, per-class and mean per-class accuracy (None where undefined); non-finite logits raise
+  DivergedError naming ``stage``."""
   topk = tuple(k for k in topk if k <= num_classes) or (1,)
   m = report_metrics.classification_metrics(labels, num_classes=num_classes, logits=logits, mask=mask,
-                                            topk=topk)
+                                            topk=topk, stage=stage)
   clean = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)  # noqa: E731
   out = {f"top{k}": clean(m[f"top{k}"]) for k in topk}
   out["mean_per_class_accuracy"] = clean(m["mean_per_class_accuracy"])
@@ -77,7 +79,7 @@ def accuracy(logits: np.ndarray, labels: np.ndarray, *, num_classes: int, mask=N
 
 def evaluate(classifier: Classifier, variables, splits: dict, *, mesh, batch_size: int,
              sharding_rules: Sequence = (), names: Sequence[str] = EVAL_SPLITS,
-             keep_logits: bool = False) -> dict:
+             keep_logits: bool = False, stage: str = "adapt") -> dict:
   """``{split_name: accuracy dict}`` for each of ``names`` present in ``splits``.
 
   With ``keep_logits`` each entry also holds "logits" (NumPy [N, C]; not JSON).
@@ -90,7 +92,8 @@ def evaluate(classifier: Classifier, variables, splits: dict, *, mesh, batch_siz
       continue
     logits = predict(classifier, variables, split, mesh=mesh, batch_size=batch_size, fn=fn)
     labels, known = eval_labels(split)
-    out[name] = accuracy(logits, labels, num_classes=split.num_classes, mask=known)
+    out[name] = accuracy(logits, labels, num_classes=split.num_classes, mask=known,
+                         stage=f"{stage}, {name} split")
     if keep_logits:
       out[name]["logits"] = logits
   return out

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from deft_jax.detect.losses import cross_entropy, masked_mean, reverse_cross_entropy
+from deft_jax.detect.losses import cross_entropy, log_prob_of_label, masked_mean, reverse_cross_entropy
 
 LOSSES = ("ce", "gce", "sce", "elr")
 # ELR clamps probabilities away from 0 and 1 so that log(1 - <t, p>) stays finite when p collapses to a
@@ -28,7 +28,7 @@ LOSSES = ("ce", "gce", "sce", "elr")
 ELR_P_CLIP = 1e-4
 
 __all__ = ["LOSSES", "cross_entropy", "generalized_cross_entropy", "symmetric_cross_entropy", "elr_update",
-           "elr_loss", "per_example_loss", "masked_mean", "check_loss"]
+           "elr_loss", "per_example_loss", "masked_mean", "check_loss", "log_prob_of_label"]
 
 
 def generalized_cross_entropy(logits: jax.Array, labels: jax.Array, q: float = 0.7) -> jax.Array:

@@ -5,13 +5,15 @@ frozen leaves included), ``extra`` (other variable collections, e.g. batch-norm 
 and, when a setting needs them, per-example arrays indexed by the example index of the training split:
 
 - ``elr``: float32 [N, C], ELR's target memory (loss "elr");
-- ``sample_mask``: bool [N], which examples the loss may use (the GMM selector refits it every epoch);
-- ``online``: per-example records ``p_label``, ``selected``, ``suggested``, ``margin`` written as each index
-  is visited (training-based selectors: after the last epoch they hold the last epoch's online selection).
+- ``sample_mask``: bool [N], which examples the loss may use (``loss_mask="sample_mask"``: phase 2's selected
+  examples when each epoch visits all N, or the GMM baseline's mask, refitted every epoch);
+- ``online``: per-example records ``p_label``, ``log_p_label``, ``selected``, ``suggested``, ``margin``
+  written as each index is visited (training baselines: after the last epoch they hold the last epoch's online
+  selection).
 
-The small-loss selection happens inside the step: among the batch's valid examples, the (1 - r) fraction with
-the smallest cross-entropy is kept, r = rate * min(epoch / warmup_epochs, 1) (ramped up from 0 over the
-warm-up, as co-teaching does).
+``loss_mask="small_loss"`` selects inside the step: among the batch's valid examples, the (1 - r) fraction with
+the smallest cross-entropy is kept, with r ramped as co-teaching does: linspace(0, rate, W)[epoch] during the
+W = ``warmup_epochs`` warm-up epochs, ``rate`` afterwards.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import jax.numpy as jnp
 from deft_jax import optim
 from deft_jax.adapt import losses
 
-ONLINE_FIELDS = {"p_label": jnp.float32, "selected": jnp.bool_, "suggested": jnp.int32, "margin": jnp.float32}
-SELECTIONS = ("none", "small_loss", "sample_mask")
+ONLINE_FIELDS = {"p_label": jnp.float32, "log_p_label": jnp.float32, "selected": jnp.bool_,
+                 "suggested": jnp.int32, "margin": jnp.float32}
+# Which valid examples of a batch the loss averages over: all, the small-loss fraction, or those of sample_mask.
+LOSS_MASKS = ("none", "small_loss", "sample_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +40,15 @@ class StepSettings:
   loss: str = "ce"
   loss_params: tuple = ()  # sorted (name, value) pairs of config.adapt.loss_params
   steps_per_epoch: int = 1
-  selection: str = "none"
+  loss_mask: str = "none"
   small_loss_rate: float = 0.0
   warmup_epochs: int = 0
   record_online: bool = False
 
   def __post_init__(self):
     losses.check_loss(self.loss)
-    if self.selection not in SELECTIONS:
-      raise ValueError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
+    if self.loss_mask not in LOSS_MASKS:
+      raise ValueError(f"unknown loss_mask {self.loss_mask!r}; choose one of {LOSS_MASKS}")
     if not 0.0 <= self.small_loss_rate < 1.0:
       raise ValueError(f"the small-loss rate must lie in [0, 1), got {self.small_loss_rate}")
 
@@ -58,7 +62,7 @@ def init_extras(settings: StepSettings, num_examples: int, num_classes: int) -> 
   out = {}
   if settings.loss == "elr":
     out["elr"] = jnp.zeros((num_examples, num_classes), jnp.float32)
-  if settings.selection == "sample_mask":
+  if settings.loss_mask == "sample_mask":
     out["sample_mask"] = jnp.ones((num_examples,), jnp.bool_)
     out["mask_epoch"] = jnp.int32(-1)
   if settings.record_online:
@@ -76,8 +80,12 @@ def small_loss_keep(per_example: jax.Array, valid: jax.Array, rate) -> jax.Array
 
 
 def small_loss_rate(settings: StepSettings, epoch):
-  ramp = jnp.minimum(epoch.astype(jnp.float32) / max(settings.warmup_epochs, 1), 1.0)
-  return settings.small_loss_rate * (ramp if settings.warmup_epochs else 1.0)
+  """co-teaching's forget-rate schedule: linspace(0, rate, W)[epoch] for epoch < W, rate afterwards."""
+  w = settings.warmup_epochs
+  if w <= 0:
+    return jnp.float32(settings.small_loss_rate)
+  ramp = jnp.minimum(epoch.astype(jnp.float32) / max(w - 1, 1), 1.0)
+  return settings.small_loss_rate * ramp
 
 
 def label_margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -107,9 +115,9 @@ def make_train_step(apply_fn: Callable, tx, mask, settings: StepSettings, lr_fn:
                                                 float(loss_params["elr_beta"]))
       per = losses.per_example_loss(settings.loss, logits, labels, loss_params, targets)
       use = valid
-      if settings.selection == "sample_mask":
+      if settings.loss_mask == "sample_mask":
         use = use & state["sample_mask"][index]
-      elif settings.selection == "small_loss":
+      elif settings.loss_mask == "small_loss":
         ce = losses.cross_entropy(jax.lax.stop_gradient(logits), labels)
         use = small_loss_keep(ce, valid, small_loss_rate(settings, epoch))
       aux["used"] = use
@@ -126,8 +134,8 @@ def make_train_step(apply_fn: Callable, tx, mask, settings: StepSettings, lr_fn:
     if settings.record_online:
       n = state["online"]["p_label"].shape[0]
       idx = jnp.where(valid, index, n)  # padding rows point past the end and are dropped
-      p = jax.nn.softmax(logits, axis=-1)
-      rec = {"p_label": jnp.take_along_axis(p, labels[:, None], axis=-1)[:, 0], "selected": aux["used"],
+      log_p = losses.log_prob_of_label(logits, labels)
+      rec = {"p_label": jnp.exp(log_p), "log_p_label": log_p, "selected": aux["used"],
              "suggested": jnp.argmax(logits, -1), "margin": label_margin(logits, labels)}
       new_state["online"] = {k: state["online"][k].at[idx].set(rec[k].astype(dt), mode="drop")
                              for k, dt in ONLINE_FIELDS.items()}

@@ -2,13 +2,16 @@
 
 Config section ``adapt`` (defaults in config_lib.base_config):
 
-- ``method``: "fft" | "peft" | "none" | "zeroshot" (see adapt/build.py); ``backbone``: "clip" or a
+- ``method``: "fft" | "peft" | "vlpt" | "none" | "zeroshot" (see adapt/build.py); ``backbone``: "clip" or a
   ``models.backbones`` name (``backbone_checkpoint``, ``backbone_optimizer``).
-- ``selection``: which labels train. "deft" (the detector's ``is_clean``), "all" (every given label),
-  "label_match" / "small_loss" / "gmm" (those selectors' masks, adapt/selectors.py), "clean_oracle" (the
-  examples whose given label equals the known clean label; examples without a known clean label are left out).
+- ``train_on``: which labels train. "deft" (the detector's ``is_clean``), "all" (every given label), the name of
+  any baseline (its mask, deft_jax/baselines/), "clean_oracle" (the examples whose given label equals the
+  known clean label; examples without a known clean label are left out).
+- ``epoch_over``: "all" (the reference: every epoch visits all N training examples, ceil(N / batch) steps, and
+  each batch's loss is the mean over its selected examples; a batch without one contributes a zero loss) or
+  "selected" (every epoch visits only the selected subset, ceil(|S| / batch) steps).
 - ``epochs`` / ``steps``: ``steps > 0`` fixes the number of optimiser steps whatever the subset size (equal-step
-  comparisons); ``steps = 0`` trains ``epochs`` epochs of the subset (the reference). ``batch_size``,
+  comparisons); ``steps = 0`` trains ``epochs`` epochs (the reference). ``batch_size``,
   ``optim``, ``schedule`` as in deft_jax.optim; ``augment`` ("" = ``data.train_augment``).
 - ``trainable`` ("blocks" | "all" | rules), ``head_init`` ("random" | "text"), ``peft`` (for "peft"),
   ``loss`` ("ce" | "gce" | "sce" | "elr") with ``loss_params``, ``zeroshot_templates``.
@@ -29,43 +32,45 @@ from typing import Optional
 import jax
 import numpy as np
 
-from deft_jax.adapt import build, evaluate, selectors
+from deft_jax import baselines
+from deft_jax.adapt import build, evaluate
 from deft_jax.adapt import trainer as trainer_lib
 from deft_jax.checkpoint import StageCheckpointer, save_npz, write_json
 from deft_jax.report import metrics as report_metrics
 
-SELECTIONS = ("deft", "all", "label_match", "small_loss", "gmm", "clean_oracle")
+TRAIN_ON = ("deft", "all", "clean_oracle")  # and any baseline of deft_jax/baselines/
 RESULTS_FILE = "results.json"
+HISTORY_FILE = "eval_history.json"  # top-1 per evaluated epoch (adapt.eval_every_epochs > 0)
 PREDICTIONS_FILE = "predictions.npz"
 _STREAM = 7  # of the run seed, for phase 2
 CALIBRATION_IMAGES = 256
 
 
-def selection_mask(config, train_split, detection: Optional[dict], *, mesh, clip_checkpoint, workdir=None,
-                   writer=None) -> np.ndarray:
-  """bool [N]: the training examples phase 2 uses under ``config.adapt.selection``."""
-  sel = config.adapt.selection
+def train_mask(config, train_split, detection: Optional[dict], *, mesh, clip_checkpoint, workdir=None,
+               writer=None, eval_splits=None) -> np.ndarray:
+  """bool [N]: the training examples phase 2 uses under ``config.adapt.train_on``."""
+  on = config.adapt.train_on
   n = train_split.num_examples
-  if sel == "deft":
+  if on == "deft":
     if detection is None or "is_clean" not in detection:
-      raise ValueError("adapt.selection='deft' needs the detector's output (run the detect stage first)")
+      raise ValueError("adapt.train_on='deft' needs the detector's output (run the detect stage first)")
     mask = np.asarray(detection["is_clean"], bool)
-  elif sel == "all":
+  elif on == "all":
     mask = np.ones(n, bool)
-  elif sel == "clean_oracle":
+  elif on == "clean_oracle":
     if train_split.clean_labels is None:
-      raise ValueError(f"adapt.selection='clean_oracle' needs clean labels; {train_split.name} has none")
+      raise ValueError(f"adapt.train_on='clean_oracle' needs clean labels; {train_split.name} has none")
     mask = (train_split.clean_labels >= 0) & (train_split.labels == train_split.clean_labels)
-  elif sel in selectors.SELECTORS:
-    out = selectors.SELECTORS[sel](config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint,
-                                   workdir=workdir, writer=writer)
+  elif on in baselines.available():
+    out = baselines.run(on, config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint, workdir=workdir,
+                        writer=writer, eval_splits=eval_splits)
     mask = np.asarray(out["is_clean"], bool)
   else:
-    raise ValueError(f"unknown adapt.selection {sel!r}; choose one of {SELECTIONS}")
+    raise ValueError(f"unknown adapt.train_on {on!r}; choose one of {list(TRAIN_ON) + baselines.available()}")
   if mask.shape != (n,):
-    raise ValueError(f"the {sel!r} selection has shape {mask.shape}, the train split has {n} examples")
+    raise ValueError(f"the {on!r} selection has shape {mask.shape}, the train split has {n} examples")
   if not mask.any():
-    raise ValueError(f"the {sel!r} selection is empty: nothing to fine-tune on")
+    raise ValueError(f"the {on!r} selection is empty: nothing to fine-tune on")
   return mask
 
 
@@ -93,33 +98,73 @@ def _num(x) -> Optional[float]:
   return None if math.isnan(x) else x
 
 
+def read_history(path: Path) -> list[dict]:
+  return json.loads(path.read_text()) if path.exists() else []
+
+
+def best_over_epochs(history: list[dict], final: dict, last_epoch: float) -> dict:
+  """{split: {"best_top1", "best_epoch"}} over the evaluated epochs and the final evaluation (the reference
+  prints the best accuracy beside the last)."""
+  out = {}
+  for name, m in final.items():
+    points = [(h[name], h["epoch"]) for h in history if h.get(name) is not None]
+    if m.get("top1") is not None:
+      points.append((m["top1"], last_epoch))
+    if points:
+      best = max(points, key=lambda p: (p[0], -p[1]))  # the earliest epoch among equals
+      out[name] = {"best_top1": best[0], "best_epoch": best[1]}
+  return out
+
+
 def _pct(x) -> str:
   return "-" if x is None else f"{100 * float(x):.2f}%"
 
 
-def train_classifier(config, classifier, subset, *, mesh, writer, out_dir: Path, eval_splits=None):
-  """Trains ``classifier`` on ``subset`` as ``config.adapt`` says; returns (trainer, final state)."""
+EPOCH_OVER = ("all", "selected")
+TRAINED = ("fft", "peft", "vlpt")  # the methods that train on the selected labels
+
+
+def train_classifier(config, classifier, train, mask, *, mesh, writer, out_dir: Path, eval_splits=None):
+  """Trains ``classifier`` on the examples of ``train`` that ``mask`` selects, as ``config.adapt`` says
+  (``epoch_over``: all N examples per epoch with the loss masked, or the selected subset alone); returns
+  (trainer, final state)."""
   a = config.adapt
+  over = a.epoch_over
+  if over not in EPOCH_OVER:
+    raise ValueError(f"adapt.epoch_over must be one of {EPOCH_OVER}, got {over!r}")
+  if over == "all":
+    data, sample_mask, loss_mask = train, mask, "sample_mask"
+  else:
+    data = train.subset(np.flatnonzero(mask), name=f"{train.name}[{a.train_on}]")
+    sample_mask, loss_mask = None, "none"
   budget = trainer_lib.TrainBudget(epochs=int(a.epochs), steps=int(a.steps), batch_size=int(a.batch_size))
-  spe = trainer_lib.steps_per_epoch(subset, budget.batch_size)
+  spe = trainer_lib.steps_per_epoch(data, budget.batch_size)
   total = budget.total_steps(spe)
-  settings = trainer_lib.make_settings(a.loss, a.loss_params, steps_per_epoch=spe)
+  settings = trainer_lib.make_settings(a.loss, a.loss_params, steps_per_epoch=spe, loss_mask=loss_mask)
   tr = trainer_lib.Trainer(classifier, optim_cfg=a.optim, schedule_cfg=a.schedule, settings=settings,
                            total_steps=total, steps_per_epoch=spe, mesh=mesh, sharding_rules=config.sharding_rules)
   ckpt = StageCheckpointer(out_dir / "checkpoints", every_steps=config.checkpoint_every_steps)
   state = trainer_lib.restore_or_init(tr, jax.random.fold_in(build.rng_for(config, _STREAM), 1), ckpt,
-                                      num_examples=subset.num_examples, num_classes=subset.num_classes)
-  trainer_lib.log_budget("adapt", subset, budget, spe, total)
+                                      num_examples=data.num_examples, num_classes=data.num_classes,
+                                      sample_mask=sample_mask)
+  trainer_lib.log_budget("adapt", data, budget, spe, total)
   every = int(a.eval_every_epochs or 0)
+
+  history_path = out_dir / HISTORY_FILE
 
   def on_epoch_end(st, epoch):
     if not every or not eval_splits or (epoch + 1) % every:
       return None
     ev = evaluate.evaluate(classifier, tr.variables(st), eval_splits, mesh=mesh, batch_size=a.eval_batch_size,
                            sharding_rules=config.sharding_rules)
-    return {f"{name}_top1": m["top1"] for name, m in ev.items() if m["top1"] is not None}
+    top1 = {name: m["top1"] for name, m in ev.items() if m["top1"] is not None}
+    # Kept on disk, so that a resumed run still knows the accuracy of the epochs before the interruption.
+    history = {h["epoch"]: h for h in read_history(history_path)}
+    history[epoch + 1] = {"epoch": epoch + 1, "step": int(jax.device_get(st["step"])), **top1}
+    write_json(history_path, [history[e] for e in sorted(history)])
+    return {f"{name}_top1": v for name, v in top1.items()}
 
-  state = trainer_lib.fit(tr, state, subset, stage="adapt", budget=budget, seed=int(config.seed) + _STREAM,
+  state = trainer_lib.fit(tr, state, data, stage="adapt", budget=budget, seed=int(config.seed) + _STREAM,
                           augment=a.augment or config.data.train_augment, mesh=mesh, writer=writer,
                           checkpointer=ckpt, log_every_steps=config.log_every_steps,
                           checkpoint_every_steps=config.checkpoint_every_steps, on_epoch_end=on_epoch_end)
@@ -137,20 +182,20 @@ def run(config, workdir: str | Path, *, splits, mesh, writer, clip_checkpoint: O
     return json.loads(results_path.read_text())
   a = config.adapt
   train = splits["train"]
-  info = {"method": a.method, "backbone": a.backbone if a.method in ("fft", "peft") else "clip"}
+  info = {"method": a.method, "backbone": a.backbone if a.method in TRAINED else "clip"}
   eval_splits = {k: splits[k] for k in evaluate.EVAL_SPLITS if k in splits}
-  if a.method in ("fft", "peft"):
-    mask = selection_mask(config, train, detection, mesh=mesh, clip_checkpoint=clip_checkpoint, workdir=workdir,
-                          writer=writer)
-    subset = train.subset(np.flatnonzero(mask), name=f"{train.name}[{a.selection}]")
-    info.update(selection=a.selection, loss=a.loss, trainable=a.trainable if a.method == "fft" else "peft",
-                head_init=a.head_init, **_selection_info(mask, train))
-    logging.info("[adapt] %s on %d of %d examples (selection %s)", a.method, subset.num_examples,
-                 train.num_examples, a.selection)
+  if a.method in TRAINED:
+    mask = train_mask(config, train, detection, mesh=mesh, clip_checkpoint=clip_checkpoint, workdir=workdir,
+                      writer=writer, eval_splits=eval_splits)
+    subset = train.subset(np.flatnonzero(mask), name=f"{train.name}[{a.train_on}]")
+    info.update(train_on=a.train_on, loss=a.loss, trainable=a.trainable if a.method == "fft" else a.method,
+                head_init=a.head_init, epoch_over=a.epoch_over, **_selection_info(mask, train))
+    logging.info("[adapt] %s on %d of %d examples (train_on %s)", a.method, subset.num_examples,
+                 train.num_examples, a.train_on)
     classifier = build.phase2_classifier(config, train.class_names, mesh=mesh, checkpoint=clip_checkpoint,
                                          rng=build.rng_for(config, _STREAM), workdir=workdir,
                                          calibration_images=calibration_images(subset))
-    tr, state = train_classifier(config, classifier, subset, mesh=mesh, writer=writer, out_dir=out_dir,
+    tr, state = train_classifier(config, classifier, train, mask, mesh=mesh, writer=writer, out_dir=out_dir,
                                  eval_splits=eval_splits)
     variables = tr.variables(state)
     info["steps"] = int(jax.device_get(state["step"]))
@@ -165,10 +210,15 @@ def run(config, workdir: str | Path, *, splits, mesh, writer, clip_checkpoint: O
   logits = {f"{k}_logits": v.pop("logits") for k, v in ev.items()}
   if logits:
     save_npz(out_dir / PREDICTIONS_FILE, logits)
+  history = read_history(out_dir / HISTORY_FILE)
+  if history:
+    for name, best in best_over_epochs(history, ev, info.get("epochs_equivalent", 0)).items():
+      ev[name].update(best)
   results = {**info, **ev}
   for name, m in ev.items():
-    logging.info("[adapt] %s: top-1 %s, top-5 %s, mean per-class %s (%d examples)", name, _pct(m.get("top1")),
-                 _pct(m.get("top5")), _pct(m.get("mean_per_class_accuracy")), m["count"])
+    best = f", best top-1 {_pct(m['best_top1'])} (epoch {m['best_epoch']:g})" if "best_top1" in m else ""
+    logging.info("[adapt] %s: top-1 %s%s, top-5 %s, mean per-class %s (%d examples)", name, _pct(m.get("top1")),
+                 best, _pct(m.get("top5")), _pct(m.get("mean_per_class_accuracy")), m["count"])
     writer.write_scalars(info["steps"], {f"adapt/{name}_top1": m["top1"] or 0.0})
   write_json(results_path, results, sort_keys=True)
   return results

@@ -65,15 +65,20 @@ class Trainer:
                                                    steps_per_epoch=steps_per_epoch)
     self.mask = optim.trainable_mask(params, classifier.rules)
 
-  def init_state(self, rng, *, num_examples: int, num_classes: int) -> dict:
+  def init_state(self, rng, *, num_examples: int, num_classes: int, sample_mask=None) -> dict:
     """A fresh train state. The classifier's variables move into it (the jitted step donates them), so after
-    training read them back with ``variables(state)``."""
+    training read them back with ``variables(state)``. ``sample_mask`` (bool [N]) fixes which examples the
+    loss may use (settings.loss_mask == "sample_mask"; all of them when None)."""
     v = self.classifier.variables
     params = v["params"]
+    extras = step_lib.init_extras(self.settings, num_examples, num_classes)
+    if sample_mask is not None:
+      if "sample_mask" not in extras:
+        raise ValueError("a sample mask needs StepSettings(loss_mask='sample_mask')")
+      extras["sample_mask"] = np.asarray(sample_mask, bool).reshape(num_examples)
     state = {"step": np.int32(0), "rng": jax.random.key_data(rng), "params": params,
              "extra": {k: x for k, x in v.items() if k != "params"},
-             "opt_state": self.tx.init(params),
-             **step_lib.init_extras(self.settings, num_examples, num_classes)}
+             "opt_state": self.tx.init(params), **extras}
     return jax.device_put(state, self.state_shardings(state))
 
   def state_shardings(self, state):
@@ -92,8 +97,8 @@ class Trainer:
 
 
 def restore_or_init(trainer: Trainer, rng, ckpt: StageCheckpointer, *, num_examples: int,
-                    num_classes: int) -> dict:
-  state = trainer.init_state(rng, num_examples=num_examples, num_classes=num_classes)
+                    num_classes: int, sample_mask=None) -> dict:
+  state = trainer.init_state(rng, num_examples=num_examples, num_classes=num_classes, sample_mask=sample_mask)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = ckpt.restore(abstract)
   return state if restored is None else restored
@@ -109,7 +114,7 @@ def fit(trainer: Trainer, state, split, *, stage: str, budget: TrainBudget, seed
   be a deterministic function of the state so that a resumption reproduces it. It needs an epoch budget.
   """
   c = trainer.classifier
-  data_kw = dict(image_size=c.image_size, mean=c.mean, std=c.std)
+  data_kw = dict(image_size=c.image_size, mean=c.mean, std=c.std, eval_resize=c.eval_resize)
   spe = trainer.steps_per_epoch
   total = trainer.total_steps
 

@@ -36,8 +36,9 @@ Fields of the data ConfigDict (default_data_config() holds them all):
   noise.ratio, noise.seed, noise.another_class (sym), noise.class_map (pair:
                  "next" or "cifar10"), noise.idn_image_size (0 = 32 px for CIFAR-like
                  sources, else 64), noise.file (reuse if present, else write).
-  image_size, train_augment, normalization, shuffle_buffer
-                 read by the stages when they build pipelines.
+  image_size, train_augment, eval_resize, normalization, shuffle_buffer
+                 read by the stages when they build pipelines (train_augment and
+                 eval_resize: see data/preprocess.py).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       "balanced_subset": 0, "balanced_subset_seed": 0, "balanced_subset_file": "",
       "noise": {"type": "none", "ratio": 0.0, "seed": 1, "another_class": False,
                 "class_map": "next", "idn_image_size": 0, "file": ""},
-      "image_size": 224, "train_augment": "resize_crop", "normalization": "clip",
+      "image_size": 224, "train_augment": "resize_crop", "eval_resize": "short_side", "normalization": "clip",
       "shuffle_buffer": 16384,
   })
 

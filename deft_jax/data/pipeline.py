@@ -147,7 +147,7 @@ def train_batches(split: LabeledSplit, *, global_batch_size: int, image_size: in
                   std=preprocess.CLIP_STD, process_index: int | None = None,
                   process_count: int | None = None, shuffle_buffer: int = 16384,
                   resize_ratio: float = preprocess.RESIZE_RATIO,
-                  antialias: bool = True) -> Batches:
+                  antialias: bool = True, eval_resize: str = "short_side") -> Batches:
   """One training epoch of host-local batches, deterministic given (seed, epoch).
 
   Args:
@@ -163,6 +163,7 @@ def train_batches(split: LabeledSplit, *, global_batch_size: int, image_size: in
     resize_ratio: "resize_crop" resizes the short side to image_size*resize_ratio.
     antialias: antialias the crop's final resize (as PIL does); False is ~2x faster
       on large JPEGs (benchmarks/data_throughput.py) and aliases shrunk crops a little.
+    eval_resize: the eval transform that augment="none" applies (preprocess.EVAL_RESIZES).
   """
   if augment not in preprocess.AUGMENTATIONS:
     raise ValueError(f"unknown augment {augment!r}; known: {preprocess.AUGMENTATIONS}")
@@ -183,7 +184,7 @@ def train_batches(split: LabeledSplit, *, global_batch_size: int, image_size: in
   def augment_fn(ex):
     key = tf.stack([tf.constant(base, tf.int64), ex["index"]])
     image = preprocess.train_view(ex["image"], image_size, augment, key, resize_ratio,
-                                  antialias)
+                                  antialias, eval_resize)
     return {"image": image, "index": ex["index"]}
 
   ds = _finish(ds.map(augment_fn, num_parallel_calls=AUTOTUNE, deterministic=True),
@@ -194,8 +195,11 @@ def train_batches(split: LabeledSplit, *, global_batch_size: int, image_size: in
 def eval_batches(split: LabeledSplit, *, global_batch_size: int, image_size: int,
                  mean=preprocess.CLIP_MEAN, std=preprocess.CLIP_STD,
                  process_index: int | None = None,
-                 process_count: int | None = None) -> Batches:
-  """Every example exactly once over all processes: resize short side (bicubic) + centre crop."""
+                 process_count: int | None = None, eval_resize: str = "short_side") -> Batches:
+  """Every example exactly once over all processes, through the eval transform: resize short side (bicubic)
+  + centre crop, or with eval_resize="squash" a resize of both sides (preprocess.eval_transform)."""
+  if eval_resize not in preprocess.EVAL_RESIZES:
+    raise ValueError(f"unknown eval_resize {eval_resize!r}; known: {preprocess.EVAL_RESIZES}")
   p, count = _process(process_index, process_count)
   b = _local_batch(global_batch_size, count)
   steps = steps_per_epoch(split, global_batch_size, count)
@@ -205,7 +209,7 @@ def eval_batches(split: LabeledSplit, *, global_batch_size: int, image_size: int
   ds = _indexed_dataset(split, order, shuffle_seed=None, shuffle_buffer=0, p=p,
                         count=count, b=b, steps=steps, skip=0)
   ds = ds.map(lambda ex: {"image": preprocess.eval_transform(preprocess.decode(ex["image"]),
-                                                              image_size),
+                                                              image_size, eval_resize),
                           "index": ex["index"]},
               num_parallel_calls=AUTOTUNE, deterministic=True)
   return Batches(_finish(ds, b, mean, std), split, order, b, steps, 0)

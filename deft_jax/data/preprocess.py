@@ -4,14 +4,21 @@ All TF functions work on one decoded uint8 [h, w, 3] image and return uint8, so
 batches stay small in the prefetch buffer; `normalize` runs once per batch.
 
 Train augmentations (`augment=`):
-  "resize_crop"          the paper's: resize the short side to size*256/224, random
-                         size x size crop, horizontal flip. Done as one resize of
-                         the matching window of the original image, which equals
-                         resize-then-crop up to sub-pixel alignment and costs less.
+  "resize_crop"          resize the short side to size*256/224, random size x size
+                         crop, horizontal flip. Done as one resize of the matching
+                         window of the original image, which equals resize-then-crop
+                         up to sub-pixel alignment and costs less.
+  "squash_crop"          the reference's for Tiny-ImageNet, Cars, CUB and WebVision:
+                         resize both sides to size*256/224 (a squash, aspect ratio not
+                         kept), random size x size crop, flip; the same one-resize
+                         window trick (a window of h*224/256 x w*224/256 pixels).
   "random_resized_crop"  Inception-style crop, scale (0.08, 1), ratio (3/4, 4/3), flip.
   "cifar"                zero-pad 4 px, random crop at the original size, resize to
                          size, flip (the reference's CIFAR recipe).
   "none"                 the eval transform (resize short side + centre crop).
+Eval transforms (`eval_resize=`): "short_side" (CLIP's: bicubic resize of the
+short side, centre crop) and "squash" (the reference's for the datasets above:
+resize both sides to size, bilinear, no crop).
 train_view() takes the encoded bytes and, for JPEG crops, decodes only the crop
 window (tf.io.decode_and_crop_jpeg). antialias=False skips the antialiasing
 filter of the final resize: about twice the throughput, with some aliasing when
@@ -32,20 +39,25 @@ from deft_jax.data._tf import tf
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# Per-dataset statistics the reference normalises with. CIFAR-10's std is the
-# per-pixel one over the train set (the often quoted 0.2023... is a per-image
-# average); tests recompute it from the real images.
+# Per-dataset statistics, named for the dataset whose reference recipe normalises with them (data.normalization;
+# CLIP's own, the default, is the principled choice for a CLIP backbone). CIFAR-10's std is the per-pixel one over
+# the train set (the often quoted 0.2023... is a per-image average); tests recompute it from the real images.
+# The reference normalises Tiny-ImageNet and Stanford Cars with CLIP's statistics, CUB and WebVision with
+# ImageNet's, and Clothing1M with its own.
 DATASET_STATS = {
     "clip": (CLIP_MEAN, CLIP_STD),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
+    "clothing1m": ((0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214)),
 }
-# ImageNet-like photo datasets use ImageNet statistics.
-for _name in ("cub", "cars", "tiny_imagenet", "clothing1m", "webvision"):
+for _name in ("tiny_imagenet", "cars"):
+  DATASET_STATS[_name] = DATASET_STATS["clip"]
+for _name in ("cub", "webvision"):
   DATASET_STATS[_name] = DATASET_STATS["imagenet"]
 
-AUGMENTATIONS = ("resize_crop", "random_resized_crop", "cifar", "none")
+AUGMENTATIONS = ("resize_crop", "squash_crop", "random_resized_crop", "cifar", "none")
+EVAL_RESIZES = ("short_side", "squash")
 # torchvision-style Resize(256) before RandomCrop(224).
 RESIZE_RATIO = 256 / 224
 
@@ -136,8 +148,15 @@ def _resize_bilinear_uint8(image: tf.Tensor, height, width, antialias: bool = Tr
   return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
-def eval_transform(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Bicubic resize of the short side to `size`, then centre crop (uint8 -> uint8)."""
+def eval_transform(image: tf.Tensor, size: int, resize: str = "short_side") -> tf.Tensor:
+  """uint8 -> uint8 [size, size, 3]: "short_side" = bicubic resize of the short side to `size`, then centre
+  crop; "squash" = bilinear resize of both sides to `size` (torchvision's Resize((size, size)))."""
+  if resize == "squash":
+    image = _resize_bilinear_uint8(image, size, size)
+    image.set_shape([size, size, 3])
+    return image
+  if resize != "short_side":
+    raise ValueError(f"unknown eval_resize {resize!r}; known: {EVAL_RESIZES}")
   shape = tf.shape(image)
   h, w = shape[0], shape[1]
   hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
@@ -167,6 +186,13 @@ def _flip(image, seed):
 def _crop_window(shape, augment: str, seed, resize_ratio: float):
   """(begin [y, x, 0], size [h, w, -1]) of the random crop, from the image shape only."""
   h, w = shape[0], shape[1]
+  if augment == "squash_crop":
+    # A size x size crop of the image squashed to size*ratio on both sides, in original pixels.
+    ch = tf.maximum(tf.cast(tf.round(tf.cast(h, tf.float32) / resize_ratio), tf.int32), 1)
+    cw = tf.maximum(tf.cast(tf.round(tf.cast(w, tf.float32) / resize_ratio), tf.int32), 1)
+    oy_seed, ox_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    oy, ox = _uniform_int(oy_seed, h - ch), _uniform_int(ox_seed, w - cw)
+    return tf.stack([oy, ox, 0]), tf.stack([ch, cw, -1])
   if augment == "resize_crop":
     # The crop is size/(size*ratio) of the short side in original pixels.
     side = tf.cast(tf.round(tf.cast(tf.minimum(h, w), tf.float32) / resize_ratio), tf.int32)
@@ -188,10 +214,12 @@ def _finish_crop(crop, size, flip_seed, antialias):
 
 
 def train_transform(image: tf.Tensor, size: int, augment: str, seed: tf.Tensor,
-                    resize_ratio: float = RESIZE_RATIO, antialias: bool = True) -> tf.Tensor:
-  """One train view of a decoded uint8 [h, w, 3] image; `seed` is a [2] int64 tensor."""
+                    resize_ratio: float = RESIZE_RATIO, antialias: bool = True,
+                    eval_resize: str = "short_side") -> tf.Tensor:
+  """One train view of a decoded uint8 [h, w, 3] image; `seed` is a [2] int64 tensor. augment="none" is the
+  eval transform (``eval_resize``)."""
   if augment == "none":
-    return eval_transform(image, size)
+    return eval_transform(image, size, eval_resize)
   if augment not in AUGMENTATIONS:
     raise ValueError(f"unknown augment {augment!r}; known: {AUGMENTATIONS}")
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -213,14 +241,15 @@ def train_transform(image: tf.Tensor, size: int, augment: str, seed: tf.Tensor,
 
 
 def train_view(encoded: tf.Tensor, size: int, augment: str, seed: tf.Tensor,
-               resize_ratio: float = RESIZE_RATIO, antialias: bool = True) -> tf.Tensor:
+               resize_ratio: float = RESIZE_RATIO, antialias: bool = True,
+               eval_resize: str = "short_side") -> tf.Tensor:
   """train_transform from encoded bytes; JPEG crops decode only their window (faster).
 
   The window depends on the image shape and the seed only, so the result equals
   train_transform(decode(encoded), ...) up to JPEG chroma rounding at the window edge.
   """
-  if augment not in ("resize_crop", "random_resized_crop"):
-    return train_transform(decode(encoded), size, augment, seed, resize_ratio, antialias)
+  if augment not in ("resize_crop", "squash_crop", "random_resized_crop"):
+    return train_transform(decode(encoded), size, augment, seed, resize_ratio, antialias, eval_resize)
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
 
   def jpeg():

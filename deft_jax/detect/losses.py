@@ -33,6 +33,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
 
+def log_prob_of_label(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """log softmax(logits)[label] [B], written as -softplus(logsumexp_{k != y}(z_k - z_y)) so that it does not
+  round to 0 where the label is confidently right (log_softmax does, once p_y > 1 - 6e-8 in float32): a
+  ranking score free of ties among confident examples."""
+  z = logits.astype(jnp.float32)
+  rel = z - jnp.take_along_axis(z, labels[:, None], axis=-1)
+  others = jnp.where(jax.nn.one_hot(labels, z.shape[-1], dtype=bool), -jnp.inf, rel)
+  return -jax.nn.softplus(jax.nn.logsumexp(others, axis=-1))
+
+
 def reverse_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """RCE = -sum_k p_k log(onehot_k) with log(0) clipped to log(1e-4): equals -log(1e-4) * (1 - p_y)."""
   p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)

@@ -1,7 +1,7 @@
 """Dual textual prompts (CoOp style): learned positive and negative context vectors per class prompt.
 
 For class k the positive prompt is ``[SOS] pos_ctx[0..n-1] tokens("<name>.") [EOT]`` ("end" position; "middle"
-splits the context around the name, "front" puts the name first) and the negative prompt the same with
+splits the context around the name, "front" puts the name first), "<name>." tokenised as one string and the negative prompt the same with
 ``neg_ctx``. The context vectors replace the word embeddings of n placeholder tokens, so the end-of-text
 position (the pooling position) does not move.
 
@@ -72,21 +72,25 @@ def build_template(class_names: Sequence[str], tokenizer: Tokenizer, *, n_ctx: i
   ph = tokenizer.encode(PLACEHOLDER)
   if len(ph) != 1:
     raise ValueError("the placeholder must be a single token")
-  dot = tokenizer.encode(".")
   rows, ctx_rows = [], []
   for name in class_names:
-    name_ids = tokenizer.encode(clean_class_name(name))
-    if not name_ids:
+    name = clean_class_name(name)
+    # "<name>." is tokenised as one string (BPE may merge a final punctuation mark with the "."); for the
+    # "front" and "middle" positions the name is its first len(tokens(name)) tokens, as CoOp slices it.
+    full = tokenizer.encode(name + ".")
+    name_len = len(tokenizer.encode(name))
+    if not name_len:
       raise ValueError(f"class name {name!r} has no tokens")
+    head, tail = full[:name_len], full[name_len:]
     c = list(range(n_ctx))
     if position == "end":
-      body = [(None, j) for j in c] + [(t, -1) for t in name_ids + dot]
+      body = [(None, j) for j in c] + [(t, -1) for t in full]
     elif position == "front":
-      body = [(t, -1) for t in name_ids] + [(None, j) for j in c] + [(t, -1) for t in dot]
+      body = [(t, -1) for t in head] + [(None, j) for j in c] + [(t, -1) for t in tail]
     else:
       half = n_ctx // 2
-      body = ([(None, j) for j in c[:half]] + [(t, -1) for t in name_ids] + [(None, j) for j in c[half:]]
-              + [(t, -1) for t in dot])
+      body = ([(None, j) for j in c[:half]] + [(t, -1) for t in head] + [(None, j) for j in c[half:]]
+              + [(t, -1) for t in tail])
     seq = [(tokenizer.bos_id, -1)] + [(ph[0] if t is None else t, j) for t, j in body] + [(tokenizer.eos_id, -1)]
     if len(seq) > tokenizer.context_length:
       raise ValueError(f"the prompt of class {name!r} needs {len(seq)} tokens, more than the context length "
@@ -136,13 +140,20 @@ def text_features(model: clip_lib.CLIP, clip_params, prompts: dict, template: Pr
   ``chunk`` > 0 runs the text tower over at most ``chunk`` prompts at a time, rematerialised, so that
   memory stays bounded for datasets with up to thousands of classes.
   """
+  pos, neg = context_features(model, clip_params, [prompts["pos_ctx"], prompts["neg_ctx"]], template, chunk=chunk)
+  return pos, neg
+
+
+def context_features(model: clip_lib.CLIP, clip_params, contexts: Sequence[jax.Array], template: PromptTemplate,
+                     *, chunk: int = 0) -> list[jax.Array]:
+  """For each context (CoOp's learned vectors), the L2-normalised [C, embed_dim] features of the C class prompts
+  built with it; all of them in one pass of the text tower (see :func:`text_features` for ``chunk``)."""
   ids = jnp.asarray(template.ids)
   eot = jnp.asarray(template.eot)
   variables = {"params": clip_params}
   tok = model.apply(variables, ids, method=clip_lib.CLIP.embed_tokens)
-  embeds = jnp.concatenate([prompt_embeddings(tok, prompts["pos_ctx"], template),
-                            prompt_embeddings(tok, prompts["neg_ctx"], template)])
-  eot2 = jnp.concatenate([eot, eot])
+  embeds = jnp.concatenate([prompt_embeddings(tok, ctx, template) for ctx in contexts])
+  eot_all = jnp.concatenate([eot] * len(contexts))
 
   def encode(e, p):
     return model.apply(variables, e, p, method=clip_lib.CLIP.encode_text_embeds)
@@ -151,10 +162,10 @@ def text_features(model: clip_lib.CLIP, clip_params, prompts: dict, template: Pr
   if chunk and chunk < n:
     pad = (-n) % chunk
     e = jnp.pad(embeds, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, *embeds.shape[1:])
-    p = jnp.pad(eot2, (0, pad)).reshape(-1, chunk)
+    p = jnp.pad(eot_all, (0, pad)).reshape(-1, chunk)
     feats = jax.lax.map(jax.checkpoint(lambda a: encode(*a)), (e, p)).reshape(-1, model.config.embed_dim)[:n]
   else:
-    feats = encode(embeds, eot2)
+    feats = encode(embeds, eot_all)
   feats = clip_lib.normalize(feats)
   c = template.num_classes
-  return feats[:c], feats[c:]
+  return [feats[i * c:(i + 1) * c] for i in range(len(contexts))]

@@ -2,7 +2,8 @@
 
 State (a plain pytree): ``step``, ``rng`` (uint32 key data), ``params = {"clip": ..., "prompts": {"pos_ctx",
 "neg_ctx"}}``, ``opt_state``, and ``online``: per-example records ``p_clean``, ``selected``, ``suggested``,
-``margin`` of size N, written at the batch's example indices as they are visited. Each epoch visits every
+``margin`` of size N, written at the batch's example indices as they are visited, and ``epoch_selected``
+(bool [epochs, N], the same selection kept per epoch, for epoch-sensitivity studies). Each epoch visits every
 example once, so after the last epoch ``online["selected"]`` is the method's final clean mask (the selection
 made in train mode on augmented views), and it is checkpointed with the rest of the state.
 """
@@ -29,6 +30,7 @@ class DetectSettings:
 
   steps_per_epoch: int
   warmup_epochs: int = 1
+  # 0-based index of the first epoch whose L_neg uses pseudo-labels (config: 1-based pseudo_labels_from_epoch).
   pseudo_label_start_epoch: int = 1
   strict: bool = False
   warmup_loss: str = "ce"
@@ -57,8 +59,10 @@ def loss_fn(params, batch, rng, step, *, model, template: PromptTemplate, settin
       strict=settings.strict, warmup_loss=settings.warmup_loss)
 
 
-def init_online(num_examples: int) -> dict:
-  return {k: jnp.zeros((num_examples,), dt) for k, dt in ONLINE_FIELDS.items()}
+def init_online(num_examples: int, num_epochs: int = 1) -> dict:
+  out = {k: jnp.zeros((num_examples,), dt) for k, dt in ONLINE_FIELDS.items()}
+  out["epoch_selected"] = jnp.zeros((num_epochs, num_examples), jnp.bool_)
+  return out
 
 
 def make_train_step(model, template: PromptTemplate, tx, mask, settings: DetectSettings, lr_fn=None):
@@ -77,6 +81,9 @@ def make_train_step(model, template: PromptTemplate, tx, mask, settings: DetectS
     idx = jnp.where(valid, batch["index"], n)  # padding rows point past the end and are dropped
     online = {k: state["online"][k].at[idx].set(aux[k].astype(ONLINE_FIELDS[k]), mode="drop")
               for k in ONLINE_FIELDS}
+    per_epoch = state["online"]["epoch_selected"]
+    epoch = jnp.minimum(step // settings.steps_per_epoch, per_epoch.shape[0] - 1)
+    online["epoch_selected"] = per_epoch.at[epoch, idx].set(aux["selected"], mode="drop")
     metrics = _batch_metrics(loss, aux, batch)
     if lr_fn is not None:
       metrics["lr"] = lr_fn(step)

@@ -1,11 +1,13 @@
 """Phase 1 driver: builds the DEFT detector from a config, trains it resumably, returns the clean mask.
 
-Config section ``detect`` (defaults in configs/common.py): ``epochs``, ``warmup_epochs``, ``batch_size``,
+Config section ``detect`` (defaults in deft_jax/config_lib.py): ``epochs``, ``warmup_epochs``, ``batch_size``,
 ``optim``/``schedule`` (see deft_jax.optim), ``n_ctx``, ``ctx_init``, ``class_specific``,
 ``class_token_position``, ``peft`` (models.peft.PEFTConfig fields), ``trainable`` (optimiser rules; None means
 prompts + the PEFT parameters, everything pretrained frozen), ``strict_selection``, ``warmup_loss``,
-``pseudo_label_start_epoch`` (None = right after warm-up), ``selection`` ("online": the selection made during
-the last epoch, the method's definition; "scoring_pass": a final pass without augmentation), ``text_chunk``.
+``pseudo_labels_from_epoch`` (the first epoch whose L_neg uses pseudo-labels, counted from 1 as the progress
+lines count; None = the first epoch after warm-up; the real-world datasets use 2), ``final_mask`` ("online":
+the selection made during the last epoch, the method's definition; "scoring_pass": a final pass without
+augmentation), ``scoring_pass``, ``text_chunk``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from deft_jax.checkpoint import StageCheckpointer, load_npz, save_npz
 from deft_jax.data import pipeline, preprocess
 from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect import step as step_lib
+from deft_jax.errors import DivergedError
 from deft_jax.models import build
 from deft_jax.models.peft import PEFTConfig, trainable_patterns
 from deft_jax.models.tokenizer import Tokenizer
 from deft_jax.report import metrics as report_metrics
 
 OUTPUT_FILE = "detection.npz"
+LEARNED_PARAMS_FILE = "learned_params.npz"
 
 
 def default_rules(peft: PEFTConfig) -> list[tuple[str, Any]]:
@@ -56,10 +60,11 @@ class Detector:
     self.steps_per_epoch = steps_per_epoch
     self.total_steps = d.epochs * steps_per_epoch
     warm = int(d.warmup_epochs)
-    pseudo = d.pseudo_label_start_epoch
+    pseudo = d.pseudo_labels_from_epoch
     self.settings = step_lib.DetectSettings(
         steps_per_epoch=steps_per_epoch, warmup_epochs=warm,
-        pseudo_label_start_epoch=warm if pseudo is None else int(pseudo), strict=bool(d.strict_selection),
+        pseudo_label_start_epoch=warm if pseudo is None else _first_epoch_index(pseudo),
+        strict=bool(d.strict_selection),
         warmup_loss=d.warmup_loss, text_chunk=int(d.text_chunk))
     self.rules = [tuple(r) for r in d.trainable] if d.trainable else default_rules(self.peft)
     self.sharding_rules = [tuple(r) for r in config.sharding_rules]
@@ -75,7 +80,7 @@ class Detector:
     params = {"clip": clip_params, "prompts": prompts}
     self.build_optimizer(params)
     state = {"step": np.int32(0), "rng": jax.random.key_data(k_train), "params": params,
-             "opt_state": self.tx.init(params), "online": step_lib.init_online(self.num_examples)}
+             "opt_state": self.tx.init(params), "online": step_lib.init_online(self.num_examples, self.config.detect.epochs)}
     return jax.device_put(state, self.state_shardings(state))
 
   def build_optimizer(self, params) -> None:
@@ -104,12 +109,40 @@ class Detector:
                    out_shardings=parallel.replicated(self.mesh))
 
 
+def check_finite_outputs(result: dict, stage: str) -> None:
+  """Raises DivergedError when any per-example score is NaN or infinite (a model whose parameters are finite
+  can still overflow), before anything is written from it."""
+  for k, v in result.items():
+    v = np.asarray(v)
+    if k.endswith(("p_clean", "label_score", "score")) and not np.isfinite(v).all():
+      raise DivergedError(
+          f"[{stage}] {int((~np.isfinite(v)).sum())} of {v.size} values of {k!r} are not finite (NaN or inf): training "
+          f"diverged, so no clean mask or report is written. Lower the learning rate ({stage}.schedule.lr) "
+          "or set grad_clip_norm, and start again in a new --workdir.")
+
+
+def label_score(margin, logit_scale: float) -> np.ndarray:
+  """sigma(margin / exp(logit_scale)) = sigma(cos(x, pos_y) - cos(x, neg_y)): the two-way probability at unit
+  temperature. p_clean = sigma(margin) saturates to exactly 0 or 1 in float32 once |margin| > ~17 (a real
+  CLIP's logit scale is 100), which would tie the most confident examples; this score is in [0, 1], monotone
+  in the margin (the ranking), free of ties in practice, and > 0.5 exactly where p_clean is."""
+  m = np.asarray(margin, np.float64) / float(logit_scale)
+  return (1.0 / (1.0 + np.exp(-m))).astype(np.float32)
+
+
+def _first_epoch_index(epoch: int) -> int:
+  """detect.pseudo_labels_from_epoch (1-based) -> the 0-based epoch index the step compares against."""
+  if int(epoch) < 1:
+    raise ValueError(f"detect.pseudo_labels_from_epoch counts epochs from 1 (got {epoch})")
+  return int(epoch) - 1
+
+
 def data_settings(config, model_image_size: int) -> dict:
   mean, std = preprocess.normalization(config.data.normalization)
   size = int(config.data.image_size or model_image_size)
   if size != model_image_size:
     raise ValueError(f"data.image_size={size} but the CLIP model takes {model_image_size} px images")
-  return dict(image_size=size, mean=mean, std=std)
+  return dict(image_size=size, mean=mean, std=std, eval_resize=config.data.get("eval_resize", "short_side"))
 
 
 def score_split(detector: Detector, params, split, *, batch_size: int, data_kw: dict,
@@ -149,7 +182,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
                                   start_step=start, augment=config.data.train_augment, **data_kw)
 
   def on_epoch_end(st, epoch):
-    online = jax.device_get(st["online"])
+    online = jax.device_get({k: v for k, v in st["online"].items() if k != "epoch_selected"})
     out = {"selected_fraction": float(online["selected"].mean())}
     writer.write_histograms(int(st["step"]), {"detect/p_clean": online["p_clean"]})
     if clean is not None:
@@ -162,24 +195,34 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
                    on_epoch_end=on_epoch_end)
   ckpt.close()
   online = jax.device_get(state["online"])
-  result = {"online_" + k: np.asarray(v) for k, v in online.items()}
+  result = {"epoch_is_clean": np.asarray(online.pop("epoch_selected"))}
+  result.update({"online_" + k: np.asarray(v) for k, v in online.items()})
   result["online_is_clean"] = result.pop("online_selected")
-  if d.scoring_pass or d.selection == "scoring_pass":
+  if d.final_mask not in ("online", "scoring_pass"):
+    raise ValueError(f"detect.final_mask must be 'online' or 'scoring_pass', got {d.final_mask!r}")
+  if d.scoring_pass or d.final_mask == "scoring_pass":
     scored = score_split(det, state["params"], train_split, batch_size=d.eval_batch_size or d.batch_size,
                          data_kw=data_kw)
     result.update({"pass_" + k: v for k, v in scored.items()})
-  src = "pass_" if d.selection == "scoring_pass" else "online_"
-  for k in ("p_clean", "is_clean", "suggested", "margin"):
+  scale = float(np.exp(np.asarray(jax.device_get(state["params"]["clip"]["logit_scale"]), np.float64)))
+  for prefix in ("online_", "pass_"):
+    if prefix + "margin" in result:
+      result[prefix + "label_score"] = label_score(result[prefix + "margin"], scale)
+      result[prefix + "score"] = np.asarray(result[prefix + "margin"], np.float32)
+  src = "pass_" if d.final_mask == "scoring_pass" else "online_"
+  for k in ("p_clean", "is_clean", "suggested", "margin", "label_score", "score"):
     result[k] = result[src + k]
   result["params_step"] = np.asarray(int(state["step"]))
+  check_finite_outputs(result, "detect")
   save_npz(out_file, result)
-  _save_prompt_params(out_dir, state["params"])
+  save_learned_params(out_dir, state["params"], det.mask)
   return result
 
 
-def _save_prompt_params(out_dir: Path, params) -> None:
-  """The learned prompts and PEFT weights (small), for the 'no adaptation' classifier and for reuse."""
+def save_learned_params(out_dir: Path, params, mask) -> None:
+  """Exactly the leaves phase 1 trained (the optimiser mask: prompts, PEFT parameters, BitFit biases, anything
+  ``detect.trainable`` names), for the 'no adaptation' classifier and for reuse."""
   from deft_jax.models.weights import flatten
-  flat = {k: np.asarray(v) for k, v in flatten(jax.device_get(params)).items()
-          if k.startswith("prompts/") or any(s in k for s in ("vpt_prompt", "_lora/", "/adapter/", "/ssf_"))}
-  save_npz(out_dir / "learned_params.npz", flat)
+  trained = flatten(mask)
+  flat = {k: np.asarray(v) for k, v in flatten(jax.device_get(params)).items() if trained[k]}
+  save_npz(out_dir / LEARNED_PARAMS_FILE, flat)

@@ -76,9 +76,9 @@ class Attention(nn.Module):
     y = nn.Dense(self.width, dtype=self.dtype, name=name)(x)
     if site in self.peft.lora_targets:
       y = y + peft_lib.LoRA(self.width, self.peft.lora_rank, self.peft.lora_scale, self.dtype,
-                            name=f"{site}_lora")(x)
+                            name=peft_lib.lora_name(site))(x)
     if self.peft.ssf:
-      y = peft_lib.SSF(self.dtype, name=f"ssf_{site}")(y)
+      y = peft_lib.SSF(self.dtype, name=peft_lib.ssf_name(site))(y)
     return y
 
   @nn.compact
@@ -101,9 +101,9 @@ class MLP(nn.Module):
     y = nn.Dense(features, dtype=self.dtype, name=site)(x)
     if site in self.peft.lora_targets:
       y = y + peft_lib.LoRA(features, self.peft.lora_rank, self.peft.lora_scale, self.dtype,
-                            name=f"{site}_lora")(x)
+                            name=peft_lib.lora_name(site))(x)
     if self.peft.ssf:
-      y = peft_lib.SSF(self.dtype, name=f"ssf_{site}")(y)
+      y = peft_lib.SSF(self.dtype, name=peft_lib.ssf_name(site))(y)
     return y
 
   @nn.compact
@@ -130,7 +130,7 @@ class Block(nn.Module):
   def __call__(self, x):
     p = self.peft
     if p.prompt != "none":
-      prompts = self.param("vpt_prompt", peft_lib.uniform_init(self.prompt_init_bound),
+      prompts = self.param(peft_lib.VPT_PARAM, peft_lib.uniform_init(self.prompt_init_bound),
                            (p.prompt_tokens, self.width))
       prompts = jnp.broadcast_to(prompts.astype(x.dtype), (x.shape[0],) + prompts.shape)
       if p.prompt == "replace":  # VPT-deep: drop the previous block's prompt outputs.
@@ -142,7 +142,7 @@ class Block(nn.Module):
     h = _layer_norm(self.ln_eps, "layer_norm2")(x).astype(self.dtype)
     h = MLP(self.width, self.mlp_dim, self.act, self.dtype, p, name="mlp")(h)
     if p.adapter_dim:
-      h = peft_lib.Adapter(p.adapter_dim, self.dtype, name="adapter")(h)
+      h = peft_lib.Adapter(p.adapter_dim, self.dtype, name=peft_lib.ADAPTER)(h)
     return x + h
 
 

@@ -14,13 +14,13 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from deft_jax.models import presets
+from deft_jax.models import peft, presets
 from deft_jax.models.weights import CheckpointMismatchError, flatten, merge_params
 
 # Buffers that HF state dicts may carry and that are not parameters.
 IGNORED_KEYS = (r".*\.position_ids",)
 # Parameters that a pretrained CLIP never has: PEFT additions. (Prompt learners live outside the model.)
-PEFT_PATTERNS = (r".*/vpt_prompt", r".*_lora/.*", r".*/adapter/.*", r".*/ssf_[a-z0-9]+/.*")
+PEFT_PATTERNS = tuple(f".*/{p}" for p in peft.PARAM_PATTERNS.values())
 
 _HUB_FILES = ["*.safetensors", "*.json", "merges.txt", "vocab.json"]
 

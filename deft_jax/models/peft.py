@@ -21,6 +21,29 @@ import numpy as np
 LORA_TARGETS = ("q", "k", "v", "out", "fc1", "fc2")
 SSF_SITES = ("q", "k", "v", "out", "fc1", "fc2")
 
+# The names of the parameters PEFT adds: the one place that spells them. The model names its modules with
+# these functions, and every pattern that finds PEFT parameters (optimiser rules, the checkpoint loader's
+# "a pretrained CLIP never has these") comes from PARAM_PATTERNS.
+VPT_PARAM = "vpt_prompt"
+ADAPTER = "adapter"
+
+
+def lora_name(site: str) -> str:
+  return f"{site}_lora"
+
+
+def ssf_name(site: str) -> str:
+  return f"ssf_{site}"
+
+
+# Full-match regexes on a parameter's path inside one transformer block, by method.
+PARAM_PATTERNS = {
+    "vpt": VPT_PARAM,
+    "lora": lora_name("[a-z0-9]+") + "/.*",
+    "adapter": ADAPTER + "/.*",
+    "ssf": ".*" + ssf_name("[a-z0-9]+") + "/.*",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class PEFTConfig:
@@ -31,7 +54,8 @@ class PEFTConfig:
       (each block's prompt outputs are replaced by the next block's own prompts).
     vpt_tokens: prompt tokens per block (the method's default is 20).
     lora_rank: LoRA rank; 0 disables LoRA.
-    lora_alpha: LoRA scale is alpha / rank; None means a scale of 1 (the reference adds B(A(x)) unscaled).
+    lora_alpha: LoRA's residual is scaled by alpha / rank. The reference scales B(A(x)) by 1 / rank (alpha = 1,
+      the default); None means a scale of 1 (unscaled).
     lora_targets: projections that get LoRA, among q, k, v, out (attention) and fc1, fc2 (MLP).
     adapter_dim: bottleneck width of the adapter after each MLP; 0 disables it.
     ssf: learnable scale and shift after q/k/v, attention output, fc1 and fc2.
@@ -43,7 +67,7 @@ class PEFTConfig:
   vpt: str = "none"
   vpt_tokens: int = 20
   lora_rank: int = 0
-  lora_alpha: Optional[float] = None
+  lora_alpha: Optional[float] = 1.0
   lora_targets: Sequence[str] = ("q", "v")
   adapter_dim: int = 0
   ssf: bool = False
@@ -129,15 +153,9 @@ class BlockPEFT:
 def trainable_patterns(peft: PEFTConfig, tower: str = "vision_model") -> list[str]:
   """Full-match regexes of the parameters a PEFT config adds or trains."""
   enc = rf"{tower}/encoder/layers(_\d+)?"
-  pats = []
-  if peft.vpt != "none":
-    pats.append(rf"{enc}/vpt_prompt")
-  if peft.lora_rank:
-    pats.append(rf"{enc}/.*_lora/.*")
-  if peft.adapter_dim:
-    pats.append(rf"{enc}/adapter/.*")
-  if peft.ssf:
-    pats.append(rf"{enc}/.*ssf_.*/.*")
+  on = {"vpt": peft.vpt != "none", "lora": bool(peft.lora_rank), "adapter": bool(peft.adapter_dim),
+        "ssf": peft.ssf}
+  pats = [f"{enc}/(.*/)?{PARAM_PATTERNS[m]}" for m, enabled in on.items() if enabled]
   if peft.bitfit:
     pats.append(rf"{enc}/{peft.bitfit_biases}")
   return pats
@@ -155,7 +173,9 @@ def uniform_init(bound: float):
 
 
 class LoRA(nn.Module):
-  """Low-rank residual B(A(x)) * scale with B zero-initialised."""
+  """Low-rank residual B(A(x)) * scale, as the reference: A [in, rank] ~ U(-1/sqrt(rank), 1/sqrt(rank)) (what
+  PyTorch's ``kaiming_uniform_(a=sqrt(5))`` gives a tensor of that shape, whose fan-in is its second axis),
+  B [rank, out] zero-initialised, scale = alpha / rank (1 / rank by default)."""
 
   features: int
   rank: int
@@ -165,8 +185,7 @@ class LoRA(nn.Module):
   @nn.compact
   def __call__(self, x):
     fan_in = x.shape[-1]
-    # A: the uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) default of a PyTorch Linear layer.
-    a = self.param("lora_a", uniform_init(1.0 / np.sqrt(fan_in)), (fan_in, self.rank))
+    a = self.param("lora_a", uniform_init(1.0 / np.sqrt(self.rank)), (fan_in, self.rank))
     b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features))
     y = jnp.dot(jnp.dot(x, a.astype(self.dtype)), b.astype(self.dtype))
     return y * jnp.asarray(self.scale, self.dtype)

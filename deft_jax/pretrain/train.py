@@ -8,7 +8,9 @@ loss). The result is saved as a Hugging Face-format checkpoint (``model.safetens
 tokenizer files), which the detection and adaptation stages load through the same loader as downloaded CLIPs.
 
 Config section ``pretrain``: ``epochs``, ``batch_size``, ``optim``, ``schedule``, ``preset`` (architecture,
-e.g. "tiny_32px"), ``multi_positive``, ``split`` (the clean split to train on, e.g. "pretrain").
+e.g. "tiny_32px"), ``multi_positive``, ``split`` (the clean split to train on, e.g. "pretrain"),
+``snapshot_epochs`` (epochs after which the model is also exported, with its zero-shot accuracy, to
+``pretrain/snapshots/epoch_NNN/``: weaker VLMs of the same run, e.g. for a detection-vs-VLM-strength sweep).
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   caption_ids = tokenizer.trim_padding(
       np.stack([tokenizer([t.format(n) for n in split.class_names]) for t in TEMPLATES]))
   mean, std = preprocess.normalization(config.data.normalization)
-  data_kw = dict(image_size=cfg.vision.image_size, mean=mean, std=std)
+  data_kw = dict(image_size=cfg.vision.image_size, mean=mean, std=std,
+                 eval_resize=config.data.get("eval_resize", "short_side"))
   spe = pipeline.steps_per_epoch(split, p.batch_size)
   total = p.epochs * spe
   rng = jax.random.key(config.seed + 1)
@@ -156,34 +159,58 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
     evaluate = ZeroShotEval(model, test, tokenizer, mesh=mesh, batch_size=p.batch_size, data_kw=data_kw,
                             template_sets={"ensemble": TEMPLATES, "single": (ZERO_SHOT_TEMPLATE,)})
 
+  snapshots = {int(e) for e in (p.get("snapshot_epochs") or ())}
+  bad = sorted(e for e in snapshots if not 1 <= e <= p.epochs)
+  if bad:
+    raise ValueError(f"pretrain.snapshot_epochs {bad} lie outside the {p.epochs} pretraining epochs")
+
   def on_epoch_end(st, epoch):
     # The last epoch is evaluated once, after the loop; 0 = no periodic evaluation.
     every = int(p.eval_every_epochs or 0)
-    if evaluate is None or not every or (epoch + 1) % every or epoch + 1 == p.epochs:
-      return None
-    return {"zero_shot_accuracy": evaluate(st["params"])["ensemble"]}
+    out = {}
+    if (epoch + 1) in snapshots and epoch + 1 < p.epochs:
+      snap = out_dir / "snapshots" / f"epoch_{epoch + 1:03d}"
+      if not (snap / "model.safetensors").exists():
+        accs = evaluate(st["params"]) if evaluate is not None else {}
+        _export(snap, jax.device_get(st["params"]), cfg, {
+            "preset": p.preset, "split": split.name, "num_examples": split.num_examples, "epochs": epoch + 1,
+            "of_epochs": p.epochs, "zero_shot_accuracy_ensemble": accs.get("ensemble"),
+            "zero_shot_accuracy_single_template": accs.get("single"), "steps": int(st["step"])})
+        if accs:
+          out["zero_shot_accuracy"] = accs["ensemble"]
+    elif evaluate is not None and every and not (epoch + 1) % every and epoch + 1 != p.epochs:
+      out["zero_shot_accuracy"] = evaluate(st["params"])["ensemble"]
+    return out or None
 
   lcfg = loop.LoopConfig("pretrain", p.epochs, spe, config.log_every_steps, config.checkpoint_every_steps)
   state = loop.run(lcfg, state, step, batches, mesh=mesh, writer=writer, checkpointer=ckpt,
                    on_epoch_end=on_epoch_end)
   ckpt.close()
   params = jax.device_get(state["params"])
-  acc = None
+  accs = {}
   if evaluate is not None:
     accs = evaluate(state["params"])
-    acc = accs["ensemble"]
-    logging.info("[pretrain] zero-shot test accuracy %.4f (template ensemble), %.4f (one template)", acc,
-                 accs["single"])
-    writer.write_scalars(int(state["step"]), {"pretrain/zero_shot_accuracy": acc,
+    logging.info("[pretrain] zero-shot test accuracy %.4f (template ensemble), %.4f (one template)",
+                 accs["ensemble"], accs["single"])
+    writer.write_scalars(int(state["step"]), {"pretrain/zero_shot_accuracy": accs["ensemble"],
                                               "pretrain/zero_shot_accuracy_single_template": accs["single"]})
-  if jax.process_index() == 0:
-    tmp = out_dir / "clip.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    clip_weights.save_hf_checkpoint(tmp, params, cfg)
-    for name in ("vocab.json", "merges.txt"):
-      shutil.copy(DEFAULT_DIR / name, tmp / name)
-    (tmp / "pretrain_info.json").write_text(json.dumps({
-        "preset": p.preset, "split": split.name, "num_examples": split.num_examples, "epochs": p.epochs,
-        "zero_shot_accuracy_ensemble": acc, "steps": int(state["step"])}, indent=2))
-    tmp.replace(final)
+  _export(final, params, cfg, {
+      "preset": p.preset, "split": split.name, "num_examples": split.num_examples, "epochs": p.epochs,
+      "zero_shot_accuracy_ensemble": accs.get("ensemble"),
+      "zero_shot_accuracy_single_template": accs.get("single"), "steps": int(state["step"])})
   return final
+
+
+def _export(directory: Path, params, cfg, info: dict) -> None:
+  """An HF-format checkpoint (weights, config, tokenizer files, pretrain_info.json), written whole or not at
+  all: it is assembled in a temporary sibling that is renamed into place. Process 0 only."""
+  if jax.process_index() != 0:
+    return
+  tmp = directory.with_name(directory.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  clip_weights.save_hf_checkpoint(tmp, params, cfg)
+  for name in ("vocab.json", "merges.txt"):
+    shutil.copy(DEFAULT_DIR / name, tmp / name)
+  (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2))
+  tmp.replace(directory)
+  logging.info("[pretrain] exported %s (zero-shot %s)", directory, info.get("zero_shot_accuracy_ensemble"))

@@ -25,6 +25,8 @@ class ReportInputs:
     """Validated, index-ordered arrays over all N examples (see docs/ARCHITECTURE.md)."""
 
     p_clean: np.ndarray  # float32 [N] in [0, 1]
+    label_score: np.ndarray  # float32 [N] in [0, 1], monotone in score (= p_clean when the detector has none)
+    score: np.ndarray  # float [N], the ranking score: higher = more likely clean (= label_score by default)
     is_clean: np.ndarray  # bool [N]
     suggested: np.ndarray  # int32 [N] in [0, C)
     margin: np.ndarray  # float32 [N]; NaN when the detector has none
@@ -61,6 +63,22 @@ def _vector(name: str, x, n: int | None) -> np.ndarray:
     return x
 
 
+def _scores(name: str, x, n: int, *, lo: float, hi: float) -> np.ndarray:
+    x = _vector(name, x, n)
+    if x.dtype.kind != "f":
+        raise ReportInputError(f"{name} must be floating point, got dtype {x.dtype}")
+    bad = ~np.isfinite(x) | (x < lo) | (x > hi)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = "finite" if np.isinf(lo) else f"finite and in [{lo:g}, {hi:g}]"
+        raise ReportInputError(f"{name} must be {where}; entry {i} is {float(x[i])} ({int(bad.sum())} bad entries)")
+    return x
+
+
+def _unit_scores(name: str, x, n: int) -> np.ndarray:
+    return _scores(name, x, n, lo=0.0, hi=1.0)
+
+
 def _labels(name: str, x, n: int, num_classes: int, lowest: int = 0) -> np.ndarray:
     x = _vector(name, x, n)
     if x.dtype.kind not in "iu":
@@ -86,7 +104,8 @@ def check_inputs(
 
     Args:
       detection: dict with ``p_clean`` (float in [0, 1]), ``is_clean`` (bool), ``suggested`` (int)
-        and optionally ``margin`` (float); extra keys (e.g. ``embedding``) are ignored.
+        and optionally ``label_score`` (float in [0, 1]), ``score`` (finite float, the ranking score) and
+        ``margin`` (float); extra keys (e.g. ``embedding``) are ignored.
       given: int [N] given labels.
       class_names: C names; labels must lie in [0, C).
       clean_labels: optional int [N] ground truth, -1 where unknown.
@@ -111,15 +130,13 @@ def check_inputs(
     num_classes = len(class_names)
     given_arr = _labels("given", given_arr, n, num_classes)
 
-    p_clean = _vector("p_clean", detection["p_clean"], n)
-    if p_clean.dtype.kind != "f":
-        raise ReportInputError(f"p_clean must be floating point, got dtype {p_clean.dtype}")
-    bad = ~np.isfinite(p_clean) | (p_clean < 0) | (p_clean > 1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ReportInputError(
-            f"p_clean must be finite and in [0, 1]; entry {i} is {float(p_clean[i])} "
-            f"({int(bad.sum())} bad entries)")
+    p_clean = _unit_scores("p_clean", detection["p_clean"], n)
+    label_score = p_clean
+    if detection.get("label_score") is not None:
+        label_score = _unit_scores("label_score", detection["label_score"], n)
+    score = label_score
+    if detection.get("score") is not None:
+        score = _scores("score", detection["score"], n, lo=-np.inf, hi=np.inf)
 
     is_clean = _vector("is_clean", detection["is_clean"], n)
     if is_clean.dtype != bool:
@@ -142,6 +159,7 @@ def check_inputs(
         ids = _vector("ids", ids, n).astype(str)
 
     return ReportInputs(
-        p_clean=p_clean.astype(np.float32), is_clean=is_clean.copy(), suggested=suggested,
+        p_clean=p_clean.astype(np.float32), label_score=label_score.astype(np.float32),
+        score=score.astype(np.float64), is_clean=is_clean.copy(), suggested=suggested,
         margin=margin.astype(np.float32), given=given_arr, clean_labels=clean_labels,
         class_names=class_names, ids=ids)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from deft_jax.errors import DeftError, DivergedError
 
-class MetricInputError(ValueError):
+
+class MetricInputError(DeftError, ValueError):
     """Arrays handed to a metric have the wrong shape, dtype or values."""
 
 
@@ -170,12 +172,14 @@ def _check_labels(name: str, labels: np.ndarray, num_classes: int, valid: np.nda
             f"entry {i} is {int(labels[i])} ({int(bad.sum())} out of range)")
 
 
-def topk_correct(logits, labels, k: int, *, mask=None) -> np.ndarray:
+def topk_correct(logits, labels, k: int, *, mask=None, stage: str = "") -> np.ndarray:
     """bool [N]: the label is among the ``k`` highest logits (False for masked entries).
 
-    Ties are resolved in the label's favour: correct iff fewer than ``k`` classes score strictly
-    higher, which makes the result independent of sort order. ``k`` larger than the number of
-    classes is clipped (every valid example is then correct).
+    Ties follow the argmax convention (the lower class index wins): the label's rank counts the classes
+    scoring strictly higher plus the tied classes with a lower index, and the label is correct iff its
+    rank is below ``k``. All-equal logits therefore count class 0 as the prediction, never every class.
+    ``k`` larger than the number of classes is clipped (every valid example is then correct).
+    Non-finite logits of valid examples raise ``DivergedError`` naming ``stage`` (a diverged model must not score).
     """
     logits = np.asarray(logits)
     if logits.ndim != 2:
@@ -185,21 +189,35 @@ def topk_correct(logits, labels, k: int, *, mask=None) -> np.ndarray:
     labels = _as_1d("labels", labels, logits.shape[0]).astype(np.int64)
     valid = _valid_mask(mask, logits.shape[0])
     _check_labels("labels", labels, logits.shape[1], valid)
+    _check_finite(logits, valid, stage)
     safe = np.where(valid, labels, 0)
     label_logit = np.take_along_axis(logits, safe[:, None], axis=1)
-    higher = (logits > label_logit).sum(axis=1)
-    return valid & (higher < k)
+    lower_index = np.arange(logits.shape[1])[None, :] < safe[:, None]
+    rank = (logits > label_logit).sum(axis=1) + ((logits == label_logit) & lower_index).sum(axis=1)
+    return valid & (rank < k)
+
+
+def _check_finite(logits: np.ndarray, valid: np.ndarray, stage: str) -> None:
+    bad = valid[:, None] & ~np.isfinite(logits)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        where = f"{stage}: " if stage else ""
+        raise DivergedError(
+            f"{where}the logits of {rows.size} of {int(valid.sum())} examples are not finite (NaN or inf; "
+            f"e.g. example {int(rows[0])}): the model diverged, so no accuracy is reported")
 
 
 def classification_metrics(
-    labels, *, num_classes: int, logits=None, predictions=None, mask=None, topk=(1, 5)
+    labels, *, num_classes: int, logits=None, predictions=None, mask=None, topk=(1, 5), stage: str = ""
 ) -> dict:
     """Accuracy of a classifier over the valid examples.
 
     Pass either ``logits`` [N, C] (gives ``top{k}`` for each k in ``topk``) or ``predictions`` [N]
     (gives ``top1`` only). Always returns ``per_class_accuracy`` (float [C], NaN for a class without
     valid examples), ``mean_per_class_accuracy`` (macro average over non-empty classes) and
-    ``count``. Accuracies are NaN when there is no valid example.
+    ``count``. Accuracies are NaN when there is no valid example. Ties in ``logits`` follow the argmax
+    convention and non-finite logits raise ``DivergedError`` naming ``stage`` (see
+    :func:`topk_correct`).
     """
     if (logits is None) == (predictions is None):
         raise MetricInputError("pass exactly one of logits or predictions")
@@ -213,8 +231,9 @@ def classification_metrics(
         if logits.shape != (n, num_classes):
             raise MetricInputError(f"logits must have shape {(n, num_classes)}, got {logits.shape}")
         for k in topk:
-            out[f"top{k}"] = float(_ratio(topk_correct(logits, labels, k, mask=valid).sum(), valid.sum()))
-        correct = topk_correct(logits, labels, 1, mask=valid)
+            out[f"top{k}"] = float(_ratio(topk_correct(logits, labels, k, mask=valid, stage=stage).sum(),
+                                          valid.sum()))
+        correct = topk_correct(logits, labels, 1, mask=valid, stage=stage)
     else:
         predictions = _as_1d("predictions", predictions, n).astype(np.int64)
         correct = valid & (predictions == labels)

@@ -65,7 +65,7 @@ def summary_from_inputs(
         summary["detection"] = {
             "num_known": overall["known"],
             **{k: overall[k] for k in _RATE_KEYS},
-            "auroc": metrics.auroc(inputs.p_clean, inputs.truly_clean, mask=known),
+            "auroc": metrics.auroc(inputs.score, inputs.truly_clean, mask=known),
         }
     per_class = []
     for k in range(c):
@@ -109,7 +109,7 @@ def build_summary(
     max_pairs: int = 20,
 ) -> dict:
     """Counts, estimated noise overall / per class, confused pairs and (with ground truth)
-    precision, recall, F1 and AUROC of ``p_clean`` against truly-clean; see the module docstring.
+    precision, recall, F1 and AUROC of the ranking score against truly-clean; see the module docstring.
 
     ``extra`` sections are merged at the top level (a name clash with a built-in section is an
     error); ``extra["baselines"] = {name: {"precision": .., "recall": .., "f1": .., "auroc": ..}}``

@@ -11,7 +11,7 @@ from deft_jax.report.inputs import ReportInputs, check_inputs
 
 COLUMNS = (
     "index", "id", "given_label", "given_name", "suggested_label", "suggested_name",
-    "label_score", "is_label_issue", "margin",
+    "label_score", "is_label_issue", "p_clean", "margin",
 )
 TRUTH_COLUMNS = ("true_label", "true_name")
 
@@ -20,8 +20,8 @@ def table_from_inputs(inputs: ReportInputs) -> pd.DataFrame:
     """:func:`label_issues_table` for already validated inputs."""
     n = inputs.num_examples
     index = np.arange(n, dtype=np.int64)
-    # lexsort's last key is the primary one: score ascending, then index for a stable order.
-    order = np.lexsort((index, inputs.p_clean))
+    # lexsort's last key is the primary one: the ranking score ascending, then index for a stable order.
+    order = np.lexsort((index, inputs.score))
     names = np.asarray(inputs.class_names + ("",), dtype=object)  # names[-1] == "" for label -1
     ids = inputs.ids if inputs.ids is not None else np.full(n, "", dtype=object)
     cols = {
@@ -31,8 +31,9 @@ def table_from_inputs(inputs: ReportInputs) -> pd.DataFrame:
         "given_name": names[inputs.given],
         "suggested_label": inputs.suggested,
         "suggested_name": names[inputs.suggested],
-        "label_score": inputs.p_clean,
+        "label_score": inputs.label_score,
         "is_label_issue": ~inputs.is_clean,
+        "p_clean": inputs.p_clean,
         "margin": inputs.margin,
     }
     if inputs.clean_labels is not None:
@@ -52,7 +53,8 @@ def label_issues_table(
     """One row per example, most suspect first.
 
     Args:
-      detection: the detector output (``p_clean``, ``is_clean``, ``suggested``, optional ``margin``).
+      detection: the detector output (``p_clean``, ``is_clean``, ``suggested``, optional ``label_score``,
+        ``score``, ``margin``).
       given: int [N] given labels.
       class_names: the C class names.
       clean_labels: optional ground truth (-1 = unknown); adds ``true_label`` / ``true_name``
@@ -61,9 +63,10 @@ def label_issues_table(
 
     Returns:
       DataFrame with columns ``index, id, given_label, given_name, suggested_label,
-      suggested_name, label_score, is_label_issue, margin`` (+ ``true_label, true_name``), where
-      ``label_score`` = p_clean (low = likely wrong) and ``is_label_issue`` = not is_clean; rows
-      sorted by label_score ascending, ties by index; the frame index is the rank 0..N-1.
+      suggested_name, label_score, is_label_issue, p_clean, margin`` (+ ``true_label, true_name``),
+      where ``label_score`` in [0, 1] (low = likely wrong; monotone in the ranking score and free of
+      the saturation of p_clean) and ``is_label_issue`` = not is_clean; rows sorted by the ranking
+      score ascending, ties by index; the frame index is the rank 0..N-1.
 
     Raises:
       ReportInputError: on misaligned lengths, labels outside [0, C), non-finite or out-of-range

@@ -1,10 +1,11 @@
-"""A two-component one-dimensional Gaussian mixture fitted by EM (NumPy), for the DivideMix-style selector.
+"""A two-component one-dimensional Gaussian mixture fitted by EM (NumPy), for the loss-based baselines (GMM, TURN).
 
-The selector fits it to min-max normalised per-sample losses; the component with the lower mean models the
-clean samples, and a sample is clean when its posterior under that component exceeds 0.5. ``reg_covar`` is
-added to both variances, as DivideMix does (5e-4), so that a component cannot collapse onto one point.
-Initialisation: two k-means (Lloyd) iterations from the 25th / 75th percentiles, then EM until the mean
-log-likelihood improves by less than ``tol``.
+They fit it to min-max normalised per-sample losses; the component with the lower mean models the clean
+samples, and a sample is clean when its posterior under that component exceeds 0.5. ``reg_covar`` is added to
+both variances, as DivideMix does (5e-4), so that a component cannot collapse onto one point. The reference's
+fit is scikit-learn's ``GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4)``: the
+defaults here. Initialisation: two k-means (Lloyd) iterations from the 25th / 75th percentiles, then EM until
+the mean log-likelihood improves by less than ``tol`` or ``max_iter`` iterations are done.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class GaussianMixture1D:
     return (np.log(self.weights)[None] - 0.5 * (_LOG_2PI + np.log(self.variances)[None])
             - 0.5 * (x - self.means[None]) ** 2 / self.variances[None])
 
+  def log_odds(self, x: np.ndarray) -> np.ndarray:
+    """[n] log(posterior of component 0 / posterior of component 1), in float64: monotone in the posterior and,
+    unlike it, never rounded to exactly 0 or 1 (a ranking score without ties)."""
+    lj = self.log_joint(x)
+    return lj[:, 0] - lj[:, 1]
+
   def posterior(self, x: np.ndarray) -> np.ndarray:
     """[n, 2] responsibilities."""
     lj = self.log_joint(x)
@@ -47,7 +54,7 @@ def _params(x: np.ndarray, resp: np.ndarray, reg_covar: float):
   return nk / len(x), means, var
 
 
-def fit(x, *, max_iter: int = 100, tol: float = 1e-6, reg_covar: float = 5e-4) -> GaussianMixture1D:
+def fit(x, *, max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4) -> GaussianMixture1D:
   """Maximum-likelihood two-component mixture of the values ``x`` (at least two)."""
   x = np.asarray(x, np.float64).reshape(-1)
   if x.size < 2 or not np.isfinite(x).all():
@@ -77,15 +84,17 @@ def fit(x, *, max_iter: int = 100, tol: float = 1e-6, reg_covar: float = 5e-4) -
   return GaussianMixture1D(w[order], mu[order], var[order], ll, it)
 
 
-def clean_posterior(losses, **kw) -> tuple[np.ndarray, GaussianMixture1D | None]:
-  """(posterior of the low-loss component per sample, the mixture) on min-max normalised ``losses``.
+def clean_posterior(losses, **kw) -> tuple[np.ndarray, np.ndarray, GaussianMixture1D | None]:
+  """(posterior of the low-loss component per sample, its log-odds, the mixture) on min-max normalised
+  ``losses``.
 
-  All-equal losses carry no information: every sample then gets posterior 1 (nothing is rejected).
+  All-equal losses carry no information: every sample then gets posterior 1 (nothing is rejected) and a
+  log-odds of 0 minus its loss (still a ranking).
   """
   x = np.asarray(losses, np.float64)
   lo, hi = x.min(), x.max()
   if not hi - lo > 1e-12:
-    return np.ones(x.shape, np.float32), None
+    return np.ones(x.shape, np.float32), -x, None
   x = (x - lo) / (hi - lo)
   model = fit(x, **kw)
-  return model.posterior(x)[:, 0].astype(np.float32), model
+  return model.posterior(x)[:, 0].astype(np.float32), model.log_odds(x), model

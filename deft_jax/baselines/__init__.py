@@ -1,0 +1,74 @@
+"""Comparison detectors ("baselines"): each module of this package is one, found by its file name.
+
+Adding a baseline is one file here plus, if it has options, a config line (``config.baselines.<name>``). A
+baseline module defines
+
+- ``NAME``: its display name in the report ("small-loss");
+- ``STREAM``: an integer, its independent stream of the run seed (initialisation, data order);
+- ``detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_splits) -> dict``: the detector
+  output contract over the N training examples (docs/ARCHITECTURE.md): ``p_clean``, ``is_clean``, ``suggested``,
+  ``margin``, ``label_score`` and ``score`` (the ranking score), plus optional 0-d entries such as ``test_top1``.
+  ``out_dir`` (None without a workdir) holds its training checkpoints.
+
+``config.baselines.methods`` lists the ones the report compares with DEFT; ``adapt.train_on`` may name any of
+them. :func:`run` keeps each result in ``workdir/baselines/<name>/detection.npz`` and reuses it on a rerun.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from pathlib import Path
+from typing import Optional
+
+OUTPUT_FILE = "detection.npz"
+
+
+def available() -> list[str]:
+  """The baseline names (module files whose name does not start with "_")."""
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def get(name: str):
+  """The module of baseline ``name``; an unknown name is an error listing the known ones."""
+  if name not in available():
+    from deft_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(f"unknown baseline {name!r}; known: {available()} (deft_jax/baselines/)")
+  return importlib.import_module(f"{__name__}.{name}")
+
+
+def display_name(name: str) -> str:
+  return get(name).NAME
+
+
+def outputs(workdir, name: str) -> Path:
+  """Where baseline ``name`` keeps its result (and its checkpoints) in ``workdir``."""
+  return Path(workdir) / "baselines" / name
+
+
+def run(name: str, config, train_split, *, mesh, clip_checkpoint, workdir=None, writer=None,
+        eval_splits=None) -> dict:
+  """Baseline ``name`` on ``train_split``: its cached result when ``workdir`` holds one, else computed (and kept)."""
+  from deft_jax.baselines import _common  # pylint: disable=g-import-not-at-top
+  from deft_jax.checkpoint import load_npz, save_npz  # pylint: disable=g-import-not-at-top
+
+  module = get(name)
+  out_dir: Optional[Path] = None if workdir is None else outputs(workdir, name)
+  if out_dir is not None and (out_dir / OUTPUT_FILE).exists():
+    logging.info("[baselines/%s] reusing %s", name, out_dir / OUTPUT_FILE)
+    return load_npz(out_dir / OUTPUT_FILE)
+  result = module.detect(config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint, out_dir=out_dir,
+                         writer=writer, eval_splits=eval_splits or {})
+  _common.check_contract(result, train_split.num_examples, name)
+  from deft_jax.detect.train import check_finite_outputs  # pylint: disable=g-import-not-at-top
+  check_finite_outputs(result, "baselines")
+  _common.log_quality(name, result, train_split)
+  if out_dir is not None:
+    save_npz(out_dir / OUTPUT_FILE, result)
+  return result
+
+
+def run_configured(config, train_split, **kw) -> dict[str, dict]:
+  """Every baseline of ``config.baselines.methods``, in that order."""
+  return {name: run(name, config, train_split, **kw) for name in config.baselines.methods}

@@ -1,0 +1,156 @@
+"""What the baselines share: the output contract, scores from logits, and training a classifier on all labels."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+from deft_jax.adapt import build, evaluate
+from deft_jax.adapt import trainer as trainer_lib
+from deft_jax.checkpoint import StageCheckpointer
+from deft_jax.errors import DeftError
+
+CONTRACT = ("p_clean", "is_clean", "suggested", "margin", "label_score", "score")
+
+
+def contract(*, p_clean, is_clean, suggested, margin, score, label_score=None, **extra) -> dict[str, np.ndarray]:
+  """The detector output contract; ``label_score`` defaults to ``p_clean``; ``extra`` entries (e.g. a test
+  accuracy) are kept as arrays."""
+  out = {"p_clean": np.asarray(p_clean, np.float32), "is_clean": np.asarray(is_clean, bool),
+         "suggested": np.asarray(suggested, np.int32), "margin": np.asarray(margin, np.float32),
+         "label_score": np.asarray(p_clean if label_score is None else label_score, np.float32),
+         "score": np.asarray(score, np.float32)}
+  out.update({k: np.asarray(v) for k, v in extra.items()})
+  return out
+
+
+def check_contract(result: dict, n: int, name: str) -> None:
+  missing = [k for k in CONTRACT if k not in result]
+  bad = [k for k in CONTRACT if k in result and np.shape(result[k]) != (n,)]
+  if missing or bad:
+    raise RuntimeError(f"baseline {name!r} broke the output contract: missing {missing}, wrong shape {bad} "
+                       f"(want ({n},))")
+
+
+def outputs_from_logits(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+  """From logits [N, C] (C >= 2): p_label (softmax probability of the given label), log_p_label (its log in
+  float64, computed so that it does not round to 0 for confident examples: it ranks them apart), suggested
+  (argmax) and margin (logit of the given label minus the largest other)."""
+  z = np.asarray(logits, np.float64)
+  rows = np.arange(len(z))
+  others = z - z[rows, labels][:, None]
+  others[rows, labels] = -np.inf
+  top = others.max(-1)
+  lse = top + np.log(np.exp(others - top[:, None]).sum(-1))  # log sum_{k != y} exp(z_k - z_y)
+  log_p = -np.logaddexp(0.0, lse)  # log p_y = -log(1 + that), exact where p_y rounds to 1
+  return {"p_label": np.exp(log_p).astype(np.float32), "log_p_label": log_p,
+          "suggested": z.argmax(-1).astype(np.int32), "margin": (-top).astype(np.float32)}
+
+
+def from_predictions(logits: np.ndarray, labels: np.ndarray, **extra) -> dict[str, np.ndarray]:
+  """The contract of a classifier's own verdict: clean iff its prediction equals the given label."""
+  o = outputs_from_logits(logits, labels)
+  return contract(p_clean=o["p_label"], is_clean=o["suggested"] == labels, suggested=o["suggested"],
+                  margin=o["margin"], score=o["log_p_label"], **extra)
+
+
+def log_quality(name: str, result: dict, split) -> None:
+  if split.clean_labels is None:
+    return
+  from deft_jax.report import metrics as report_metrics  # pylint: disable=g-import-not-at-top
+  m = report_metrics.detection_metrics(result["is_clean"], split.labels, split.clean_labels)
+  logging.info("[baselines/%s] selected %d of %d; precision %.4f recall %.4f f1 %.4f", name,
+               int(result["is_clean"].sum()), len(result["is_clean"]), m["precision"], m["recall"], m["f1"])
+
+
+def nominal_noise_rate(config, split, what: str, override=None) -> float:
+  """The noise rate a baseline that must be told one uses: ``override`` if set, else the nominal rate of the
+  synthetic noise (``data.noise.ratio``; not the realised rate), else the split's known rate (real noise with
+  ground truth)."""
+  if override is not None:
+    return float(override)
+  noise = config.data.noise
+  if noise.type not in ("none", "", None):
+    return float(noise.ratio)
+  rate = split.noise_rate()
+  if rate is None:
+    raise DeftError(f"{what} needs a noise rate: the data has no synthetic noise and {split.name} has no clean "
+                    "labels to measure one; set it in the config")
+  return float(rate)
+
+
+def train(config, split, classifier, *, mesh, stage: str, stream: int, out_dir, writer,
+          budget: trainer_lib.TrainBudget,
+          optim_cfg, schedule_cfg, settings_kw: Optional[dict] = None,
+          before_epoch_factory: Optional[Callable] = None):
+  """Trains ``classifier`` on every given label of ``split`` (resumably under ``out_dir``); returns
+  (trainer, final state)."""
+  writer = writer or metric_writers.LoggingWriter()
+  spe = trainer_lib.steps_per_epoch(split, budget.batch_size)
+  total = budget.total_steps(spe)
+  settings = trainer_lib.make_settings("ce", {}, steps_per_epoch=spe, **(settings_kw or {}))
+  tr = trainer_lib.Trainer(classifier, optim_cfg=optim_cfg, schedule_cfg=schedule_cfg, settings=settings,
+                           total_steps=total, steps_per_epoch=spe, mesh=mesh,
+                           sharding_rules=config.sharding_rules)
+  k_train = jax.random.fold_in(build.rng_for(config, stream), 1)
+  shape = dict(num_examples=split.num_examples, num_classes=split.num_classes)
+  ckpt = None
+  if out_dir is not None:
+    ckpt = StageCheckpointer(out_dir / "checkpoints", every_steps=config.checkpoint_every_steps)
+    state = trainer_lib.restore_or_init(tr, k_train, ckpt, **shape)
+  else:
+    state = tr.init_state(k_train, **shape)
+  trainer_lib.log_budget(stage, split, budget, spe, total)
+  before_epoch = before_epoch_factory(tr) if before_epoch_factory else None
+  state = trainer_lib.fit(tr, state, split, stage=stage, budget=budget, seed=int(config.seed) + stream,
+                          augment=config.data.train_augment, mesh=tr.mesh, writer=writer, checkpointer=ckpt,
+                          log_every_steps=config.log_every_steps,
+                          checkpoint_every_steps=config.checkpoint_every_steps, before_epoch=before_epoch)
+  if ckpt is not None:
+    ckpt.close()
+  return tr, state
+
+
+def predict(tr: trainer_lib.Trainer, state, split, config) -> np.ndarray:
+  """Logits of the trained classifier on every example of ``split`` (un-augmented)."""
+  return evaluate.predict(tr.classifier, tr.variables(state), split, mesh=tr.mesh,
+                          batch_size=int(config.baselines.eval_batch_size), sharding_rules=config.sharding_rules)
+
+
+def clip_image_embeddings(config, split, *, mesh, clip_checkpoint) -> np.ndarray:
+  """float32 [N, D]: the frozen CLIP's L2-normalised image embeddings of every example (un-augmented), in index
+  order: the features that cleanlab's recipes for foundation models start from."""
+  from deft_jax import parallel  # pylint: disable=g-import-not-at-top
+  from deft_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from deft_jax.detect.step import gather_by_index  # pylint: disable=g-import-not-at-top
+  from deft_jax.models import build as model_build  # pylint: disable=g-import-not-at-top
+  from deft_jax.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
+
+  model = model_build.build_clip(config.model, None, clip_checkpoint)
+  params = model_build.init_clip_params(model, build.rng_for(config, 0), mesh=mesh,
+                                        sharding_rules=config.sharding_rules, checkpoint=clip_checkpoint)
+  mean, std = build.clip_normalization(config, model.config.vision.image_size)
+
+  def fn(p, batch):
+    emb = clip_lib.normalize(model.apply({"params": p}, batch["image"], method=clip_lib.CLIP.encode_image))
+    return {"embedding": emb, "index": batch["index"], "valid": batch["mask"]}
+
+  jitted = jax.jit(fn, out_shardings=parallel.replicated(mesh))
+  chunks = [jitted(params, parallel.shard_batch(local, mesh)) for local in pipeline.eval_batches(
+      split, global_batch_size=int(config.baselines.eval_batch_size), image_size=model.config.vision.image_size,
+      mean=mean, std=std, eval_resize=config.data.get("eval_resize", "short_side"))]
+  return gather_by_index(chunks, split.num_examples)["embedding"].astype(np.float32)
+
+
+def test_accuracy(tr: trainer_lib.Trainer, state, eval_splits: dict, config, stage: str) -> dict:
+  """{"<split>_top1": 0-d array} of the trained classifier on the evaluation splits (empty without them)."""
+  if not eval_splits:
+    return {}
+  ev = evaluate.evaluate(tr.classifier, tr.variables(state), eval_splits, mesh=tr.mesh,
+                         batch_size=int(config.baselines.eval_batch_size), sharding_rules=config.sharding_rules,
+                         stage=stage)
+  return {f"{name}_top1": np.float32(m["top1"]) for name, m in ev.items() if m.get("top1") is not None}

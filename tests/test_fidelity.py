@@ -1,0 +1,355 @@
+"""The reference's recipe, item by item (docs/FIDELITY.md). Each test names, in its docstring, the behaviour it
+replaced, and fails on it."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+from clu import metric_writers
+
+from conftest import REPO, tiny_config
+from deft_jax import baselines, config_lib, loop, optim
+from deft_jax.adapt import build, train as adapt_train
+from deft_jax.baselines import _common, _gmm_fit
+from deft_jax.baselines import gmm as gmm_baseline
+from deft_jax.checkpoint import StageCheckpointer
+from deft_jax.data import cifar_offline, preprocess
+from deft_jax.detect import prompts as prompts_lib
+from deft_jax.detect import train as detect_train
+from deft_jax.detect.train import Detector
+from deft_jax.errors import DivergedError
+from deft_jax.models import peft as peft_lib
+from deft_jax.models.tokenizer import Tokenizer
+from deft_jax.models.weights import flatten
+from deft_jax.report import auroc, metrics as M
+from deft_jax.report.inputs import check_inputs
+from deft_jax.report.summary import summary_from_inputs
+from deft_jax.report.table import table_from_inputs
+
+N_TRAIN, N_TEST, B = 20, 13, 8
+
+
+@pytest.fixture(scope="module")
+def splits():
+  s = cifar_offline.load_demo(train_indices=f"0:{N_TRAIN}", test_size=N_TEST)
+  return {"train": s["train"], "test": s["test"]}
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+def test_nan_logits_are_an_error_naming_the_stage_and_equal_logits_are_not_all_correct():
+  """Was: NaN or all-equal logits gave top-1 = 1.0 (ties counted for the label), so a diverged phase 2
+  reported 100 %."""
+  labels = np.arange(10)
+  with pytest.raises(DivergedError, match="adapt, test split.*not finite"):
+    M.classification_metrics(labels, logits=np.full((10, 10), np.nan), num_classes=10, stage="adapt, test split")
+  zeros = M.classification_metrics(labels, logits=np.zeros((10, 10)), num_classes=10, topk=(1, 5))
+  assert zeros["top1"] == pytest.approx(0.1)  # argmax is class 0: only the example labelled 0 is right
+  assert zeros["top5"] == pytest.approx(0.5)
+
+
+def _toy_step(bad_step):
+  def step(state, batch):
+    del batch
+    s = state["step"] + 1
+    loss = jnp.where(s == bad_step, jnp.nan, 1.0 / s)
+    return {"step": s, "w": state["w"] + loss}, {"loss": loss}
+  return jax.jit(step)
+
+
+def test_a_nan_loss_stops_the_loop_and_keeps_the_last_good_checkpoint(tmp_path, mesh1):
+  """Was: no guard; training went on from a NaN state, checkpointed it and wrote outputs from it."""
+  ckpt = StageCheckpointer(tmp_path / "ckpt", every_steps=2, async_save=False)
+  cfg = loop.LoopConfig("detect", num_epochs=2, steps_per_epoch=4, log_every_steps=3, checkpoint_every_steps=2)
+  ends = []
+
+  def batches(epoch, start):
+    return iter([{"x": np.zeros((1,), np.float32)}] * (4 - start))
+
+  state = {"step": jnp.int32(0), "w": jnp.float32(0)}
+  with pytest.raises(DivergedError, match=r"\[detect\] the loss is nan at step 5 of 8 \(epoch 2\).*step 4"):
+    loop.run(cfg, state, _toy_step(5), batches, mesh=mesh1, writer=metric_writers.LoggingWriter(),
+             checkpointer=ckpt, on_epoch_end=lambda st, e: ends.append(e))
+  assert ckpt.latest_step() == 4  # step 6 (a NaN state) was never saved
+  assert ends == [0]  # the second epoch's hook never saw the broken state
+
+
+def test_a_diverged_run_exits_2_and_writes_no_mask_or_report(tmp_path):
+  """Was: a NaN loss ran to the end and wrote detection.npz, the report and the clean mask from it."""
+  from conftest import run_main
+  proc = run_main(tmp_path, "--config.stages=('detect',)", "--config.model.checkpoint=",
+                  "--config.model.preset=tiny", "--config.detect.schedule.lr=1e30",
+                  "--config.data.train_indices=0:64", "--config.detect.epochs=1",
+                  config="configs/demo.py:runlocal", check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "training diverged" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "detect" / "detection.npz").exists()
+  assert not (tmp_path / "report").exists()
+
+
+# ------------------------------------------------------------------------------------------------ phase 1
+
+def _detector(config, mesh, n=N_TRAIN, spe=3):
+  return Detector(config, class_names=[f"class {i}" for i in range(5)], num_examples=n, mesh=mesh, checkpoint=None,
+                  steps_per_epoch=spe)
+
+
+def test_real_world_pseudo_labels_start_in_the_second_epoch(mesh1):
+  """Was: pseudo_label_start_epoch=2 compared with 0-based epochs, so pseudo-labels started in the 3rd epoch."""
+  c = config_lib.real_world(tiny_config())
+  assert c.detect.pseudo_labels_from_epoch == 2 and "pseudo_label_start_epoch" not in c.detect
+  det = _detector(c, mesh1)
+  assert det.settings.pseudo_label_start_epoch == 1  # 0-based index of the 2nd epoch
+  # The step uses them in every batch of the 2nd epoch: step = steps_per_epoch is its first one.
+  assert det.settings.pseudo_label_start_epoch == det.settings.steps_per_epoch // det.settings.steps_per_epoch
+  with pytest.raises(ValueError, match="counts epochs from 1"):
+    c.detect.pseudo_labels_from_epoch = 0
+    _detector(c, mesh1)
+
+
+def test_learned_params_hold_exactly_the_trained_leaves_bitfit_included(mesh1, tmp_path):
+  """Was: learned_params.npz was chosen by name substrings, so BitFit biases (and anything detect.trainable
+  named) were dropped and adapt.method='none' silently used the pretrained values."""
+  c = tiny_config(detect=dict(peft=dict(vpt="deep", vpt_tokens=2, bitfit=True)))
+  det = _detector(c, mesh1)
+  state = det.init_state(jax.random.key(0))
+  trained = {k for k, m in flatten(det.mask).items() if m}
+  assert any(k.endswith("/bias") for k in trained)
+  params = jax.tree.map(lambda x: x + 0.5, jax.device_get(state["params"]))
+  detect_train.save_learned_params(tmp_path, params, det.mask)
+  with np.load(tmp_path / detect_train.LEARNED_PARAMS_FILE) as f:
+    saved = {k: f[k] for k in f.files}
+  assert set(saved) == trained
+  flat = flatten(params)
+  for k in trained:
+    np.testing.assert_array_equal(saved[k], flat[k])
+
+
+def test_phase1_cosine_is_constant_within_an_epoch():
+  """Was: detect.schedule.per_epoch=False (the lr changed every step); the reference steps its cosine per epoch."""
+  c = config_lib.base_config()
+  assert c.detect.schedule.per_epoch and c.baselines.schedule.per_epoch
+  lr = optim.make_schedule(c.detect.schedule, total_steps=30, steps_per_epoch=3)
+  values = [float(lr(s)) for s in range(30)]
+  for e in range(10):
+    assert values[3 * e] == values[3 * e + 2] == pytest.approx(0.03 * 0.5 * (1 + math.cos(math.pi * e / 10)))
+
+
+def test_class_name_and_period_are_tokenised_as_one_string():
+  """Was: tokens(name) + tokens("."), which differ from tokens("name.") where BPE merges the name's last
+  punctuation with the period (")." is one token)."""
+  tok = Tokenizer()
+  name = "chevrolet corvette zr1 (c6)"
+  assert tok.encode(name + ".") != tok.encode(name) + tok.encode(".")
+  t = prompts_lib.build_template([name, "dog"], tok, n_ctx=3)
+  row = t.ids[0, : t.eot[0] + 1].tolist()
+  assert row == [tok.bos_id] + tok.encode(prompts_lib.PLACEHOLDER) * 3 + tok.encode(name + ".") + [tok.eos_id]
+  front = prompts_lib.build_template([name], tok, n_ctx=2, position="front")
+  want = tok.encode(name + ".")
+  n = len(tok.encode(name))
+  assert front.ids[0, 1: front.eot[0]].tolist() == want[:n] + tok.encode(prompts_lib.PLACEHOLDER) * 2 + want[n:]
+
+
+def test_label_score_does_not_saturate_at_a_real_clip_logit_scale():
+  """Was: label_score = p_clean = sigmoid(margin), which is exactly 1.0 (or 0.0) in float32 once |margin| > ~17:
+  with CLIP's logit scale 100 the ranked table and the AUROC tied exactly where the model is confident."""
+  rng = np.random.default_rng(0)
+  n = 2000
+  cos_margin = rng.uniform(-0.6, 0.6, n)  # cos(x, pos_y) - cos(x, neg_y)
+  margin = (100.0 * cos_margin).astype(np.float32)
+  p_clean = jax.device_get(jax.nn.sigmoid(jnp.asarray(margin)))
+  assert np.unique(p_clean).size < n * 0.9  # the saturation is real
+  score = detect_train.label_score(margin, 100.0)
+  assert np.unique(score).size == np.unique(margin).size  # no ties beyond the margin's own
+  assert ((score >= 0) & (score <= 1)).all()
+  assert (np.diff(score[np.argsort(margin)]) >= 0).all()  # monotone in the margin
+  np.testing.assert_array_equal(score > 0.5, margin > 0)  # the same decision as p_clean > 0.5
+  given = rng.integers(0, 3, n)
+  clean = np.where(rng.random(n) < 1 / (1 + np.exp(-10 * cos_margin)), given, (given + 1) % 3)
+  det = {"p_clean": p_clean, "is_clean": margin > 0, "suggested": given.astype(np.int32), "margin": margin,
+         "label_score": score, "score": margin}
+  inputs = check_inputs(det, given=given, class_names=("a", "b", "c"), clean_labels=clean)
+  table = table_from_inputs(inputs)
+  np.testing.assert_array_equal(table["index"].to_numpy(), np.lexsort((np.arange(n), margin)))
+  summary = summary_from_inputs(inputs)
+  assert summary["detection"]["auroc"] == pytest.approx(auroc(margin, given == clean))
+  assert summary["detection"]["auroc"] != pytest.approx(auroc(p_clean, given == clean), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+def test_lora_scales_by_one_over_rank_and_initialises_a_like_the_reference():
+  """Was: B(A(x)) unscaled and A ~ U(-1/sqrt(in), 1/sqrt(in)) (a Linear layer's default); the reference scales by
+  1/r and draws A [in, r] with kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(r), 1/sqrt(r))."""
+  assert peft_lib.PEFTConfig(lora_rank=4).lora_scale == 0.25
+  assert config_lib.base_config().detect.peft.lora_alpha == 1.0
+  rank, fan_in = 4, 256
+  lora = peft_lib.LoRA(features=8, rank=rank, scale=1.0 / rank)
+  x = jnp.ones((1, fan_in))
+  params = lora.init(jax.random.key(0), x)["params"]
+  a = np.asarray(params["lora_a"])
+  assert a.shape == (fan_in, rank)
+  assert np.abs(a).max() <= 1 / np.sqrt(rank) and np.abs(a).max() > 0.9 / np.sqrt(rank)
+  b = np.random.default_rng(0).normal(size=(rank, 8)).astype(np.float32)
+  out = lora.apply({"params": {"lora_a": a, "lora_b": b}}, x)
+  np.testing.assert_allclose(out, (np.ones((1, fan_in)) @ a @ b) / rank, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def _halves(h, w):
+  """Left quarter red, right quarter blue, the middle grey."""
+  img = np.full((h, w, 3), 128, np.uint8)
+  img[:, : w // 4] = (255, 0, 0)
+  img[:, -(w // 4):] = (0, 0, 255)
+  return img
+
+
+def _has(img, colour):
+  return bool((np.abs(img.astype(int) - colour).sum(-1) < 60).any())
+
+
+def test_squash_crop_and_squash_eval_keep_the_whole_frame():
+  """Was: every dataset resized the short side (a 2:1 image lost its left and right ends); the reference squashes
+  Tiny-ImageNet, Cars, CUB and WebVision to 256x256 before a 224 crop, and tests on a 224x224 squash."""
+  src = tf.constant(_halves(100, 200))
+  for k in range(5):
+    seed = tf.constant([k, 1], tf.int64)
+    squash = preprocess.train_transform(src, 56, "squash_crop", seed).numpy()
+    short = preprocess.train_transform(src, 56, "resize_crop", seed).numpy()
+    assert squash.shape == (56, 56, 3)
+    assert _has(squash, (255, 0, 0)) and _has(squash, (0, 0, 255))  # 7/8 of the width
+    assert not (_has(short, (255, 0, 0)) and _has(short, (0, 0, 255)))  # 7/16 of the width
+  ev = preprocess.eval_transform(src, 56, "squash").numpy()
+  assert ev.shape == (56, 56, 3) and (ev[:, 0] == (255, 0, 0)).all() and (ev[:, -1] == (0, 0, 255)).all()
+  for name in ("cub200", "stanford_cars", "tiny_imagenet", "webvision"):
+    c = _load_config(name)
+    assert (c.data.train_augment, c.data.eval_resize) == ("squash_crop", "squash"), name
+  assert _load_config("cifar100").data.train_augment == "cifar"
+  assert _load_config("cifar100").data.eval_resize == "short_side"
+
+
+def test_dataset_statistics_are_labelled_as_the_reference_uses_them():
+  """Was: Tiny-ImageNet and Cars listed ImageNet statistics and Clothing1M had none; the reference uses CLIP's for
+  the first two and (0.6959, 0.6537, 0.6371) / (0.3113, 0.3192, 0.3214) for Clothing1M."""
+  assert preprocess.normalization("tiny_imagenet") == preprocess.normalization("clip")
+  assert preprocess.normalization("cars") == preprocess.normalization("clip")
+  assert preprocess.normalization("clothing1m") == ((0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214))
+  assert preprocess.normalization("cub") == preprocess.normalization("imagenet")
+  assert config_lib.base_config().data.normalization == "clip"
+
+
+def _load_config(name, arg=None):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+# ------------------------------------------------------------------------------------------------ phase 2
+
+def test_phase2_epochs_visit_every_example_and_average_the_loss_over_the_selected(tiny_clip, splits, mesh1,
+                                                                                 tmp_path):
+  """Was: each epoch re-indexed the selected subset (ceil(|S|/64) steps); the reference visits all N examples
+  (ceil(N/64) steps) and averages each batch's loss over its selected examples."""
+  c = tiny_config(tiny_clip, adapt=dict(epochs=2))
+  assert c.adapt.epoch_over == "all"
+  mask = np.arange(N_TRAIN) % 4 == 0  # 5 of 20 selected
+  res = adapt_train.run(c, tmp_path / "all", splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(),
+                        clip_checkpoint=tiny_clip, detection={"is_clean": mask})
+  assert res["steps"] == 2 * math.ceil(N_TRAIN / B) and res["num_selected"] == 5
+  c.adapt.epoch_over = "selected"
+  res = adapt_train.run(c, tmp_path / "selected", splits=splits, mesh=mesh1,
+                        writer=metric_writers.LoggingWriter(), clip_checkpoint=tiny_clip, detection={"is_clean": mask})
+  assert res["steps"] == 2 * math.ceil(5 / B)
+
+
+def test_small_loss_is_told_the_nominal_rate_not_the_realised_one(splits):
+  """Was: the realised noise rate of the split; the reference forgets the nominal rate r (symmetric noise at
+  r = 0.4 over C classes flips only r (1 - 1/C) of the labels)."""
+  c = tiny_config()
+  c.data.noise.update(dict(type="sym", ratio=0.4))
+  assert _common.nominal_noise_rate(c, splits["train"], "small-loss") == 0.4
+  assert _common.nominal_noise_rate(c, splits["train"], "small-loss", override=0.25) == 0.25
+  c.data.noise.type = "none"  # real noise: the known rate of the split
+  assert _common.nominal_noise_rate(c, splits["train"], "small-loss") == pytest.approx(splits["train"].noise_rate())
+
+
+def test_gmm_baseline_is_the_phase2_model_fitted_like_the_reference(tiny_clip, splits, mesh1, tmp_path):
+  """Was: a separate VPT + linear-head model with its own recipe, and EM to 100 iterations at tol 1e-6; the
+  reference fits GaussianMixture(max_iter=10, tol=1e-2) to the losses of the same FFT model it trains and tests."""
+  import inspect
+  sig = inspect.signature(_gmm_fit.fit)
+  assert (sig.parameters["max_iter"].default, sig.parameters["tol"].default) == (10, 1e-2)
+  c = tiny_config(tiny_clip)
+  assert c.baselines.gmm.model == "phase2"
+  clf, budget, optim_cfg, _ = gmm_baseline.model_and_recipe(c, splits["train"], mesh=mesh1, clip_checkpoint=tiny_clip,
+                                                            stream=1, model="phase2")
+  assert clf.rules == build.clf.clip_rules("blocks", peft_lib.PEFTConfig())  # phase 2's FFT rules
+  assert optim_cfg == c.adapt.optim and budget.epochs == c.adapt.epochs
+  c.adapt.epochs = 2
+  out = baselines.run("gmm", c, splits["train"], mesh=mesh1, clip_checkpoint=tiny_clip, workdir=tmp_path,
+                      eval_splits={"test": splits["test"]})
+  assert 0.0 <= float(out["test_top1"]) <= 1.0  # the same model's test accuracy is kept with its mask
+  np.testing.assert_array_equal(out["is_clean"], out["score"] > 0)  # log-odds > 0 <=> posterior > 0.5
+
+
+# ------------------------------------------------------------------------------------------------ missing methods
+
+def test_vlpt_trains_only_its_prompts_and_visual_prompts(tiny_clip, splits, mesh1, tmp_path):
+  """New: VLPT (VPT + CoOp prompts, CE on the noisy labels; the paper's Fig. 1) as a phase-2 method and a
+  baseline. Its prompts and VPT train; every pretrained weight stays bit-identical."""
+  c = tiny_config(tiny_clip, adapt=dict(method="vlpt", train_on="all", peft=dict(vpt="deep", vpt_tokens=2)))
+  c.adapt.schedule.lr = 0.03
+  clf = build.phase2_classifier(c, splits["train"].class_names, mesh=mesh1, checkpoint=tiny_clip,
+                                rng=jax.random.key(0))
+  before = {k: np.asarray(v) for k, v in flatten(jax.device_get(clf.variables["params"])).items()}
+  tr, state = adapt_train.train_classifier(c, clf, splits["train"], np.ones(N_TRAIN, bool), mesh=mesh1,
+                                           writer=metric_writers.LoggingWriter(), out_dir=tmp_path)
+  after = flatten(jax.device_get(state["params"]))
+  trained = {k for k, m in flatten(tr.mask).items() if m}
+  assert "prompts/ctx" in trained and any(k.endswith("vpt_prompt") for k in trained)
+  assert all(k == "prompts/ctx" or k.endswith("vpt_prompt") for k in trained)
+  for k, v in before.items():
+    assert np.array_equal(v, after[k]) != (k in trained), k
+  vc = _load_config("cifar100n", "method=vlpt")
+  assert vc.adapt.method == "vlpt" and vc.adapt.train_on == "all" and "detect" not in vc.stages
+  out = baselines.run("vlpt", tiny_config(tiny_clip), splits["train"], mesh=mesh1, clip_checkpoint=tiny_clip)
+  np.testing.assert_array_equal(out["is_clean"], out["suggested"] == splits["train"].labels)
+
+
+def test_turn_keeps_what_a_linear_probe_gmm_keeps_and_phase2_trains_on_it(tiny_clip, splits, mesh1, tmp_path):
+  """New: TURN (linear probe on the noisy labels, then FFT on the set it keeps; the paper's Table 4)."""
+  c = tiny_config(tiny_clip, adapt=dict(train_on="turn"))
+  tc = _load_config("cub200", "method=turn")
+  assert tc.adapt.train_on == "turn" and tc.adapt.method == "fft" and "detect" not in tc.stages
+  res = adapt_train.run(c, tmp_path, splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(),
+                        clip_checkpoint=tiny_clip, detection=None)
+  kept = np.load(tmp_path / "baselines" / "turn" / "detection.npz")
+  assert res["train_on"] == "turn" and res["num_selected"] == int(kept["is_clean"].sum())
+  assert "test_top1" in kept.files  # the probe's own accuracy
+
+
+def test_best_accuracy_over_epochs_and_every_epochs_clean_mask_are_kept(tiny_clip, splits, mesh1, tmp_path):
+  """New: the best test accuracy over the evaluated epochs beside the last (the reference prints both), and the
+  clean mask of every phase-1 epoch (the paper's epoch-sensitivity figure)."""
+  c = tiny_config(tiny_clip, adapt=dict(epochs=3, eval_every_epochs=1))
+  res = adapt_train.run(c, tmp_path, splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(),
+                        clip_checkpoint=tiny_clip, detection={"is_clean": np.ones(N_TRAIN, bool)})
+  history = json.loads((tmp_path / "adapt" / adapt_train.HISTORY_FILE).read_text())
+  assert [h["epoch"] for h in history] == [1, 2, 3]
+  best = max(history, key=lambda h: (h["test"], -h["epoch"]))
+  assert res["test"]["best_top1"] == best["test"] and res["test"]["best_epoch"] == best["epoch"]
+  assert res["test"]["best_top1"] >= res["test"]["top1"]
+
+  d = tiny_config(tiny_clip, detect=dict(epochs=3))
+  detection = detect_train.run(d, tmp_path, train_split=splits["train"], mesh=mesh1,
+                               writer=metric_writers.LoggingWriter(), checkpoint=tiny_clip)
+  per_epoch = detection["epoch_is_clean"]
+  assert per_epoch.shape == (3, N_TRAIN) and per_epoch.dtype == bool
+  np.testing.assert_array_equal(per_epoch[-1], detection["online_is_clean"])
