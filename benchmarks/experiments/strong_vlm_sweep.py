@@ -1,0 +1,119 @@
+r"""Detection quality by VLM strength: DEFT and every baseline on CIFAR-10N label sets, for each pretrained VLM.
+
+For every (VLM checkpoint, label set) it runs the detect stage of configs/cifar10n_strong_vlm.py (DEFT, its
+scoring pass, and the baselines) on the 10,000 held-out CIFAR-10 training images, then appends one JSON line
+per method to --results with the detector's quality against the true labels. The checkpoints are the
+snapshots a run of that config writes (pretrain/snapshots/epoch_NNN and pretrain/clip); their zero-shot
+accuracy on the 10,000 test images comes from their pretrain_info.json.
+
+  PYTHONPATH=. python benchmarks/experiments/strong_vlm_sweep.py --pretrain /tmp/strong/pretrain \
+      --root ../shared/assets --out /tmp/sweep --snapshots epoch_002,epoch_008,clip \
+      --label_sets worse_label,aggre_label,random_label1 --results benchmarks/results/detection_strong_vlm.jsonl
+
+Each row: zero_shot_acc, checkpoint, label_set, method (deft, deft_scoring_pass, label_match, small_loss, gmm,
+cleanlab_cl, cleanlab_datalab, keep_all), precision, recall, f1, auroc (null for keep_all), flagged_fraction,
+noise_rate, num_examples, fnr_at_noise_budget (the share of the truly noisy examples a method misses when it
+flags exactly round(noise_rate * N) examples, its lowest-ranked ones; null for keep_all), test_top1 (where the
+method's own model classifies), command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+BASELINES = ("label_match", "small_loss", "gmm", "cleanlab_cl", "cleanlab_datalab")
+
+
+def command(args, checkpoint: Path, label_set: str, workdir: Path) -> list[str]:
+  return [sys.executable, "-m", "deft_jax.main",
+          f"--config=configs/cifar10n_strong_vlm.py:root={args.root},label_set={label_set}",
+          f"--workdir={workdir}", "--config.stages=('detect',)", f"--config.model.checkpoint={checkpoint}",
+          f"--config.baselines.methods={tuple(args.methods.split(','))!r}".replace(" ", ""),
+          *args.extra]
+
+
+def fnr_at_budget(score: np.ndarray, truly_noisy: np.ndarray) -> float:
+  """Flag the round(noise_rate * N) lowest-scored examples; the share of truly noisy ones left unflagged."""
+  k = int(round(truly_noisy.mean() * len(score)))
+  flagged = np.zeros(len(score), bool)
+  flagged[np.argsort(score, kind="stable")[:k]] = True
+  return float(1.0 - (flagged & truly_noisy).sum() / max(truly_noisy.sum(), 1))
+
+
+def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cmd: str) -> list[dict]:
+  sys.path.insert(0, str(REPO))
+  from deft_jax.report import auroc, detection_metrics  # pylint: disable=g-import-not-at-top
+
+  from deft_jax.data import cifar_offline  # pylint: disable=g-import-not-at-top
+
+  det = dict(np.load(workdir / "detect" / "detection.npz"))
+  data = json.loads((workdir / "config.json").read_text())["data"]
+  split = cifar_offline.load_cifar10n_offline(data["root"], label_set=label_set, train_indices=data["train_indices"],
+                                              pretrain_indices=data["pretrain_indices"], test_size=1)["train"]
+  given, truth = split.labels, split.clean_labels
+  clean = given == truth
+  methods = {"deft": (det["is_clean"], det["score"], None),
+             "deft_scoring_pass": (det["pass_is_clean"], det["pass_score"], None)}
+  for name in BASELINES:
+    f = workdir / "baselines" / name / "detection.npz"
+    if f.exists():
+      b = dict(np.load(f))
+      methods[name] = (b["is_clean"], b["score"], float(b["test_top1"]) if "test_top1" in b else None)
+  methods["keep_all"] = (np.ones(len(given), bool), None, None)
+  out = []
+  for name, (is_clean, score, test_top1) in methods.items():
+    m = detection_metrics(is_clean, given, truth)
+    out.append({
+        "zero_shot_acc": zero_shot, "checkpoint": checkpoint, "label_set": label_set, "method": name,
+        "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+        "auroc": None if score is None else auroc(score, clean),
+        "flagged_fraction": float(1 - is_clean.mean()), "noise_rate": float(1 - clean.mean()),
+        "num_examples": int(len(given)),
+        "fnr_at_noise_budget": None if score is None else fnr_at_budget(score, ~clean),
+        "test_top1": test_top1, "command": cmd})
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--pretrain", required=True, help="the pretrain/ folder of a configs/cifar10n_strong_vlm.py run")
+  p.add_argument("--root", required=True, help="the CIFAR-10N assets folder")
+  p.add_argument("--out", required=True, help="a folder for the detection workdirs")
+  p.add_argument("--snapshots", default="epoch_002,epoch_008,clip")
+  p.add_argument("--label_sets", default="worse_label,aggre_label,random_label1")
+  p.add_argument("--methods", default=",".join(BASELINES))
+  p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "detection_strong_vlm.jsonl"))
+  p.add_argument("extra", nargs="*", help="more --config.* overrides")
+  args = p.parse_args()
+  pretrain = Path(args.pretrain)
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  for snap in args.snapshots.split(","):
+    ckpt = pretrain / ("clip" if snap == "clip" else f"snapshots/{snap}")
+    info = json.loads((ckpt / "pretrain_info.json").read_text())
+    for label_set in args.label_sets.split(","):
+      workdir = Path(args.out) / snap / label_set
+      cmd = command(args, ckpt, label_set, workdir)
+      shown = " ".join(shlex.quote(c) for c in cmd[1:])
+      print("$ python", shown, flush=True)
+      subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+      new = rows(workdir, zero_shot=info["zero_shot_accuracy_ensemble"], checkpoint=f"{snap} ({info['epochs']} epochs)",
+                 label_set=label_set, cmd="python " + shown)
+      with open(args.results, "a") as f:
+        for r in new:
+          f.write(json.dumps(r) + "\n")
+      for r in new:
+        print(f"  {r['method']:<18} F1 {r['f1']:.3f}  AUROC {r['auroc'] if r['auroc'] is None else round(r['auroc'], 3)}"
+              f"  flagged {r['flagged_fraction']:.3f} (noise {r['noise_rate']:.3f})", flush=True)
+
+
+if __name__ == "__main__":
+  main()
