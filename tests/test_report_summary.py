@@ -18,82 +18,82 @@ DET = dict(
 
 
 def test_summary_counts_noise_and_detection_quality_by_hand():
-    s = build_summary(DET, given=GIVEN, class_names=NAMES, clean_labels=TRUTH)
-    assert (s["num_examples"], s["num_classes"], s["num_flagged"], s["num_clean"]) == (8, 4, 4, 4)
-    assert s["estimated_noise_rate"] == pytest.approx(0.5)
-    det = s["detection"]
-    # truly clean {0,2,3,5,6}; selected {0,2,3,6} -> precision 1, recall 4/5
-    assert det["precision"] == pytest.approx(1.0) and det["recall"] == pytest.approx(0.8)
-    assert det["true_noise_rate"] == pytest.approx(3 / 8)
-    # p_clean perfectly separates truly clean (0.9,0.8,0.7,0.3,0.95) from noisy (0.1,0.2,0.4) except 0.3 < 0.4
-    assert det["auroc"] == pytest.approx(14 / 15)
-    per = {r["name"]: r for r in s["per_class"]}
-    assert (per["cat"]["count"], per["cat"]["flagged"]) == (3, 1)
-    assert per["dog"]["estimated_noise_rate"] == pytest.approx(2 / 3)
-    assert per["fish"]["count"] == 0 and per["fish"]["estimated_noise_rate"] is None
+  s = build_summary(DET, given=GIVEN, class_names=NAMES, clean_labels=TRUTH)
+  assert (s["num_examples"], s["num_classes"], s["num_flagged"], s["num_clean"]) == (8, 4, 4, 4)
+  assert s["estimated_noise_rate"] == pytest.approx(0.5)
+  det = s["detection"]
+  # truly clean {0,2,3,5,6}; selected {0,2,3,6} -> precision 1, recall 4/5
+  assert det["precision"] == pytest.approx(1.0) and det["recall"] == pytest.approx(0.8)
+  assert det["true_noise_rate"] == pytest.approx(3 / 8)
+  # p_clean perfectly separates truly clean (0.9,0.8,0.7,0.3,0.95) from noisy (0.1,0.2,0.4) except 0.3 < 0.4
+  assert det["auroc"] == pytest.approx(14 / 15)
+  per = {r["name"]: r for r in s["per_class"]}
+  assert (per["cat"]["count"], per["cat"]["flagged"]) == (3, 1)
+  assert per["dog"]["estimated_noise_rate"] == pytest.approx(2 / 3)
+  assert per["fish"]["count"] == 0 and per["fish"]["estimated_noise_rate"] is None
 
 
 def test_confused_pairs_count_flagged_moves_most_frequent_first():
-    s = build_summary(DET, given=GIVEN, class_names=NAMES)
-    # flagged with a different suggestion: 1 (cat->dog), 4 (dog->cat), 7 (bird->dog); 5 keeps its label
-    pairs = [(p["given_name"], p["suggested_name"], p["count"]) for p in s["confused_pairs"]]
-    assert pairs == [("cat", "dog", 1), ("dog", "cat", 1), ("bird", "dog", 1)]
-    given = np.array([0, 0, 0, 1, 1, 1, 2, 0], np.int32)  # index 7 now also cat -> dog
-    s = build_summary(DET, given=given, class_names=NAMES)
-    assert (s["confused_pairs"][0]["given_name"], s["confused_pairs"][0]["count"]) == ("cat", 2)
+  s = build_summary(DET, given=GIVEN, class_names=NAMES)
+  # flagged with a different suggestion: 1 (cat->dog), 4 (dog->cat), 7 (bird->dog); 5 keeps its label
+  pairs = [(p["given_name"], p["suggested_name"], p["count"]) for p in s["confused_pairs"]]
+  assert pairs == [("cat", "dog", 1), ("dog", "cat", 1), ("bird", "dog", 1)]
+  given = np.array([0, 0, 0, 1, 1, 1, 2, 0], np.int32)  # index 7 now also cat -> dog
+  s = build_summary(DET, given=given, class_names=NAMES)
+  assert (s["confused_pairs"][0]["given_name"], s["confused_pairs"][0]["count"]) == ("cat", 2)
 
 
 def test_summary_without_ground_truth_has_no_detection_section():
-    s = build_summary(DET, given=GIVEN, class_names=NAMES)
-    assert s["detection"] is None
-    assert "precision" not in s["per_class"][0]
+  s = build_summary(DET, given=GIVEN, class_names=NAMES)
+  assert s["detection"] is None
+  assert "precision" not in s["per_class"][0]
 
 
 def test_summary_is_strict_json_with_nan_as_null_and_extra_sections_kept():
-    extra = {"baselines": {"small-loss": {"precision": np.float32(0.8), "auroc": float("nan")}},
-             "test_accuracy": np.float64(0.79)}
-    s = build_summary(DET, given=GIVEN, class_names=NAMES, clean_labels=TRUTH, extra=extra)
-    text = json.dumps(s, allow_nan=False)
-    back = json.loads(text)
-    assert back["baselines"]["small-loss"]["auroc"] is None
-    assert back["test_accuracy"] == pytest.approx(0.79)
+  extra = {"baselines": {"small-loss": {"precision": np.float32(0.8), "auroc": float("nan")}},
+           "test_accuracy": np.float64(0.79)}
+  s = build_summary(DET, given=GIVEN, class_names=NAMES, clean_labels=TRUTH, extra=extra)
+  text = json.dumps(s, allow_nan=False)
+  back = json.loads(text)
+  assert back["baselines"]["small-loss"]["auroc"] is None
+  assert back["test_accuracy"] == pytest.approx(0.79)
 
 
 def test_extra_section_may_not_overwrite_builtin():
-    with pytest.raises(ReportInputError, match="'detection' would overwrite"):
-        build_summary(DET, given=GIVEN, class_names=NAMES, extra={"detection": {}})
+  with pytest.raises(ReportInputError, match="'detection' would overwrite"):
+    build_summary(DET, given=GIVEN, class_names=NAMES, extra={"detection": {}})
 
 
 def test_health_text_shows_headline_baselines_and_worst_classes():
-    extra = {"baselines": {"CLIP label-match": {"precision": 0.7, "recall": 0.9, "f1": 0.7875, "auroc": 0.81}},
-             "test_accuracy": 0.7904}
-    s = build_summary(DET, given=GIVEN, class_names=NAMES, clean_labels=TRUTH, extra=extra)
-    text = format_health_summary(json.loads(json.dumps(s)))
-    assert "8 examples, 4 classes" in text
-    assert "flagged as label issues: 4 (50.0%)" in text
-    lines = text.splitlines()
-    deft_row = next(line for line in lines if line.strip().startswith("DEFT "))
-    assert deft_row.split()[1:] == ["100.0%", "80.0%", "88.9%", "0.933"]
-    clip_row = next(line for line in lines if "CLIP label-match" in line)
-    assert clip_row.split()[-4:] == ["70.0%", "90.0%", "78.8%", "0.810"]
-    # the noisiest class (dog, 2 of 3 flagged) is listed first; the empty class is not listed
-    start = next(i for i, line in enumerate(lines) if "Noisiest classes" in line) + 2
-    class_rows = [line.split()[0] for line in lines[start:start + 4] if line.strip()]
-    assert class_rows == ["dog", "bird", "cat"]
-    assert "test_accuracy" in text and "0.7904" in text
+  extra = {"baselines": {"CLIP label-match": {"precision": 0.7, "recall": 0.9, "f1": 0.7875, "auroc": 0.81}},
+           "test_accuracy": 0.7904}
+  s = build_summary(DET, given=GIVEN, class_names=NAMES, clean_labels=TRUTH, extra=extra)
+  text = format_health_summary(json.loads(json.dumps(s)))
+  assert "8 examples, 4 classes" in text
+  assert "flagged as label issues: 4 (50.0%)" in text
+  lines = text.splitlines()
+  deft_row = next(line for line in lines if line.strip().startswith("DEFT "))
+  assert deft_row.split()[1:] == ["100.0%", "80.0%", "88.9%", "0.933"]
+  clip_row = next(line for line in lines if "CLIP label-match" in line)
+  assert clip_row.split()[-4:] == ["70.0%", "90.0%", "78.8%", "0.810"]
+  # the noisiest class (dog, 2 of 3 flagged) is listed first; the empty class is not listed
+  start = next(i for i, line in enumerate(lines) if "Noisiest classes" in line) + 2
+  class_rows = [line.split()[0] for line in lines[start:start + 4] if line.strip()]
+  assert class_rows == ["dog", "bird", "cat"]
+  assert "test_accuracy" in text and "0.7904" in text
 
 
 def test_health_text_fits_one_screen_for_many_classes():
-    rng = np.random.default_rng(0)
-    n, c = 5000, 200
-    names = [f"species_{k:03d}" for k in range(c)]
-    given = rng.integers(0, c, n).astype(np.int32)
-    p = rng.random(n).astype(np.float32)
-    det = dict(p_clean=p, is_clean=p > 0.3, suggested=rng.integers(0, c, n).astype(np.int32))
-    extra = {"baselines": {f"b{i}": {"precision": 0.5} for i in range(10)},
-             **{f"section_{i}": i for i in range(10)}}
-    s = build_summary(det, given=given, class_names=names, clean_labels=given, extra=extra)
-    text = format_health_summary(s)
-    assert len(text.splitlines()) <= 42
-    assert "(10 of 200)" in text
-    assert max(len(line) for line in text.splitlines()) <= 100
+  rng = np.random.default_rng(0)
+  n, c = 5000, 200
+  names = [f"species_{k:03d}" for k in range(c)]
+  given = rng.integers(0, c, n).astype(np.int32)
+  p = rng.random(n).astype(np.float32)
+  det = dict(p_clean=p, is_clean=p > 0.3, suggested=rng.integers(0, c, n).astype(np.int32))
+  extra = {"baselines": {f"b{i}": {"precision": 0.5} for i in range(10)},
+           **{f"section_{i}": i for i in range(10)}}
+  s = build_summary(det, given=given, class_names=names, clean_labels=given, extra=extra)
+  text = format_health_summary(s)
+  assert len(text.splitlines()) <= 42
+  assert "(10 of 200)" in text
+  assert max(len(line) for line in text.splitlines()) <= 100

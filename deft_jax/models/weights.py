@@ -19,44 +19,44 @@ PathDict = dict[str, Any]
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the model it is loaded into."""
+  """A checkpoint does not fit the model it is loaded into."""
 
 
 def flatten(tree: Mapping[str, Any], sep: str = "/") -> PathDict:
-    """Nested dict -> ``{"a/b": leaf}``."""
-    out: PathDict = {}
+  """Nested dict -> ``{"a/b": leaf}``."""
+  out: PathDict = {}
 
-    def rec(node, prefix):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                rec(v, f"{prefix}{sep}{k}" if prefix else str(k))
-        else:
-            out[prefix] = node
+  def rec(node, prefix):
+    if isinstance(node, Mapping):
+      for k, v in node.items():
+        rec(v, f"{prefix}{sep}{k}" if prefix else str(k))
+    else:
+      out[prefix] = node
 
-    rec(tree, "")
-    return out
+  rec(tree, "")
+  return out
 
 
 def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict:
-    """``{"a/b": leaf}`` -> nested dict."""
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        *parents, last = path.split(sep)
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = leaf
-    return out
+  """``{"a/b": leaf}`` -> nested dict."""
+  out: dict = {}
+  for path, leaf in flat.items():
+    node = out
+    *parents, last = path.split(sep)
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return out
 
 
 def _matches(path: str, patterns: Iterable[str]) -> bool:
-    return any(re.fullmatch(p, path) for p in patterns)
+  return any(re.fullmatch(p, path) for p in patterns)
 
 
 def _listing(names: list[str], limit: int = 40) -> str:
-    shown = "\n  ".join(names[:limit])
-    more = f"\n  ... and {len(names) - limit} more" if len(names) > limit else ""
-    return f"\n  {shown}{more}"
+  shown = "\n  ".join(names[:limit])
+  more = f"\n  ... and {len(names) - limit} more" if len(names) > limit else ""
+  return f"\n  {shown}{more}"
 
 
 def merge_params(
@@ -66,60 +66,60 @@ def merge_params(
     dont_load: Iterable[str] = (),
     source: str = "checkpoint",
 ) -> dict:
-    """Returns ``init_params`` with every leaf replaced by its value in ``loaded``.
+  """Returns ``init_params`` with every leaf replaced by its value in ``loaded``.
 
-    Args:
-      init_params: freshly initialised (nested) parameters; may be abstract
-        (``jax.ShapeDtypeStruct``) when only checking.
-      loaded: flat ``{"a/b/c": array}`` already renamed to deft_jax names.
-      dont_load: full-match regexes of parameter paths that keep their initial
-        value (prompts, PEFT, new heads). A loaded key that matches one is ignored.
-      source: a name for error messages (a path or hub id).
+  Args:
+    init_params: freshly initialised (nested) parameters; may be abstract
+      (``jax.ShapeDtypeStruct``) when only checking.
+    loaded: flat ``{"a/b/c": array}`` already renamed to deft_jax names.
+    dont_load: full-match regexes of parameter paths that keep their initial
+      value (prompts, PEFT, new heads). A loaded key that matches one is ignored.
+    source: a name for error messages (a path or hub id).
 
-    Raises:
-      CheckpointMismatchError: listing every missing key, unexpected key and
-        shape mismatch at once.
-    """
-    dont_load = tuple(dont_load)
-    init_flat = flatten(init_params)
-    missing = sorted(k for k in init_flat if k not in loaded and not _matches(k, dont_load))
-    unexpected = sorted(k for k in loaded if k not in init_flat)
-    shape_errors = []
-    for k, v in loaded.items():
-        if k in init_flat and not _matches(k, dont_load):
-            want = tuple(init_flat[k].shape)
-            got = tuple(np.shape(v))
-            if want != got:
-                shape_errors.append(f"{k}: model expects {want}, {source} has {got}")
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} parameter(s) missing from {source}:{_listing(missing)}")
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} unexpected key(s) in {source} (not in the model):{_listing(unexpected)}")
-    if shape_errors:
-        problems.append(f"{len(shape_errors)} shape mismatch(es):{_listing(sorted(shape_errors))}")
-    if problems:
-        raise CheckpointMismatchError(
-            f"cannot load {source} into this model (is it a checkpoint of another model or preset?)\n"
-            + "\n".join(problems))
-    merged = {}
-    for k, init_leaf in init_flat.items():
-        if k in loaded and not _matches(k, dont_load):
-            merged[k] = np.asarray(loaded[k]).astype(init_leaf.dtype)
-        else:
-            merged[k] = init_leaf
-    return unflatten(merged)
+  Raises:
+    CheckpointMismatchError: listing every missing key, unexpected key and
+      shape mismatch at once.
+  """
+  dont_load = tuple(dont_load)
+  init_flat = flatten(init_params)
+  missing = sorted(k for k in init_flat if k not in loaded and not _matches(k, dont_load))
+  unexpected = sorted(k for k in loaded if k not in init_flat)
+  shape_errors = []
+  for k, v in loaded.items():
+    if k in init_flat and not _matches(k, dont_load):
+      want = tuple(init_flat[k].shape)
+      got = tuple(np.shape(v))
+      if want != got:
+        shape_errors.append(f"{k}: model expects {want}, {source} has {got}")
+  problems = []
+  if missing:
+    problems.append(f"{len(missing)} parameter(s) missing from {source}:{_listing(missing)}")
+  if unexpected:
+    problems.append(
+        f"{len(unexpected)} unexpected key(s) in {source} (not in the model):{_listing(unexpected)}")
+  if shape_errors:
+    problems.append(f"{len(shape_errors)} shape mismatch(es):{_listing(sorted(shape_errors))}")
+  if problems:
+    raise CheckpointMismatchError(
+        f"cannot load {source} into this model (is it a checkpoint of another model or preset?)\n"
+        + "\n".join(problems))
+  merged = {}
+  for k, init_leaf in init_flat.items():
+    if k in loaded and not _matches(k, dont_load):
+      merged[k] = np.asarray(loaded[k]).astype(init_leaf.dtype)
+    else:
+      merged[k] = init_leaf
+  return unflatten(merged)
 
 
 def tree_paths(tree) -> list[str]:
-    """'/'-joined paths of every leaf of a pytree of dicts, in flatten order."""
-    paths, _ = zip(*jax.tree_util.tree_flatten_with_path(tree)[0]) if jax.tree_util.tree_leaves(tree) else ((), ())
-    return ["/".join(_key_str(k) for k in p) for p in paths]
+  """'/'-joined paths of every leaf of a pytree of dicts, in flatten order."""
+  paths, _ = zip(*jax.tree_util.tree_flatten_with_path(tree)[0]) if jax.tree_util.tree_leaves(tree) else ((), ())
+  return ["/".join(_key_str(k) for k in p) for p in paths]
 
 
 def _key_str(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)

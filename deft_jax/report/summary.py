@@ -26,76 +26,76 @@ _RATE_KEYS = ("precision", "recall", "f1", "true_noise_rate")
 
 
 def to_jsonable(obj: Any) -> Any:
-    """NumPy/JAX scalars and arrays -> Python; NaN/inf -> None (strict JSON has no NaN)."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (str, bool, type(None))):
-        return obj
-    if isinstance(obj, (np.generic, np.ndarray)) or hasattr(obj, "__array__"):
-        arr = np.asarray(obj)
-        return to_jsonable(arr.item() if arr.ndim == 0 else arr.tolist())
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    raise TypeError(f"cannot put a {type(obj).__name__} into summary.json: {obj!r}")
+  """NumPy/JAX scalars and arrays -> Python; NaN/inf -> None (strict JSON has no NaN)."""
+  if isinstance(obj, Mapping):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if isinstance(obj, (str, bool, type(None))):
+    return obj
+  if isinstance(obj, (np.generic, np.ndarray)) or hasattr(obj, "__array__"):
+    arr = np.asarray(obj)
+    return to_jsonable(arr.item() if arr.ndim == 0 else arr.tolist())
+  if isinstance(obj, int):
+    return int(obj)
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  raise TypeError(f"cannot put a {type(obj).__name__} into summary.json: {obj!r}")
 
 
 def summary_from_inputs(
     inputs: ReportInputs, *, extra: Mapping[str, Any] | None = None, method_name: str = "DEFT",
     max_pairs: int = 20,
 ) -> dict:
-    """:func:`build_summary` for already validated inputs."""
-    c = inputs.num_classes
-    overall = metrics.detection_metrics(inputs.is_clean, inputs.given, inputs.clean_labels)
-    per = metrics.per_class_detection_metrics(inputs.is_clean, inputs.given, c, inputs.clean_labels)
-    summary: dict[str, Any] = {
-        "method": method_name,
-        "num_examples": inputs.num_examples,
-        "num_classes": c,
-        "num_flagged": overall["count"] - overall["selected"],
-        "num_clean": overall["selected"],
-        "estimated_noise_rate": overall["estimated_noise_rate"],
-        "detection": None,
+  """:func:`build_summary` for already validated inputs."""
+  c = inputs.num_classes
+  overall = metrics.detection_metrics(inputs.is_clean, inputs.given, inputs.clean_labels)
+  per = metrics.per_class_detection_metrics(inputs.is_clean, inputs.given, c, inputs.clean_labels)
+  summary: dict[str, Any] = {
+      "method": method_name,
+      "num_examples": inputs.num_examples,
+      "num_classes": c,
+      "num_flagged": overall["count"] - overall["selected"],
+      "num_clean": overall["selected"],
+      "estimated_noise_rate": overall["estimated_noise_rate"],
+      "detection": None,
+  }
+  if inputs.clean_labels is not None and overall["known"] > 0:
+    known = inputs.known
+    summary["detection"] = {
+        "num_known": overall["known"],
+        **{k: overall[k] for k in _RATE_KEYS},
+        "auroc": metrics.auroc(inputs.score, inputs.truly_clean, mask=known),
     }
-    if inputs.clean_labels is not None and overall["known"] > 0:
-        known = inputs.known
-        summary["detection"] = {
-            "num_known": overall["known"],
-            **{k: overall[k] for k in _RATE_KEYS},
-            "auroc": metrics.auroc(inputs.score, inputs.truly_clean, mask=known),
-        }
-    per_class = []
-    for k in range(c):
-        row = {"label": k, "name": inputs.class_names[k], "count": per["count"][k],
-               "flagged": per["count"][k] - per["selected"][k],
-               "estimated_noise_rate": per["estimated_noise_rate"][k]}
-        if summary["detection"] is not None:
-            row.update({key: per[key][k] for key in _RATE_KEYS})
-        per_class.append(row)
-    summary["per_class"] = per_class
-    summary["confused_pairs"] = _confused_pairs(inputs, max_pairs)
-    for key, value in (extra or {}).items():
-        if key in summary:
-            raise ReportInputError(f"extra summary section {key!r} would overwrite a built-in section")
-        summary[key] = value
-    return to_jsonable(summary)
+  per_class = []
+  for k in range(c):
+    row = {"label": k, "name": inputs.class_names[k], "count": per["count"][k],
+           "flagged": per["count"][k] - per["selected"][k],
+           "estimated_noise_rate": per["estimated_noise_rate"][k]}
+    if summary["detection"] is not None:
+      row.update({key: per[key][k] for key in _RATE_KEYS})
+    per_class.append(row)
+  summary["per_class"] = per_class
+  summary["confused_pairs"] = _confused_pairs(inputs, max_pairs)
+  for key, value in (extra or {}).items():
+    if key in summary:
+      raise ReportInputError(f"extra summary section {key!r} would overwrite a built-in section")
+    summary[key] = value
+  return to_jsonable(summary)
 
 
 def _confused_pairs(inputs: ReportInputs, max_pairs: int) -> list[dict]:
-    c = inputs.num_classes
-    moved = ~inputs.is_clean & (inputs.suggested != inputs.given)
-    codes, counts = np.unique(inputs.given[moved].astype(np.int64) * c + inputs.suggested[moved],
-                              return_counts=True)
-    order = np.lexsort((codes, -counts))[:max_pairs]  # most frequent first, then by (given, suggested)
-    names = inputs.class_names
-    return [
-        {"given_label": int(code // c), "given_name": names[code // c],
-         "suggested_label": int(code % c), "suggested_name": names[code % c], "count": int(n)}
-        for code, n in zip(codes[order], counts[order])
-    ]
+  c = inputs.num_classes
+  moved = ~inputs.is_clean & (inputs.suggested != inputs.given)
+  codes, counts = np.unique(inputs.given[moved].astype(np.int64) * c + inputs.suggested[moved],
+                            return_counts=True)
+  order = np.lexsort((codes, -counts))[:max_pairs]  # most frequent first, then by (given, suggested)
+  names = inputs.class_names
+  return [
+      {"given_label": int(code // c), "given_name": names[code // c],
+       "suggested_label": int(code % c), "suggested_name": names[code % c], "count": int(n)}
+      for code, n in zip(codes[order], counts[order])
+  ]
 
 
 def build_summary(
@@ -108,15 +108,15 @@ def build_summary(
     method_name: str = "DEFT",
     max_pairs: int = 20,
 ) -> dict:
-    """Counts, estimated noise overall / per class, confused pairs and (with ground truth)
-    precision, recall, F1 and AUROC of the ranking score against truly-clean; see the module docstring.
+  """Counts, estimated noise overall / per class, confused pairs and (with ground truth)
+  precision, recall, F1 and AUROC of the ranking score against truly-clean; see the module docstring.
 
-    ``extra`` sections are merged at the top level (a name clash with a built-in section is an
-    error); ``extra["baselines"] = {name: {"precision": .., "recall": .., "f1": .., "auroc": ..}}``
-    is rendered as a comparison table by :func:`format_health_summary`.
-    """
-    inputs = check_inputs(detection, given=given, class_names=class_names, clean_labels=clean_labels)
-    return summary_from_inputs(inputs, extra=extra, method_name=method_name, max_pairs=max_pairs)
+  ``extra`` sections are merged at the top level (a name clash with a built-in section is an
+  error); ``extra["baselines"] = {name: {"precision": .., "recall": .., "f1": .., "auroc": ..}}``
+  is rendered as a comparison table by :func:`format_health_summary`.
+  """
+  inputs = check_inputs(detection, given=given, class_names=class_names, clean_labels=clean_labels)
+  return summary_from_inputs(inputs, extra=extra, method_name=method_name, max_pairs=max_pairs)
 
 
 # ----------------------------------------------------------------------------- text rendering
@@ -126,86 +126,86 @@ _BUILTIN = {"method", "num_examples", "num_classes", "num_flagged", "num_clean",
 
 
 def _missing(x) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
+  return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def _pct(x) -> str:
-    return "-" if _missing(x) else f"{100 * x:.1f}%"
+  return "-" if _missing(x) else f"{100 * x:.1f}%"
 
 
 def _num(x) -> str:
-    return "-" if _missing(x) else f"{x:.3f}"
+  return "-" if _missing(x) else f"{x:.3f}"
 
 
 def _cut(s: str, width: int) -> str:
-    if len(s) <= width:
-        return s
-    head = (width - 1) // 2  # keep both ends: long class names differ at the end (car model years)
-    return s[:head] + "~" + s[len(s) - (width - 1 - head):]
+  if len(s) <= width:
+    return s
+  head = (width - 1) // 2  # keep both ends: long class names differ at the end (car model years)
+  return s[:head] + "~" + s[len(s) - (width - 1 - head):]
 
 
 def _value(v) -> str:
-    if _missing(v):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, Mapping):
-        v = ", ".join(f"{k}={_value(x)}" for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        return f"[{len(v)} items]"
-    v = str(v)
-    return v if len(v) <= 72 else v[:69] + "..."
+  if _missing(v):
+    return "-"
+  if isinstance(v, float):
+    return f"{v:.4g}"
+  if isinstance(v, Mapping):
+    v = ", ".join(f"{k}={_value(x)}" for k, x in v.items())
+  if isinstance(v, (list, tuple)):
+    return f"[{len(v)} items]"
+  v = str(v)
+  return v if len(v) <= 72 else v[:69] + "..."
 
 
 def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, max_pairs: int = 5,
                           max_rows: int = 6) -> str:
-    """One screen (<= ~40 lines) of text: headline counts, detection quality, a baselines table,
-    the noisiest classes (the worst ``max_classes`` when there are more), the most confused pairs
-    and any extra sections. Works on the dict of :func:`build_summary` or its JSON round trip."""
-    lines = [f"Label health report ({summary.get('method', 'DEFT')}): "
-             f"{summary['num_examples']:,} examples, {summary['num_classes']} classes",
-             f"  flagged as label issues: {summary['num_flagged']:,} "
-             f"({_pct(summary['estimated_noise_rate'])})   kept as clean: {summary['num_clean']:,}"]
-    det = summary.get("detection")
-    if det:
-        lines += [f"  ground truth known for {det['num_known']:,}: "
-                  f"true noise rate {_pct(det['true_noise_rate'])}",
-                  f"  clean selection vs. truth: precision {_pct(det['precision'])}"
-                  f"  recall {_pct(det['recall'])}  F1 {_pct(det['f1'])}  AUROC {_num(det['auroc'])}"]
-    baselines = summary.get("baselines") or {}
-    if baselines:
-        rows = ([(summary.get("method", "DEFT"), det)] if det else []) + list(baselines.items())
-        lines += ["", f"  {'method':<24}{'precision':>10}{'recall':>9}{'F1':>9}{'AUROC':>8}"]
-        for name, m in rows[:max_rows]:
-            m = m or {}
-            lines.append(f"  {_cut(str(name), 23):<24}{_pct(m.get('precision')):>10}"
-                         f"{_pct(m.get('recall')):>9}{_pct(m.get('f1')):>9}{_num(m.get('auroc')):>8}")
-        if len(rows) > max_rows:
-            lines.append(f"  ... {len(rows) - max_rows} more in summary.json")
-    per_class = [r for r in summary.get("per_class", []) if r["count"]]
-    if per_class:
-        worst = sorted(per_class, key=lambda r: (-(r["estimated_noise_rate"] or 0.0), r["label"]))
-        shown = worst[:max_classes]
-        what = "all" if len(shown) == len(per_class) else f"{len(shown)} of {len(per_class)}"
-        truth = det is not None
-        lines += ["", f"  Noisiest classes by estimated noise ({what}):",
-                  f"  {'class':<26}{'n':>8}{'flagged':>9}{'est.noise':>11}"
-                  + (f"{'true':>8}" if truth else "")]
-        for r in shown:
-            lines.append(f"  {_cut(r['name'], 25):<26}{r['count']:>8,}{r['flagged']:>9,}"
-                         f"{_pct(r['estimated_noise_rate']):>11}"
-                         + (f"{_pct(r.get('true_noise_rate')):>8}" if truth else ""))
-    pairs = summary.get("confused_pairs") or []
-    if pairs:
-        lines += ["", "  Most frequent suggested fixes among flagged (given -> suggested):"]
-        for p in pairs[:max_pairs]:
-            pair = f"{_cut(p['given_name'], 22)} -> {_cut(p['suggested_name'], 22)}"
-            lines.append(f"  {pair:<50}{p['count']:>8,}")
-    others = [k for k in summary if k not in _BUILTIN]
-    if others:
-        lines += ["", "  Other:"]
-        for k in others[:max_rows]:
-            lines.append(f"  {_cut(k, 26):<28}{_value(summary[k])}")
-        if len(others) > max_rows:
-            lines.append(f"  ... {len(others) - max_rows} more sections in summary.json")
-    return "\n".join(lines)
+  """One screen (<= ~40 lines) of text: headline counts, detection quality, a baselines table,
+  the noisiest classes (the worst ``max_classes`` when there are more), the most confused pairs
+  and any extra sections. Works on the dict of :func:`build_summary` or its JSON round trip."""
+  lines = [f"Label health report ({summary.get('method', 'DEFT')}): "
+           f"{summary['num_examples']:,} examples, {summary['num_classes']} classes",
+           f"  flagged as label issues: {summary['num_flagged']:,} "
+           f"({_pct(summary['estimated_noise_rate'])})   kept as clean: {summary['num_clean']:,}"]
+  det = summary.get("detection")
+  if det:
+    lines += [f"  ground truth known for {det['num_known']:,}: "
+              f"true noise rate {_pct(det['true_noise_rate'])}",
+              f"  clean selection vs. truth: precision {_pct(det['precision'])}"
+              f"  recall {_pct(det['recall'])}  F1 {_pct(det['f1'])}  AUROC {_num(det['auroc'])}"]
+  baselines = summary.get("baselines") or {}
+  if baselines:
+    rows = ([(summary.get("method", "DEFT"), det)] if det else []) + list(baselines.items())
+    lines += ["", f"  {'method':<24}{'precision':>10}{'recall':>9}{'F1':>9}{'AUROC':>8}"]
+    for name, m in rows[:max_rows]:
+      m = m or {}
+      lines.append(f"  {_cut(str(name), 23):<24}{_pct(m.get('precision')):>10}"
+                   f"{_pct(m.get('recall')):>9}{_pct(m.get('f1')):>9}{_num(m.get('auroc')):>8}")
+    if len(rows) > max_rows:
+      lines.append(f"  ... {len(rows) - max_rows} more in summary.json")
+  per_class = [r for r in summary.get("per_class", []) if r["count"]]
+  if per_class:
+    worst = sorted(per_class, key=lambda r: (-(r["estimated_noise_rate"] or 0.0), r["label"]))
+    shown = worst[:max_classes]
+    what = "all" if len(shown) == len(per_class) else f"{len(shown)} of {len(per_class)}"
+    truth = det is not None
+    lines += ["", f"  Noisiest classes by estimated noise ({what}):",
+              f"  {'class':<26}{'n':>8}{'flagged':>9}{'est.noise':>11}"
+              + (f"{'true':>8}" if truth else "")]
+    for r in shown:
+      lines.append(f"  {_cut(r['name'], 25):<26}{r['count']:>8,}{r['flagged']:>9,}"
+                   f"{_pct(r['estimated_noise_rate']):>11}"
+                   + (f"{_pct(r.get('true_noise_rate')):>8}" if truth else ""))
+  pairs = summary.get("confused_pairs") or []
+  if pairs:
+    lines += ["", "  Most frequent suggested fixes among flagged (given -> suggested):"]
+    for p in pairs[:max_pairs]:
+      pair = f"{_cut(p['given_name'], 22)} -> {_cut(p['suggested_name'], 22)}"
+      lines.append(f"  {pair:<50}{p['count']:>8,}")
+  others = [k for k in summary if k not in _BUILTIN]
+  if others:
+    lines += ["", "  Other:"]
+    for k in others[:max_rows]:
+      lines.append(f"  {_cut(k, 26):<28}{_value(summary[k])}")
+    if len(others) > max_rows:
+      lines.append(f"  ... {len(others) - max_rows} more sections in summary.json")
+  return "\n".join(lines)

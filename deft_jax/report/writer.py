@@ -34,52 +34,52 @@ CLASS_NOISE_FILE = "class_noise.png"
 
 
 def _siblings(final: epath.Path, kind: str) -> list[epath.Path]:
-    return sorted(final.parent.glob(f".{final.name}.{kind}-*"))
+  return sorted(final.parent.glob(f".{final.name}.{kind}-*"))
 
 
 def recover(report_dir) -> None:
-    """Cleans up after an interrupted :func:`write_report`: drops half-built staging directories
-    and, if the report itself is missing, restores the backup of the previous one."""
-    final = epath.Path(report_dir)
-    if not final.parent.exists():
-        return
-    for staging in _siblings(final, "tmp"):
-        staging.rmtree(missing_ok=True)
-    backups = _siblings(final, "old")
-    if backups and not final.exists():
-        newest = max(backups, key=lambda p: p.stat().mtime)
-        newest.rename(final)
-        backups.remove(newest)
-    for backup in backups:
-        backup.rmtree(missing_ok=True)
+  """Cleans up after an interrupted :func:`write_report`: drops half-built staging directories
+  and, if the report itself is missing, restores the backup of the previous one."""
+  final = epath.Path(report_dir)
+  if not final.parent.exists():
+    return
+  for staging in _siblings(final, "tmp"):
+    staging.rmtree(missing_ok=True)
+  backups = _siblings(final, "old")
+  if backups and not final.exists():
+    newest = max(backups, key=lambda p: p.stat().mtime)
+    newest.rename(final)
+    backups.remove(newest)
+  for backup in backups:
+    backup.rmtree(missing_ok=True)
 
 
 def _save_figure(fig, path: epath.Path) -> None:
-    with path.open("wb") as f:
-        fig.savefig(f, format="png")
+  with path.open("wb") as f:
+    fig.savefig(f, format="png")
 
 
 def _write_contents(out: epath.Path, table: pd.DataFrame, clean_mask: np.ndarray, summary: dict,
                     text: str, image_fn, num_suspects: int) -> None:
-    with (out / TABLE_FILE).open("w") as f:
-        table.to_csv(f, index=False)
-    with (out / MASK_FILE).open("wb") as f:
-        np.save(f, clean_mask)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    (out / TEXT_FILE).write_text(text + "\n")
-    truly_clean = known = None
-    if "true_label" in table:
-        true_label = table["true_label"].to_numpy()
-        known = true_label >= 0
-        truly_clean = true_label == table["given_label"].to_numpy()
-    _save_figure(plots.p_clean_histogram(table["label_score"].to_numpy(), truly_clean, known),
-                 out / HIST_FILE)
-    class_fig = plots.class_noise_figure(summary.get("per_class", []))
-    if class_fig is not None:
-        _save_figure(class_fig, out / CLASS_NOISE_FILE)
-    suspects = plots.suspects_figure(table, image_fn, num=num_suspects)
-    if suspects is not None:
-        _save_figure(suspects, out / SUSPECTS_FILE)
+  with (out / TABLE_FILE).open("w") as f:
+    table.to_csv(f, index=False)
+  with (out / MASK_FILE).open("wb") as f:
+    np.save(f, clean_mask)
+  (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+  (out / TEXT_FILE).write_text(text + "\n")
+  truly_clean = known = None
+  if "true_label" in table:
+    true_label = table["true_label"].to_numpy()
+    known = true_label >= 0
+    truly_clean = true_label == table["given_label"].to_numpy()
+  _save_figure(plots.p_clean_histogram(table["label_score"].to_numpy(), truly_clean, known),
+               out / HIST_FILE)
+  class_fig = plots.class_noise_figure(summary.get("per_class", []))
+  if class_fig is not None:
+    _save_figure(class_fig, out / CLASS_NOISE_FILE)
+  suspects = plots.suspects_figure(table, image_fn, num=num_suspects)
+  if suspects is not None:
+    _save_figure(suspects, out / SUSPECTS_FILE)
 
 
 def write_report(
@@ -92,49 +92,49 @@ def write_report(
     image_fn: plots.ImageFn | None = None,
     num_suspects: int = 24,
 ) -> epath.Path:
-    """Writes ``label_issues.csv``, ``clean_mask.npy``, ``summary.json``, ``summary.txt``,
-    ``p_clean_hist.png``, ``class_noise.png`` and (with ``image_fn``) ``suspects.png`` into
-    ``report_dir``, replacing a previous report only once the new one is complete.
+  """Writes ``label_issues.csv``, ``clean_mask.npy``, ``summary.json``, ``summary.txt``,
+  ``p_clean_hist.png``, ``class_noise.png`` and (with ``image_fn``) ``suspects.png`` into
+  ``report_dir``, replacing a previous report only once the new one is complete.
 
-    Args:
-      report_dir: local path or ``gs://`` URL; its parent is created if needed.
-      table: the ranked table of :func:`label_issues_table`.
-      clean_mask: bool [N] in index order; must agree with ``table["is_label_issue"]``.
-      summary: the dict of :func:`build_summary` (plus any caller sections).
-      text: the health summary text (default: ``format_health_summary(summary)``).
-      image_fn: optional ``indices -> uint8 [k, H, W, 3]`` for the suspects grid.
+  Args:
+    report_dir: local path or ``gs://`` URL; its parent is created if needed.
+    table: the ranked table of :func:`label_issues_table`.
+    clean_mask: bool [N] in index order; must agree with ``table["is_label_issue"]``.
+    summary: the dict of :func:`build_summary` (plus any caller sections).
+    text: the health summary text (default: ``format_health_summary(summary)``).
+    image_fn: optional ``indices -> uint8 [k, H, W, 3]`` for the suspects grid.
 
-    Returns:
-      The report directory.
-    """
-    clean_mask = np.asarray(clean_mask)
-    if clean_mask.dtype != bool or clean_mask.ndim != 1:
-        raise ValueError(f"clean_mask must be a 1-D bool array, got {clean_mask.dtype} {clean_mask.shape}")
-    if clean_mask.shape[0] != len(table):
-        raise ValueError(f"clean_mask has {clean_mask.shape[0]} entries but the table has {len(table)} rows")
-    if not np.array_equal(clean_mask_from_table(table), clean_mask):
-        raise ValueError(
-            "clean_mask disagrees with table['is_label_issue']; were they built from the same run?")
-    summary = to_jsonable(summary)
-    text = format_health_summary(summary) if text is None else text
+  Returns:
+    The report directory.
+  """
+  clean_mask = np.asarray(clean_mask)
+  if clean_mask.dtype != bool or clean_mask.ndim != 1:
+    raise ValueError(f"clean_mask must be a 1-D bool array, got {clean_mask.dtype} {clean_mask.shape}")
+  if clean_mask.shape[0] != len(table):
+    raise ValueError(f"clean_mask has {clean_mask.shape[0]} entries but the table has {len(table)} rows")
+  if not np.array_equal(clean_mask_from_table(table), clean_mask):
+    raise ValueError(
+        "clean_mask disagrees with table['is_label_issue']; were they built from the same run?")
+  summary = to_jsonable(summary)
+  text = format_health_summary(summary) if text is None else text
 
-    final = epath.Path(report_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    recover(final)
-    token = uuid.uuid4().hex[:12]
-    staging = final.parent / f".{final.name}.tmp-{token}"
-    backup = final.parent / f".{final.name}.old-{token}"
-    staging.mkdir()
-    try:
-        _write_contents(staging, table, clean_mask, summary, text, image_fn, num_suspects)
-    except BaseException:
-        staging.rmtree(missing_ok=True)
-        raise
-    if final.exists():
-        final.rename(backup)
-    staging.rename(final)
-    backup.rmtree(missing_ok=True)
-    return final
+  final = epath.Path(report_dir)
+  final.parent.mkdir(parents=True, exist_ok=True)
+  recover(final)
+  token = uuid.uuid4().hex[:12]
+  staging = final.parent / f".{final.name}.tmp-{token}"
+  backup = final.parent / f".{final.name}.old-{token}"
+  staging.mkdir()
+  try:
+    _write_contents(staging, table, clean_mask, summary, text, image_fn, num_suspects)
+  except BaseException:
+    staging.rmtree(missing_ok=True)
+    raise
+  if final.exists():
+    final.rename(backup)
+  staging.rename(final)
+  backup.rmtree(missing_ok=True)
+  return final
 
 
 def build_and_write_report(
@@ -149,31 +149,31 @@ def build_and_write_report(
     extra_summary: Mapping[str, Any] | None = None,
     method_name: str = "DEFT",
 ) -> tuple[pd.DataFrame, dict, str]:
-    """Validates the detector output, builds table + summary + text and writes the report.
+  """Validates the detector output, builds table + summary + text and writes the report.
 
-    Returns:
-      ``(table, summary, text)``; ``text`` is the one-screen health summary, ready to log.
-    """
-    inputs = check_inputs(detection, given=given, class_names=class_names, clean_labels=clean_labels, ids=ids)
-    table = table_from_inputs(inputs)
-    summary = summary_from_inputs(inputs, extra=extra_summary, method_name=method_name)
-    text = format_health_summary(summary)
-    write_report(report_dir, table=table, clean_mask=inputs.is_clean, summary=summary, text=text,
-                 image_fn=image_fn)
-    return table, summary, text
+  Returns:
+    ``(table, summary, text)``; ``text`` is the one-screen health summary, ready to log.
+  """
+  inputs = check_inputs(detection, given=given, class_names=class_names, clean_labels=clean_labels, ids=ids)
+  table = table_from_inputs(inputs)
+  summary = summary_from_inputs(inputs, extra=extra_summary, method_name=method_name)
+  text = format_health_summary(summary)
+  write_report(report_dir, table=table, clean_mask=inputs.is_clean, summary=summary, text=text,
+               image_fn=image_fn)
+  return table, summary, text
 
 
 def load_report(report_dir) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """Reads a written report back: ``(table, clean_mask, summary)``."""
-    final = epath.Path(report_dir)
-    if not (final / SUMMARY_FILE).exists():
-        backup = _siblings(final, "old")
-        hint = " (an interrupted write left a backup; call recover() first)" if backup else ""
-        raise FileNotFoundError(f"no complete report in {final}: {SUMMARY_FILE} is missing{hint}")
-    with (final / TABLE_FILE).open("r") as f:
-        # Class names such as "NA" or "null" must stay strings; only the float columns have NaN.
-        table = pd.read_csv(f, keep_default_na=False, na_values={"margin": [""], "label_score": [""]},
-                            dtype={"id": str, "given_name": str, "suggested_name": str, "true_name": str})
-    with (final / MASK_FILE).open("rb") as f:
-        clean_mask = np.load(f)
-    return table, clean_mask, json.loads((final / SUMMARY_FILE).read_text())
+  """Reads a written report back: ``(table, clean_mask, summary)``."""
+  final = epath.Path(report_dir)
+  if not (final / SUMMARY_FILE).exists():
+    backup = _siblings(final, "old")
+    hint = " (an interrupted write left a backup; call recover() first)" if backup else ""
+    raise FileNotFoundError(f"no complete report in {final}: {SUMMARY_FILE} is missing{hint}")
+  with (final / TABLE_FILE).open("r") as f:
+    # Class names such as "NA" or "null" must stay strings; only the float columns have NaN.
+    table = pd.read_csv(f, keep_default_na=False, na_values={"margin": [""], "label_score": [""]},
+                        dtype={"id": str, "given_name": str, "suggested_name": str, "true_name": str})
+  with (final / MASK_FILE).open("rb") as f:
+    clean_mask = np.load(f)
+  return table, clean_mask, json.loads((final / SUMMARY_FILE).read_text())

@@ -132,130 +132,130 @@ FAMILY_NAMES = {"resnet": "ResNet", "convnext": "ConvNeXt", "vit": "ViT"}
 
 
 def detect_format(keys) -> tuple[str, str]:
-    """Returns ``(family, format)`` of a checkpoint from its key names; format is "timm" or "hf"."""
-    keys = set(keys)
-    ends = lambda suffix: any(k == suffix or k.endswith("." + suffix) for k in keys)
-    if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
-        return "resnet", "timm"
-    if ends("embedder.embedder.convolution.weight"):
-        return "resnet", "hf"
-    if "stem.0.weight" in keys and any(k.startswith("stages.") for k in keys):
-        return "convnext", "timm"
-    if ends("embeddings.patch_embeddings.weight"):
-        return "convnext", "hf"
-    if "patch_embed.proj.weight" in keys:
-        return "vit", "timm"
-    if ends("embeddings.patch_embeddings.projection.weight"):
-        return "vit", "hf"
-    sample = "\n  ".join(sorted(keys)[:12])
-    raise CheckpointMismatchError(
-        "unrecognised checkpoint layout: not a timm or HF transformers ResNet, ConvNeXt or ViT "
-        f"(first keys:\n  {sample})")
+  """Returns ``(family, format)`` of a checkpoint from its key names; format is "timm" or "hf"."""
+  keys = set(keys)
+  ends = lambda suffix: any(k == suffix or k.endswith("." + suffix) for k in keys)
+  if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
+    return "resnet", "timm"
+  if ends("embedder.embedder.convolution.weight"):
+    return "resnet", "hf"
+  if "stem.0.weight" in keys and any(k.startswith("stages.") for k in keys):
+    return "convnext", "timm"
+  if ends("embeddings.patch_embeddings.weight"):
+    return "convnext", "hf"
+  if "patch_embed.proj.weight" in keys:
+    return "vit", "timm"
+  if ends("embeddings.patch_embeddings.projection.weight"):
+    return "vit", "hf"
+  sample = "\n  ".join(sorted(keys)[:12])
+  raise CheckpointMismatchError(
+      "unrecognised checkpoint layout: not a timm or HF transformers ResNet, ConvNeXt or ViT "
+      f"(first keys:\n  {sample})")
 
 
 def _shape_check(key: str, x: np.ndarray, ndim: int, what: str) -> None:
-    if x.ndim != ndim:
-        raise CheckpointMismatchError(f"{key}: expected a {ndim}-d {what}, got shape {tuple(x.shape)}")
+  if x.ndim != ndim:
+    raise CheckpointMismatchError(f"{key}: expected a {ndim}-d {what}, got shape {tuple(x.shape)}")
 
 
 def _leaf(kind: str, key: str, leaf: str | None, x: np.ndarray, num_heads: int | None):
-    """(collection, leaf name, converted array) for one PyTorch tensor."""
-    if kind == "param":
-        return "params", None, x
-    if kind == "bn":
-        return {"weight": ("params", "scale", x), "bias": ("params", "bias", x),
-                "running_mean": ("batch_stats", "mean", x), "running_var": ("batch_stats", "var", x)}[leaf]
-    if kind == "ln":
-        return "params", {"weight": "scale", "bias": "bias"}[leaf], x
-    if leaf == "bias" and kind in ("conv", "dense", "attn_out"):
-        return "params", "bias", x
-    if kind == "conv":  # torch [out, in/groups, kh, kw] -> flax [kh, kw, in/groups, out]
-        _shape_check(key, x, 4, "conv weight")
-        return "params", "kernel", x.transpose(2, 3, 1, 0)
-    if kind == "dense":  # torch [out, in] -> flax [in, out]
-        _shape_check(key, x, 2, "linear weight")
-        return "params", "kernel", x.T
-    if num_heads is None:
-        raise CheckpointMismatchError(f"{key}: attention weights need the model's num_heads")
-    if kind == "attn_out":  # torch [D, H*Dh] -> [H, Dh, D]
-        _shape_check(key, x, 2, "linear weight")
-        return "params", "kernel", x.T.reshape(num_heads, -1, x.shape[0])
-    if kind == "qkv":  # timm fused rows [3 * H * Dh] ordered (qkv, head, head_dim)
-        if leaf == "weight":
-            _shape_check(key, x, 2, "linear weight")
-            return "params", "kernel", x.reshape(3, num_heads, -1, x.shape[1]).transpose(3, 0, 1, 2)
-        return "params", "bias", x.reshape(3, num_heads, -1)
-    if kind == "qkv_part":  # one of HF's query/key/value: [H*Dh, D] -> [D, H, Dh]
-        if leaf == "weight":
-            _shape_check(key, x, 2, "linear weight")
-            return "params", "kernel", x.T.reshape(x.shape[1], num_heads, -1)
-        return "params", "bias", x.reshape(num_heads, -1)
-    raise AssertionError(kind)
+  """(collection, leaf name, converted array) for one PyTorch tensor."""
+  if kind == "param":
+    return "params", None, x
+  if kind == "bn":
+    return {"weight": ("params", "scale", x), "bias": ("params", "bias", x),
+            "running_mean": ("batch_stats", "mean", x), "running_var": ("batch_stats", "var", x)}[leaf]
+  if kind == "ln":
+    return "params", {"weight": "scale", "bias": "bias"}[leaf], x
+  if leaf == "bias" and kind in ("conv", "dense", "attn_out"):
+    return "params", "bias", x
+  if kind == "conv":  # torch [out, in/groups, kh, kw] -> flax [kh, kw, in/groups, out]
+    _shape_check(key, x, 4, "conv weight")
+    return "params", "kernel", x.transpose(2, 3, 1, 0)
+  if kind == "dense":  # torch [out, in] -> flax [in, out]
+    _shape_check(key, x, 2, "linear weight")
+    return "params", "kernel", x.T
+  if num_heads is None:
+    raise CheckpointMismatchError(f"{key}: attention weights need the model's num_heads")
+  if kind == "attn_out":  # torch [D, H*Dh] -> [H, Dh, D]
+    _shape_check(key, x, 2, "linear weight")
+    return "params", "kernel", x.T.reshape(num_heads, -1, x.shape[0])
+  if kind == "qkv":  # timm fused rows [3 * H * Dh] ordered (qkv, head, head_dim)
+    if leaf == "weight":
+      _shape_check(key, x, 2, "linear weight")
+      return "params", "kernel", x.reshape(3, num_heads, -1, x.shape[1]).transpose(3, 0, 1, 2)
+    return "params", "bias", x.reshape(3, num_heads, -1)
+  if kind == "qkv_part":  # one of HF's query/key/value: [H*Dh, D] -> [D, H, Dh]
+    if leaf == "weight":
+      _shape_check(key, x, 2, "linear weight")
+      return "params", "kernel", x.T.reshape(x.shape[1], num_heads, -1)
+    return "params", "bias", x.reshape(num_heads, -1)
+  raise AssertionError(kind)
 
 
 def convert(raw: Mapping[str, np.ndarray], family: str, fmt: str, *, num_heads: int | None = None,
             source: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Renames a PyTorch state dict into deft_jax paths.
+  """Renames a PyTorch state dict into deft_jax paths.
 
-    Returns:
-      ``(converted, dropped)``: ``converted`` maps ``"params/a/b"`` or ``"batch_stats/a/b"`` to
-      arrays in Flax layout (classifier included, as ``params/head/...``); ``dropped`` maps each
-      checkpoint key deliberately left out to the reason.
+  Returns:
+    ``(converted, dropped)``: ``converted`` maps ``"params/a/b"`` or ``"batch_stats/a/b"`` to
+    arrays in Flax layout (classifier included, as ``params/head/...``); ``dropped`` maps each
+    checkpoint key deliberately left out to the reason.
 
-    Raises:
-      CheckpointMismatchError: naming every key no rule knows, any two keys that land on the same
-        parameter, and incomplete HF query/key/value triples.
-    """
-    rules = [(re.compile(p), t, k) for p, t, k in RULES[(family, fmt)]]
-    drops = [(re.compile(p), why) for p, why in DROPS.get((family, fmt), [])]
-    out: dict[str, np.ndarray] = {}
-    origin: dict[str, str] = {}
-    parts: dict[str, dict[int, tuple[str, np.ndarray]]] = {}
-    dropped: dict[str, str] = {}
-    unknown, clashes = [], []
-    for key in sorted(raw):
-        name = _HF_PREFIX.sub("", key) if fmt == "hf" else key
-        if any(re.fullmatch(p, name) for p in IGNORED):
-            dropped[key] = "buffer without information"
-            continue
-        why = next((w for p, w in drops if p.fullmatch(name)), None)
-        if why is not None:
-            dropped[key] = why
-            continue
-        for pattern, target, kind in rules:
-            m = pattern.fullmatch(name)
-            if m:
-                break
-        else:
-            unknown.append(key)
-            continue
-        leaf = m[m.re.groups] if kind != "param" else None
-        coll, leaf_name, value = _leaf(kind, key, leaf, np.asarray(raw[key]), num_heads)
-        path = f"{coll}/{target(m)}" + (f"/{leaf_name}" if leaf_name else "")
-        if kind == "qkv_part":
-            slot = _QKV_SLOT[m[2]]
-            if slot in parts.setdefault(path, {}):
-                clashes.append(f"{key} and {parts[path][slot][0]}")
-            parts[path][slot] = (key, value)
-            continue
-        if path in out:
-            clashes.append(f"{key} and {origin[path]} -> {path}")
-        out[path], origin[path] = value, key
-    for path, slots in parts.items():
-        if len(slots) != 3:
-            have = sorted(k for k, _ in slots.values())
-            missing = [n for n, s in list(_QKV_SLOT.items())[:3] if s not in slots]
-            raise CheckpointMismatchError(
-                f"{source}: incomplete attention projection for {path}: have {have}, missing {missing}")
-        axis = 1 if path.endswith("/kernel") else 0
-        out[path] = np.stack([slots[s][1] for s in range(3)], axis=axis)
-    if unknown or clashes:
-        msg = [f"{source} is a {fmt} {FAMILY_NAMES[family]} checkpoint, but:"]
-        if unknown:
-            more = f"\n  ... and {len(unknown) - 40} more" if len(unknown) > 40 else ""
-            msg.append(f"{len(unknown)} key(s) the {fmt} {FAMILY_NAMES[family]} mapping does not know:\n  "
-                       + "\n  ".join(unknown[:40]) + more)
-        if clashes:
-            msg.append("keys mapping to the same parameter:\n  " + "\n  ".join(clashes))
-        raise CheckpointMismatchError("\n".join(msg))
-    return out, dropped
+  Raises:
+    CheckpointMismatchError: naming every key no rule knows, any two keys that land on the same
+      parameter, and incomplete HF query/key/value triples.
+  """
+  rules = [(re.compile(p), t, k) for p, t, k in RULES[(family, fmt)]]
+  drops = [(re.compile(p), why) for p, why in DROPS.get((family, fmt), [])]
+  out: dict[str, np.ndarray] = {}
+  origin: dict[str, str] = {}
+  parts: dict[str, dict[int, tuple[str, np.ndarray]]] = {}
+  dropped: dict[str, str] = {}
+  unknown, clashes = [], []
+  for key in sorted(raw):
+    name = _HF_PREFIX.sub("", key) if fmt == "hf" else key
+    if any(re.fullmatch(p, name) for p in IGNORED):
+      dropped[key] = "buffer without information"
+      continue
+    why = next((w for p, w in drops if p.fullmatch(name)), None)
+    if why is not None:
+      dropped[key] = why
+      continue
+    for pattern, target, kind in rules:
+      m = pattern.fullmatch(name)
+      if m:
+        break
+    else:
+      unknown.append(key)
+      continue
+    leaf = m[m.re.groups] if kind != "param" else None
+    coll, leaf_name, value = _leaf(kind, key, leaf, np.asarray(raw[key]), num_heads)
+    path = f"{coll}/{target(m)}" + (f"/{leaf_name}" if leaf_name else "")
+    if kind == "qkv_part":
+      slot = _QKV_SLOT[m[2]]
+      if slot in parts.setdefault(path, {}):
+        clashes.append(f"{key} and {parts[path][slot][0]}")
+      parts[path][slot] = (key, value)
+      continue
+    if path in out:
+      clashes.append(f"{key} and {origin[path]} -> {path}")
+    out[path], origin[path] = value, key
+  for path, slots in parts.items():
+    if len(slots) != 3:
+      have = sorted(k for k, _ in slots.values())
+      missing = [n for n, s in list(_QKV_SLOT.items())[:3] if s not in slots]
+      raise CheckpointMismatchError(
+          f"{source}: incomplete attention projection for {path}: have {have}, missing {missing}")
+    axis = 1 if path.endswith("/kernel") else 0
+    out[path] = np.stack([slots[s][1] for s in range(3)], axis=axis)
+  if unknown or clashes:
+    msg = [f"{source} is a {fmt} {FAMILY_NAMES[family]} checkpoint, but:"]
+    if unknown:
+      more = f"\n  ... and {len(unknown) - 40} more" if len(unknown) > 40 else ""
+      msg.append(f"{len(unknown)} key(s) the {fmt} {FAMILY_NAMES[family]} mapping does not know:\n  "
+                 + "\n  ".join(unknown[:40]) + more)
+    if clashes:
+      msg.append("keys mapping to the same parameter:\n  " + "\n  ".join(clashes))
+    raise CheckpointMismatchError("\n".join(msg))
+  return out, dropped

@@ -26,71 +26,71 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-    """The reference's fine-tuning optimiser for a backbone, in PyTorch terms.
+  """The reference's fine-tuning optimiser for a backbone, in PyTorch terms.
 
-    ``decoupled_weight_decay``: True for torch AdamW (decay ``lr * wd * param`` outside the adaptive
-    update: ``optax.adamw``); False for torch SGD, whose ``weight_decay`` is an L2 term added to the
-    gradient before momentum (``optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum))``).
-    """
+  ``decoupled_weight_decay``: True for torch AdamW (decay ``lr * wd * param`` outside the adaptive
+  update: ``optax.adamw``); False for torch SGD, whose ``weight_decay`` is an L2 term added to the
+  gradient before momentum (``optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum))``).
+  """
 
-    name: str  # "sgd" | "adamw"
-    learning_rate: float
-    weight_decay: float
-    momentum: float = 0.0  # sgd only; 0 = plain SGD
-    decoupled_weight_decay: bool = False
+  name: str  # "sgd" | "adamw"
+  learning_rate: float
+  weight_decay: float
+  momentum: float = 0.0  # sgd only; 0 = plain SGD
+  decoupled_weight_decay: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    """Everything the adaptation stage needs to know about one backbone.
+  """Everything the adaptation stage needs to know about one backbone.
 
-    Attributes:
-      name: registry name.
-      family: "resnet" | "convnext" | "vit" (selects the checkpoint mapping).
-      module: the Flax module class; ``kwargs`` its architecture fields.
-      image_size, mean, std: preprocessing (images arrive normalised with this mean/std).
-      optimizer: the reference's optimiser for fine-tuning this backbone.
-      checkpoints: public safetensors checkpoints (hub ids) that fit; the first is the reference's.
-      has_batch_stats: True when variables carry a ``batch_stats`` collection (train with
-        ``mutable=["batch_stats"]``).
-    """
+  Attributes:
+    name: registry name.
+    family: "resnet" | "convnext" | "vit" (selects the checkpoint mapping).
+    module: the Flax module class; ``kwargs`` its architecture fields.
+    image_size, mean, std: preprocessing (images arrive normalised with this mean/std).
+    optimizer: the reference's optimiser for fine-tuning this backbone.
+    checkpoints: public safetensors checkpoints (hub ids) that fit; the first is the reference's.
+    has_batch_stats: True when variables carry a ``batch_stats`` collection (train with
+      ``mutable=["batch_stats"]``).
+  """
 
-    name: str
-    family: str
-    module: type[nn.Module]
-    kwargs: Mapping[str, Any]
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    optimizer: OptimizerSpec
-    checkpoints: tuple[str, ...] = ()
-    has_batch_stats: bool = False
+  name: str
+  family: str
+  module: type[nn.Module]
+  kwargs: Mapping[str, Any]
+  image_size: int
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  optimizer: OptimizerSpec
+  checkpoints: tuple[str, ...] = ()
+  has_batch_stats: bool = False
 
-    def __hash__(self) -> int:  # kwargs is a dict; the name identifies a registry entry
-        return hash((self.name, self.family, self.image_size))
+  def __hash__(self) -> int:  # kwargs is a dict; the name identifies a registry entry
+    return hash((self.name, self.family, self.image_size))
 
-    def build(self, num_classes: int, dtype: Any = jnp.float32, **overrides) -> nn.Module:
-        """The model with a new ``num_classes`` head; ``overrides`` replace architecture fields
-        (e.g. ``drop_path_rate=0.1``, ``pool="avg"``, ``attention_impl="cudnn"``)."""
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        fields = {f.name for f in dataclasses.fields(self.module)}
-        bad = sorted(set(overrides) - fields)
-        if bad:
-            raise ValueError(f"{self.name}: unknown model option(s) {bad}; {self.module.__name__} has "
-                             f"{sorted(fields - {'parent', 'name'})}")
-        return self.module(num_classes=num_classes, dtype=dtype, **{**self.kwargs, **overrides})
+  def build(self, num_classes: int, dtype: Any = jnp.float32, **overrides) -> nn.Module:
+    """The model with a new ``num_classes`` head; ``overrides`` replace architecture fields
+    (e.g. ``drop_path_rate=0.1``, ``pool="avg"``, ``attention_impl="cudnn"``)."""
+    if num_classes < 1:
+      raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    fields = {f.name for f in dataclasses.fields(self.module)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+      raise ValueError(f"{self.name}: unknown model option(s) {bad}; {self.module.__name__} has "
+                       f"{sorted(fields - {'parent', 'name'})}")
+    return self.module(num_classes=num_classes, dtype=dtype, **{**self.kwargs, **overrides})
 
-    def dummy_images(self, batch_size: int = 1, model: nn.Module | None = None) -> jax.Array:
-        """Zeros ``[batch_size, S, S, 3]`` for ``init`` / ``eval_shape``; S is the model's
-        ``image_size`` when it has one (ViT built with another size), else the spec's."""
-        size = getattr(model, "image_size", self.image_size)
-        return jnp.zeros((batch_size, size, size, 3), jnp.float32)
+  def dummy_images(self, batch_size: int = 1, model: nn.Module | None = None) -> jax.Array:
+    """Zeros ``[batch_size, S, S, 3]`` for ``init`` / ``eval_shape``; S is the model's
+    ``image_size`` when it has one (ViT built with another size), else the spec's."""
+    size = getattr(model, "image_size", self.image_size)
+    return jnp.zeros((batch_size, size, size, 3), jnp.float32)
 
-    def init(self, model: nn.Module, rng: jax.Array, batch_size: int = 1) -> dict:
-        """Freshly initialised variables (``params`` and, for ResNet, ``batch_stats``)."""
-        init = jax.jit(lambda r: model.init(r, self.dummy_images(batch_size, model), train=False))
-        return dict(init(rng))
+  def init(self, model: nn.Module, rng: jax.Array, batch_size: int = 1) -> dict:
+    """Freshly initialised variables (``params`` and, for ResNet, ``batch_stats``)."""
+    init = jax.jit(lambda r: model.init(r, self.dummy_images(batch_size, model), train=False))
+    return dict(init(rng))
 
 
 _OPT_VIT = OptimizerSpec("sgd", 1e-2, 1e-5, momentum=0.0)
@@ -130,8 +130,8 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The registry entry for ``name`` (e.g. from ``--config.adapt.backbone=resnet50``)."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
+  """The registry entry for ``name`` (e.g. from ``--config.adapt.backbone=resnet50``)."""
+  try:
+    return BACKBONES[name]
+  except KeyError:
+    raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
