@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from deft_jax.models.backbones import get_backbone  # noqa: E402
 
 DEFAULT_BACKBONES = "resnet50,convnext_tiny,vit_b16,mae_vit_b16"
@@ -78,14 +80,14 @@ def bench(name: str, batch: int, image_size: int, dtype, steps: int, warmup: int
   t0 = time.perf_counter()
   compiled = step.lower(state, images, labels).compile()
   compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
+
+  def one_step():
+    nonlocal state
     state, loss = compiled(state, images, labels)
-  jax.block_until_ready((state, loss))
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, loss = compiled(state, images, labels)
-  jax.block_until_ready((state, loss))
-  step_s = (time.perf_counter() - t0) / steps
+    return loss
+
+  times, loss = common.time_steps(one_step, jax.block_until_ready, warmup=warmup, iters=steps)
+  step_s = statistics.median(times)
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f"{name}: non-finite loss {float(loss)}")
   dev = jax.devices()[0]

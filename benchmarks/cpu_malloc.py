@@ -19,7 +19,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
-import json, resource, statistics, sys, time
+import json, resource, statistics, sys
+from benchmarks import common
 from deft_jax import cpu_memory
 kept = cpu_memory.configure()
 import jax, jax.numpy as jnp, numpy as np, optax
@@ -44,12 +45,14 @@ size = cfg.vision.image_size
 x = np.random.default_rng(0).random((batch, size, size, 3), np.float32)
 params, opt, loss = step(params, opt, x)
 loss.block_until_ready()
-r0, times = resource.getrusage(resource.RUSAGE_SELF), []
-for _ in range(steps):
-  t = time.perf_counter()
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+
+def one_step():
+  global params, opt
   params, opt, loss = step(params, opt, x)
-  loss.block_until_ready()
-  times.append(time.perf_counter() - t)
+  return loss
+
+times, _ = common.time_steps(one_step, jax.block_until_ready, warmup=0, iters=steps)
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"kept_heap": kept, "s_per_step": statistics.median(times),
                   "faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps,

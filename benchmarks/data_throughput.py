@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import time
 
 import numpy as np
 from PIL import Image
 
+from benchmarks import common
 from deft_jax.data import cifar_offline, pipeline
 from deft_jax.data.splits import BytesReader, LabeledSplit
 
@@ -81,12 +81,11 @@ def measure(split: LabeledSplit, augment: str, batch: int, steps: int, warmup: i
   it = batches()
   for _ in range(warmup):
     next(it)
-  cpu0, start = _cpu_seconds(), time.perf_counter()
-  for _ in range(steps):
-    b = next(it)
-  elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+  cpu0 = _cpu_seconds()
+  times, b = common.time_steps(lambda: next(it), lambda _: None, warmup=0, iters=steps)
+  cpu = _cpu_seconds() - cpu0
   assert b["image"].shape == (batch, image_size, image_size, 3)
-  return steps * batch / elapsed, steps * batch / cpu
+  return steps * batch / sum(times), steps * batch / cpu
 
 
 def _cpu_seconds() -> float:

@@ -1,6 +1,7 @@
 r"""Tiny-ImageNet (folder layout: set --config.data.root) with synthetic label noise.
 
-  python -m deft_jax.main --config configs/tiny_imagenet.py:root=/data/tiny-imagenet-200 --workdir /tmp/tiny_imagenet           # symmetric 40 %
+  # symmetric 40 %
+  python -m deft_jax.main --config configs/tiny_imagenet.py:root=/data/tiny-imagenet-200 --workdir /tmp/tiny_imagenet
   python -m deft_jax.main --config configs/tiny_imagenet.py:noise=idn,ratio=0.3 --workdir /tmp/tiny_imagenet_idn
   python -m deft_jax.main --config configs/tiny_imagenet.py:runlocal --workdir /tmp/tiny_imagenet_smoke
 """

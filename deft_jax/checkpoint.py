@@ -1,7 +1,8 @@
 """Orbax checkpoints per stage, and the guard that keeps one workdir to one configuration.
 
-Each stage (pretrain, detect, adapt) saves its whole train state -- a plain pytree of arrays -- under
-``workdir/checkpoints/<stage>`` every ``every_steps`` steps, asynchronously, plus a final save. Orbax
+Each training stage saves its whole train state -- a plain pytree of arrays -- under
+``workdir/<stage output>/checkpoints/<step>`` (``workdir/baselines/<name>/checkpoints`` for a training baseline)
+every ``every_steps`` steps, asynchronously, plus a final save. Orbax
 writes into a temporary directory and renames it when complete, so a process killed mid-save leaves the
 previous checkpoint as the latest one; rerunning the same command restores it and continues.
 
@@ -10,7 +11,8 @@ different configuration is refused with the list of differences when any stage o
 fields would invalidate already exists, so no earlier result is overwritten or silently mixed with a new
 one. Changes that only affect stages that have not produced anything yet are accepted (e.g. trying
 another ``adapt`` setting on a finished detection), and so are fields that do not change results
-(logging intervals, the mesh).
+(logging intervals, the mesh). Which outputs a section's change invalidates comes from the stage graph
+(deft_jax/stages.py).
 """
 
 from __future__ import annotations
@@ -24,19 +26,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from deft_jax import stages
 from deft_jax.errors import CorruptCheckpointError, WorkdirConflictError  # noqa: F401 (re-exported)
 
 # Fields that may change between a run and its resumption without changing results.
 RESUMABLE_FIELDS = ("stages", "log_every_steps", "checkpoint_every_steps", "report", "mesh", "sharding_rules")
-# The outputs (workdir subfolders) that a change of each config section invalidates; any other section
-# (data, model, seed) invalidates everything.
-_DOWNSTREAM = {
-    "pretrain": ("pretrain", "detect", "baselines", "report", "adapt"),
-    "detect": ("detect", "report", "adapt"),
-    "baselines": ("baselines", "report", "adapt"),
-    "adapt": ("adapt",),
-}
-_ALL_OUTPUTS = ("pretrain", "detect", "baselines", "report", "adapt")
 CONFIG_FILE = "config.json"
 
 
@@ -71,7 +65,8 @@ def check_workdir(workdir: str | Path, config) -> None:
     a, b = _flatten(old), _flatten(new)
     diffs = [k for k in sorted(set(a) | set(b))
              if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_FIELDS]
-    affected = sorted({o for k in diffs for o in _DOWNSTREAM.get(k.split(".")[0], _ALL_OUTPUTS)})
+    extra = _recorded_reads(workdir)
+    affected = sorted({o for k in diffs for o in stages.stale_outputs(k.split(".")[0], extra)})
     existing = [o for o in affected if (workdir / o).exists() and any((workdir / o).iterdir())]
     if existing:
       lines = "\n  ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in diffs[:30])
@@ -82,6 +77,18 @@ def check_workdir(workdir: str | Path, config) -> None:
     if diffs:
       logging.info("config changes affect only stages without outputs yet: %s", ", ".join(diffs))
   write_json(path, new, sort_keys=True)
+
+
+def _recorded_reads(workdir: Path) -> dict[str, set]:
+  """{output: the config sections its subfolders recorded reading (stages.READS_FILE)}."""
+  out: dict[str, set] = {}
+  for o in stages.GRAPH:
+    for f in Path(workdir, o.name).glob(f"*/{stages.READS_FILE}"):
+      try:
+        out.setdefault(o.name, set()).update(json.loads(f.read_text()))
+      except (OSError, json.JSONDecodeError):
+        continue  # an unreadable record: only the graph's own reads count for that folder
+  return out
 
 
 class StageCheckpointer:
@@ -127,27 +134,34 @@ class StageCheckpointer:
     self._mngr.wait_until_finished()
     self._mngr.close()
 
+  def __enter__(self) -> "StageCheckpointer":
+    return self
 
-def save_npz(path: str | Path, arrays: dict) -> None:
-  """Writes ``arrays`` to ``path`` atomically (a temporary sibling renamed into place), on process 0 only."""
+  def __exit__(self, *exc) -> None:
+    self.close()  # also when training stops with an error: pending saves complete, threads end
+
+
+def _write_atomically(path: str | Path, suffix: str, write) -> None:
+  """``write(tmp)`` into a temporary sibling of ``path`` (ending in ``suffix``), then renamed into place; on process
+  0 only (the other processes of a multi-host run hold the same values)."""
   if jax.process_index() != 0:
     return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, **arrays)
+  tmp = path.with_name(path.name + suffix)
+  write(tmp)
   tmp.replace(path)
+
+
+def save_npz(path: str | Path, arrays: dict) -> None:
+  """Writes ``arrays`` to ``path`` atomically, on process 0 only."""
+  _write_atomically(path, ".tmp.npz", lambda tmp: np.savez(tmp, **arrays))
 
 
 def write_json(path: str | Path, obj, *, sort_keys: bool = False, default=None) -> None:
   """Writes ``obj`` as indented JSON to ``path`` atomically, on process 0 only."""
-  if jax.process_index() != 0:
-    return
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=default))
-  tmp.replace(path)
+  _write_atomically(path, ".tmp", lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys,
+                                                                        default=default)))
 
 
 def load_npz(path: str | Path) -> dict:

@@ -6,12 +6,34 @@ report is written whenever detection results exist. Every field can be overridde
 e.g. ``--config.detect.epochs=3``; unknown fields are an error.
 """
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
 
-from deft_jax.data.datasets import default_data_config
+from deft_jax.data.config import default_data_config
+from deft_jax.models.peft import PEFTConfig
+from deft_jax.stages import STAGE_ORDER  # noqa: F401  (re-exported: the values config.stages takes)
 
-STAGE_ORDER = ("pretrain", "detect", "adapt", "evaluate")
+
+def peft_config(**fields) -> dict:
+  """A ``peft`` section: every PEFTConfig field (models/peft.py) with its default, ``fields`` overriding them."""
+  d = dataclasses.asdict(PEFTConfig(**fields))
+  d["lora_targets"] = tuple(d["lora_targets"])
+  if d["partial"] is None:
+    d["partial"] = config_dict.placeholder(int)
+  return d
+
+
+def sgd(**fields) -> dict:
+  """An ``optim`` section: the method's SGD (momentum 0.9, weight decay 5e-4, no clipping)."""
+  return dict(dict(name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4,
+                   grad_clip_norm=config_dict.placeholder(float)), **fields)
+
+
+def cosine(lr: float, **fields) -> dict:
+  """A ``schedule`` section: cosine decay to 0 stepped once per epoch (the reference's), no warm-up."""
+  return dict(dict(lr=lr, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0), **fields)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,20 +53,16 @@ def base_config() -> ml_collections.ConfigDict:
       split="pretrain", preset="tiny_32px", epochs=30, batch_size=256, augment="cifar", multi_positive=True,
       eval_every_epochs=10, snapshot_epochs=(),
       optim=dict(name="adamw", weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6),
-      schedule=dict(lr=1e-3, decay="cosine", warmup_steps=100, per_epoch=False)))
+      schedule=cosine(1e-3, warmup_steps=100, per_epoch=False)))
 
   # Phase 1 (method.md): SGD momentum 0.9, lr 0.03, wd 5e-4, cosine over 10 epochs, 1 warm-up epoch, batch 64,
   # 16 unified context vectors, VPT-deep with 20 tokens.
   c.detect = ml_collections.ConfigDict(dict(
       epochs=10, warmup_epochs=1, batch_size=64, eval_batch_size=256,
-      optim=dict(name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4,
-                 grad_clip_norm=config_dict.placeholder(float)),
       # The reference steps its cosine once per epoch: the lr is constant within an epoch.
-      schedule=dict(lr=0.03, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0),
+      optim=sgd(), schedule=cosine(0.03),
       n_ctx=16, ctx_init="", class_specific=False, class_token_position="end",
-      peft=dict(vpt="deep", vpt_tokens=20, lora_rank=0, lora_alpha=1.0,
-                lora_targets=("q", "v"), adapter_dim=0, ssf=False, bitfit=False,
-                partial=config_dict.placeholder(int)),
+      peft=peft_config(vpt="deep", vpt_tokens=20),
       trainable=config_dict.placeholder(list),
       strict_selection=False, warmup_loss="ce", pseudo_labels_from_epoch=config_dict.placeholder(int),
       final_mask="online", scoring_pass=True, text_chunk=0))
@@ -60,17 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
       # epoch_over: "all" (the reference: each epoch visits all N examples, the loss averaged over the selected
       # ones in each batch) | "selected" (each epoch visits the selected subset only).
       epochs=10, steps=0, epoch_over="all", batch_size=64, eval_batch_size=256, eval_every_epochs=0, augment="",
-      optim=dict(name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4,
-                 grad_clip_norm=config_dict.placeholder(float)),
-      schedule=dict(lr=5e-4, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0),
+      optim=sgd(), schedule=cosine(5e-4),
       trainable="blocks",  # blocks (the reference) | all (every visual parameter)
       rules=config_dict.placeholder(list),  # explicit optimiser rules [(regex, None|mult|dict)]: replace trainable
       head_init="random",  # random (the reference) | text (the zero-shot classifier before the projection)
       loss="ce",  # ce | gce | sce | elr
       loss_params=dict(gce_q=0.7, sce_alpha=1.0, sce_beta=1.0, elr_lambda=5.0, elr_beta=0.3),
       # method="peft": the PEFT trained with the head (set schedule.lr to suit it, e.g. 0.03 for VPT).
-      peft=dict(vpt="deep", vpt_tokens=20, lora_rank=0, adapter_dim=0, ssf=False, bitfit=False,
-                partial=config_dict.placeholder(int)),
+      peft=peft_config(vpt="deep", vpt_tokens=20),
       zeroshot_templates="ensemble"))  # ensemble | single | [templates]; zero-shot, head_init=text, label-match
 
   # Comparison detectors (deft_jax/baselines/, one module each): which ones the report computes beside DEFT,
@@ -79,11 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.baselines = ml_collections.ConfigDict(dict(
       methods=("label_match",),
       epochs=10, warmup_epochs=1, batch_size=64, eval_batch_size=256,
-      optim=dict(name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4,
-                 grad_clip_norm=config_dict.placeholder(float)),
-      schedule=dict(lr=0.03, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0),
-      peft=dict(vpt="deep", vpt_tokens=20, lora_rank=0, adapter_dim=0, ssf=False, bitfit=False,
-                partial=config_dict.placeholder(int)),
+      optim=sgd(), schedule=cosine(0.03), peft=peft_config(vpt="deep", vpt_tokens=20),
       # rate None: the nominal noise rate (data.noise.ratio), else the train split's known rate.
       small_loss=dict(rate=config_dict.placeholder(float)),
       # model: "phase2" (the reference: phase 2's FFT classifier and recipe) | "selector" (small-loss's model).
@@ -172,6 +183,20 @@ def runlocal(c):
   c.log_every_steps = 2
   c.checkpoint_every_steps = 10
   return c
+
+
+def from_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config file (e.g. configs/demo.py), as ``--config path[:arg]`` would load it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no config file {path}")
+  spec = importlib.util.spec_from_file_location(f"deft_jax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_args(arg: str | None, **defaults) -> dict:

@@ -7,9 +7,9 @@ periodic asynchronous checkpoints, and a guard against divergence: a non-finite 
 :class:`~deft_jax.errors.DivergedError` before anything is written from that state (no checkpoint, no
 epoch-end output), so the last good checkpoint stays the latest. Losses are checked at every logging step,
 before every checkpoint and epoch end (no extra host sync), and the whole state's finiteness before every
-checkpoint and at the end (a finite last loss can precede a broken update). The state is a plain pytree whose ``"step"`` entry counts optimiser
-steps; epoch and position in the epoch are derived from it, so a restored state tells the loop exactly
-where to continue and the data iterator where to skip to.
+checkpoint and at the end (a finite last loss can precede a broken update). The state is a plain pytree
+whose ``"step"`` entry counts optimiser steps; epoch and position in the epoch are derived from it, so a
+restored state tells the loop exactly where to continue and the data iterator where to skip to.
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ class LoopConfig:
   @property
   def total_steps(self) -> int:
     return self.num_epochs * self.steps_per_epoch
+
+  @classmethod
+  def of(cls, stage: str, num_epochs: int, steps_per_epoch: int, config) -> "LoopConfig":
+    """A stage's loop with the run config's logging and checkpoint intervals."""
+    return cls(stage, int(num_epochs), int(steps_per_epoch), int(config.log_every_steps),
+               int(config.checkpoint_every_steps))
 
 
 def _fmt_secs(s: float) -> str:

@@ -21,31 +21,25 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from deft_jax.models.weights import tree_paths
+from deft_jax.tree import get, tree_paths
 
 Rule = tuple[str, Any]
-
-
-def _get(d: Optional[Mapping[str, Any]], key: str, default):
-  if d is None:
-    return default
-  return d.get(key, default) if hasattr(d, "get") else getattr(d, key, default)
 
 
 def make_schedule(schedule: Mapping[str, Any], *, total_steps: int,
                   steps_per_epoch: int = 1) -> Callable[[jax.Array], jax.Array]:
   """Learning rate as a function of the optimiser step."""
-  lr = float(_get(schedule, "lr", 0.0))
-  decay = _get(schedule, "decay", "cosine")
-  warmup = int(_get(schedule, "warmup_steps", 0))
-  min_lr = float(_get(schedule, "min_lr", 0.0))
-  per_epoch = bool(_get(schedule, "per_epoch", False))
+  lr = float(get(schedule, "lr", 0.0))
+  decay = get(schedule, "decay", "cosine")
+  warmup = int(get(schedule, "warmup_steps", 0))
+  min_lr = float(get(schedule, "min_lr", 0.0))
+  per_epoch = bool(get(schedule, "per_epoch", False))
   if decay not in ("cosine", "constant", "linear"):
     raise ValueError(f"unknown schedule decay {decay!r}; choose cosine, constant or linear")
   total_epochs = max(1, math.ceil(total_steps / max(steps_per_epoch, 1)))
@@ -70,16 +64,16 @@ def make_schedule(schedule: Mapping[str, Any], *, total_steps: int,
 
 
 def _base_tx(optim: Mapping[str, Any], lr_fn) -> optax.GradientTransformation:
-  name = _get(optim, "name", "sgd")
-  wd = float(_get(optim, "weight_decay", 0.0))
+  name = get(optim, "name", "sgd")
+  wd = float(get(optim, "weight_decay", 0.0))
   if name == "sgd":
-    momentum = float(_get(optim, "momentum", 0.0))
+    momentum = float(get(optim, "momentum", 0.0))
     parts = [optax.add_decayed_weights(wd)] if wd else []
-    parts.append(optax.sgd(lr_fn, momentum=momentum or None, nesterov=bool(_get(optim, "nesterov", False))))
+    parts.append(optax.sgd(lr_fn, momentum=momentum or None, nesterov=bool(get(optim, "nesterov", False))))
     return optax.chain(*parts)
   if name in ("adamw", "adam"):
-    kw = dict(b1=float(_get(optim, "b1", 0.9)), b2=float(_get(optim, "b2", 0.999)),
-              eps=float(_get(optim, "eps", 1e-8)))
+    kw = dict(b1=float(get(optim, "b1", 0.9)), b2=float(get(optim, "b2", 0.999)),
+              eps=float(get(optim, "eps", 1e-8)))
     if name == "adamw":
       return optax.adamw(lr_fn, weight_decay=wd, **kw)
     parts = [optax.add_decayed_weights(wd)] if wd else []
@@ -147,7 +141,7 @@ def make_optimizer(
     schedules[group] = fn
     transforms[group] = _base_tx(optim, fn)
   tx = optax.partition(transforms, jax.tree.map(lambda i: f"g{i}", labels))
-  clip = _get(optim, "grad_clip_norm", None)
+  clip = get(optim, "grad_clip_norm", None)
   if clip:
     # Clipping sees only trainable gradients: frozen ones are zeroed first so they cannot count.
     mask = jax.tree.map(lambda i: values[i] is not None, labels)

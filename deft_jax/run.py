@@ -19,10 +19,8 @@ import numpy as np
 from clu import metric_writers
 
 from deft_jax import checkpoint as ckpt_lib
-from deft_jax import parallel
-from deft_jax.config_lib import STAGE_ORDER
+from deft_jax import parallel, stages
 from deft_jax.data import datasets
-from deft_jax.models import build
 
 def _hparams(config) -> dict[str, Any]:
   flat = {}
@@ -42,17 +40,17 @@ def _hparams(config) -> dict[str, Any]:
 
 
 def check_stages(config) -> list[str]:
-  unknown = [s for s in config.stages if s not in STAGE_ORDER]
+  unknown = [s for s in config.stages if s not in stages.STAGE_ORDER]
   if unknown:
-    raise ValueError(f"unknown stage(s) {unknown} in config.stages; known: {list(STAGE_ORDER)}")
-  return [s for s in STAGE_ORDER if s in config.stages]
+    raise ValueError(f"unknown stage(s) {unknown} in config.stages; known: {list(stages.STAGE_ORDER)}")
+  return [s for s in stages.STAGE_ORDER if s in config.stages]
 
 
 def run(config, workdir: str | Path) -> dict:
   """Runs every configured stage; returns a summary dict (also in workdir/summary.json)."""
   t0 = time.time()
   workdir = Path(workdir)
-  stages = check_stages(config)
+  todo = check_stages(config)
   ckpt_lib.check_workdir(workdir, config)
   mesh = parallel.make_mesh(config.mesh)
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
@@ -68,10 +66,12 @@ def run(config, workdir: str | Path) -> dict:
   if train.noise_rate() is not None:
     logging.info("train split: %d classes, true noise rate %.4f", train.num_classes, train.noise_rate())
 
-  summary: dict[str, Any] = {"workdir": str(workdir), "stages": stages}
-  checkpoint = build.resolve_checkpoint(config.model, workdir)
-  if "pretrain" in stages:
-    from deft_jax.pretrain import train as pretrain
+  summary: dict[str, Any] = {"workdir": str(workdir), "stages": todo}
+  from deft_jax.pretrain import train as pretrain
+  checkpoint = config.model.checkpoint or None
+  if checkpoint == "pretrain":  # the CLIP this run's pretrain stage makes
+    checkpoint = str(pretrain.outputs(workdir)["clip"])
+  if "pretrain" in todo:
     path = pretrain.run(config, workdir, splits=splits, mesh=mesh, writer=writer)
     info = path / "pretrain_info.json"
     if info.exists():
@@ -80,22 +80,23 @@ def run(config, workdir: str | Path) -> dict:
     raise FileNotFoundError(f"model.checkpoint='pretrain' but {checkpoint} does not exist: add 'pretrain' to "
                             "config.stages or point model.checkpoint at a CLIP checkpoint")
 
+  from deft_jax.detect import train as detect
   detection = None
-  if "detect" in stages:
-    from deft_jax.detect import train as detect
+  detection_file = detect.outputs(workdir)["detection"]
+  if "detect" in todo:
     detection = detect.run(config, workdir, train_split=train, mesh=mesh, writer=writer, checkpoint=checkpoint)
     from deft_jax import baselines
     compared = baselines.run_configured(config, train, mesh=mesh, clip_checkpoint=checkpoint, workdir=workdir,
                                         writer=writer, eval_splits=_eval_splits(splits))
     summary["detection"] = write_report(config, workdir, train, detection, compared, writer)
-  elif (workdir / "detect" / "detection.npz").exists():
-    detection = ckpt_lib.load_npz(workdir / "detect" / "detection.npz")
+  elif detection_file.exists():
+    detection = ckpt_lib.load_npz(detection_file)
 
-  if "adapt" in stages or "evaluate" in stages:
+  if "adapt" in todo or "evaluate" in todo:
     from deft_jax.adapt import train as adapt
     if config.adapt.train_on == "deft" and detection is None and config.adapt.method in adapt.TRAINED:
-      raise FileNotFoundError(f"adapt.train_on='deft' needs the detect stage's output "
-                              f"({workdir / 'detect' / 'detection.npz'}): add 'detect' to config.stages")
+      raise FileNotFoundError(f"adapt.train_on='deft' needs the detect stage's output ({detection_file}): add "
+                              "'detect' to config.stages")
     summary["adapt"] = adapt.run(config, workdir, splits=splits, mesh=mesh, writer=writer,
                                  clip_checkpoint=checkpoint, detection=detection)
   summary["seconds"] = round(time.time() - t0, 1)
@@ -173,7 +174,7 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
     extra["noise"] = train.noise_report.summary()
   image_fn = (lambda idx: train.load_images(idx)) if config.report.write_images else None
   table, summary, text = build_and_write_report(
-      workdir / "report", detection, given=train.labels, class_names=train.class_names,
+      stages.directory(workdir, "report"), detection, given=train.labels, class_names=train.class_names,
       clean_labels=train.clean_labels, ids=train.ids, image_fn=image_fn, extra_summary=extra)
   step = int(detection.get("params_step", 0))
   scalars = {f"report/{_slug(name)}/{k}": v for name, d in comparison.items() for k, v in d.items()
@@ -186,7 +187,7 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
   writer.write_histograms(step, {"report/p_clean": np.asarray(detection["p_clean"])})
   print(text, flush=True)
   return {"comparison": comparison, "estimated_noise_rate": float(1 - np.mean(detection["is_clean"])),
-          "report": str(workdir / "report")}
+          "report": str(stages.directory(workdir, "report"))}
 
 
 def _slug(name: str) -> str:

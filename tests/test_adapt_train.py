@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
-from conftest import save_tiny_clip
+from conftest import tiny_config
 from deft_jax import baselines, config_lib, parallel
 from deft_jax.adapt import build, evaluate, train, trainer as trainer_lib
 from deft_jax.data import cifar_offline, pipeline
@@ -18,15 +18,15 @@ from deft_jax.models import clip as clip_lib
 from deft_jax.models import clip_weights, presets, zeroshot
 from deft_jax.models.peft import PEFTConfig
 from deft_jax.models.tokenizer import Tokenizer
-from deft_jax.models.weights import flatten
+from deft_jax.tree import flatten
 
 N_TRAIN, N_TEST, B = 20, 13, 8  # 13 test images: the last eval batch is padded
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(tiny_clip):
   """A tiny random CLIP saved as a HF checkpoint (what the pretrain stage produces)."""
-  return save_tiny_clip(tmp_path_factory.mktemp("clip"), seed=42)
+  return tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +35,10 @@ def splits():
   return {"train": s["train"], "test": s["test"]}
 
 
-@pytest.fixture(scope="module")
-def mesh1():
-  return parallel.make_mesh([("data", 1)], jax.devices()[:1])
-
-
 def _config(ckpt, **adapt):
-  c = config_lib.base_config()
-  c.model.preset, c.model.checkpoint = "tiny", ckpt
-  c.data.image_size, c.data.normalization, c.data.train_augment = 32, "cifar10", "cifar"
-  c.adapt.update(dict(batch_size=B, eval_batch_size=B, epochs=1, zeroshot_templates="single"))
-  c.adapt.update(adapt)
-  c.baselines.update(dict(batch_size=B, eval_batch_size=B, epochs=2, warmup_epochs=1,
-                          peft=dict(vpt="deep", vpt_tokens=2)))
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 1000
+  c = tiny_config(ckpt, adapt=adapt)
+  c.data.normalization = "cifar10"
+  c.baselines.epochs = 2
   return c
 
 
@@ -131,7 +120,7 @@ def test_text_initialised_head_reproduces_the_zero_shot_classifier(ckpt, splits,
   clf = _classifier(config, splits, mesh1, ckpt)
   zs = build.zeroshot_classifier(config, splits["train"].class_names, mesh=mesh1, checkpoint=ckpt,
                                  rng=jax.random.key(0))
-  images = train.calibration_images(splits["train"])(32, clf.mean, clf.std)
+  images = train.calibration_images(splits["train"])(clf.inputs)
   head_logits = np.asarray(clf.apply(clf.variables, images)[0])
   zs_logits = np.asarray(zs.apply(zs.variables, images)[0])
   np.testing.assert_array_equal(head_logits.argmax(1), zs_logits.argmax(1))

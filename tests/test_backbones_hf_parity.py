@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from deft_jax.models.backbones import get_backbone, load_pretrained  # noqa: E402
-from deft_jax.models.weights import CheckpointMismatchError, flatten  # noqa: E402
+from deft_jax.models.weights import CheckpointMismatchError  # noqa: E402
+from deft_jax.tree import flatten  # noqa: E402
 
 NUM_CLASSES = 7
 _NOT_MATRICES = ("cls_token", "position_embeddings")

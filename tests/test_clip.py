@@ -13,7 +13,8 @@ import transformers  # noqa: E402
 from deft_jax.models import clip as clip_lib  # noqa: E402
 from deft_jax.models import clip_weights, peft, presets  # noqa: E402
 from deft_jax.models.tokenizer import Tokenizer  # noqa: E402
-from deft_jax.models.weights import CheckpointMismatchError, flatten  # noqa: E402
+from deft_jax.models.weights import CheckpointMismatchError  # noqa: E402
+from deft_jax.tree import flatten  # noqa: E402
 
 TEXTS = [
     "a photo of a cat.",
@@ -49,8 +50,8 @@ def _torch_outputs(model, images, ids):
 def _jax_outputs(ckpt, images, ids, **overrides):
   cfg = clip_weights.config_from_checkpoint(ckpt, **overrides)
   model = clip_lib.CLIP(cfg)
-  params = clip_weights.load_pretrained(ckpt, jax.eval_shape(lambda k: clip_lib.init_params(model, k), jax.random.key(0)),
-                                        scan=cfg.scan)
+  abstract = jax.eval_shape(lambda k: clip_lib.init_params(model, k), jax.random.key(0))
+  params = clip_weights.load_pretrained(ckpt, abstract, scan=cfg.scan)
   out = jax.jit(model.apply)({"params": params}, images, ids)
   return np.asarray(out["image_embeds"]), np.asarray(out["text_embeds"]), np.asarray(out["logits_per_image"])
 
@@ -122,7 +123,7 @@ def test_lora_adapter_ssf_at_init_are_bit_identical_to_plain_model():
     merged = {**flatten(extra), **flatten(params)}
     new = set(flatten(extra)) - set(flatten(params))
     assert new, p  # the PEFT really added parameters
-    from deft_jax.models.weights import unflatten
+    from deft_jax.tree import unflatten
     out = _apply(model, unflatten(merged), images, ids)
     for k in ref:
       np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(ref[k]), err_msg=f"{p} {k}")
@@ -134,7 +135,7 @@ def test_vpt_changes_outputs_and_prompts_receive_gradients(mode):
   model = clip_lib.CLIP(cfg, peft.PEFTConfig(vpt=mode, vpt_tokens=5))
   params = clip_lib.init_params(model, jax.random.key(0))
   plain = {k: v for k, v in flatten(params).items() if "vpt_prompt" not in k}
-  from deft_jax.models.weights import unflatten
+  from deft_jax.tree import unflatten
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   f_vpt = model.apply({"params": params}, images, method=clip_lib.CLIP.encode_image)
   f_plain = clip_lib.CLIP(cfg).apply({"params": unflatten(plain)}, images, method=clip_lib.CLIP.encode_image)
@@ -160,7 +161,7 @@ def test_vpt_deep_scanned_equals_unscanned():
   params = clip_lib.init_params(model, jax.random.key(0))
   # Make LoRA non-trivial so the test covers it too.
   flat = {k: (v + 0.1 if k.endswith("lora_b") else v) for k, v in flatten(params).items()}
-  from deft_jax.models.weights import unflatten
+  from deft_jax.tree import unflatten
   scanned = clip_lib.CLIP(cfg.replace(scan=True), p)
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   a = model.apply({"params": unflatten(flat)}, images, method=clip_lib.CLIP.encode_image)
@@ -269,7 +270,8 @@ def test_loader_keeps_peft_init_and_rejects_checkpoint_of_another_preset(tmp_pat
   for k, v in flatten(init).items():
     if "vpt_prompt" in k or "_lora" in k:
       np.testing.assert_array_equal(loaded[k], v)
-  other = jax.eval_shape(lambda k: clip_lib.init_params(clip_lib.CLIP(presets.get_preset("tiny")), k), jax.random.key(0))
+  tiny = clip_lib.CLIP(presets.get_preset("tiny"))
+  other = jax.eval_shape(lambda k: clip_lib.init_params(tiny, k), jax.random.key(0))
   with pytest.raises(CheckpointMismatchError, match="another model"):
     clip_weights.load_pretrained(tmp_path, other)
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from test_data_helpers import (CLOTHING_NAMES, real_jpegs, write_clothing1m, write_tiny_imagenet,
+from data_trees import (CLOTHING_NAMES, real_jpegs, write_clothing1m, write_tiny_imagenet,
                                write_webvision)
 
 from deft_jax.data import datasets, folders, pipeline, sampling

@@ -191,7 +191,7 @@ def test_missing_manual_download_names_the_files_and_folder(tmp_path):
 
 
 def test_webvision_points_at_imagenet_val_option_when_imagenet_is_missing(tmp_path):
-  from test_data_helpers import write_webvision  # pylint: disable=g-import-not-at-top
+  from data_trees import write_webvision  # pylint: disable=g-import-not-at-top
   root = write_webvision(tmp_path / "wv")
   cfg = {"source": "webvision", "root": str(root), "data_dir": str(tmp_path / "tfds"),
          "manual_dir": str(tmp_path / "manual")}

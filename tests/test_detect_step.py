@@ -4,32 +4,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
+from conftest import tiny_config
 from deft_jax import optim, parallel
 from deft_jax.detect import losses
 from deft_jax.detect import step as step_lib
-from deft_jax.detect.train import Detector
-from deft_jax.models.weights import flatten
+from deft_jax.detect.detector import Detector
+from deft_jax.tree import flatten
 
 C = 5
 N = 40
 
 
 def _config(peft=None, trainable=None):
-  return ConfigDict({
-      "seed": 0,
-      "model": {"preset": "tiny", "checkpoint": "", "dtype": "float32", "attention": None, "remat": False,
-                "scan": False},
-      "detect": {
-          "epochs": 2, "warmup_epochs": 1, "batch_size": 8, "n_ctx": 4, "ctx_init": "", "class_specific": False,
-          "class_token_position": "end", "peft": peft or {"vpt": "deep", "vpt_tokens": 3, "lora_rank": 2},
-          "trainable": trainable, "strict_selection": False, "warmup_loss": "ce", "pseudo_labels_from_epoch": None,
-          "text_chunk": 0, "optim": {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4},
-          "schedule": {"lr": 0.03, "decay": "cosine"},
-      },
-      "sharding_rules": [],
-  })
+  c = tiny_config(detect=dict(epochs=2, warmup_epochs=1, batch_size=8, n_ctx=4))
+  c.detect.peft.update(peft or {"vpt": "deep", "vpt_tokens": 3, "lora_rank": 2})
+  c.detect.trainable = trainable
+  return c
 
 
 def _detector(mesh, **kw):
@@ -43,11 +34,6 @@ def _batch(i, b=8, valid=None):
           "index": (np.arange(b) + i * b).astype(np.int32) % N, "label": rng.integers(0, C, b).astype(np.int32),
           "clean_label": rng.integers(0, C, b).astype(np.int32),
           "mask": np.ones(b, bool) if valid is None else valid}
-
-
-@pytest.fixture(scope="module")
-def mesh1():
-  return parallel.make_mesh([("data", 1)], jax.devices()[:1])
 
 
 def _run(det, steps):
@@ -88,9 +74,8 @@ def test_optimizer_state_holds_only_trainable_leaves(mesh1):
 
 
 def test_every_parameter_must_match_an_optimizer_rule(mesh1):
-  det = _detector(mesh1, trainable=[("prompts/.*", 1.0)])
   with pytest.raises(ValueError, match="match no optimiser rule"):
-    det.init_state(jax.random.key(0))
+    _detector(mesh1, trainable=[("prompts/.*", 1.0)])
 
 
 def _grads_of(det, params, term, batch, step):

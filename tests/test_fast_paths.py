@@ -14,7 +14,7 @@ from deft_jax.models import clip as clip_lib
 from deft_jax.models import presets
 from deft_jax.models.clip_weights import stack_layers
 from deft_jax.models.peft import PEFTConfig
-from deft_jax.models.weights import flatten, unflatten
+from deft_jax.tree import flatten, unflatten
 
 PEFT = PEFTConfig(vpt="deep", vpt_tokens=3, lora_rank=2, lora_targets=("q", "v"))
 B, T = 4, 12

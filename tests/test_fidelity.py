@@ -20,11 +20,12 @@ from deft_jax.checkpoint import StageCheckpointer
 from deft_jax.data import cifar_offline, preprocess
 from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect import train as detect_train
-from deft_jax.detect.train import Detector
+from deft_jax.detect.detector import Detector
 from deft_jax.errors import DivergedError
+from deft_jax.models import clip as clip_lib
 from deft_jax.models import peft as peft_lib
 from deft_jax.models.tokenizer import Tokenizer
-from deft_jax.models.weights import flatten
+from deft_jax.tree import flatten
 from deft_jax.report import auroc, metrics as M
 from deft_jax.report.inputs import check_inputs
 from deft_jax.report.summary import summary_from_inputs
@@ -120,8 +121,8 @@ def test_learned_params_hold_exactly_the_trained_leaves_bitfit_included(mesh1, t
   trained = {k for k, m in flatten(det.mask).items() if m}
   assert any(k.endswith("/bias") for k in trained)
   params = jax.tree.map(lambda x: x + 0.5, jax.device_get(state["params"]))
-  detect_train.save_learned_params(tmp_path, params, det.mask)
-  with np.load(tmp_path / detect_train.LEARNED_PARAMS_FILE) as f:
+  detect_train.save_learned_params(tmp_path / "learned.npz", params, det.mask)
+  with np.load(tmp_path / "learned.npz") as f:
     saved = {k: f[k] for k in f.files}
   assert set(saved) == trained
   flat = flatten(params)
@@ -188,7 +189,7 @@ def test_lora_scales_by_one_over_rank_and_initialises_a_like_the_reference():
   assert peft_lib.PEFTConfig(lora_rank=4).lora_scale == 0.25
   assert config_lib.base_config().detect.peft.lora_alpha == 1.0
   rank, fan_in = 4, 256
-  lora = peft_lib.LoRA(features=8, rank=rank, scale=1.0 / rank)
+  lora = clip_lib.LoRA(features=8, rank=rank, scale=1.0 / rank)
   x = jnp.ones((1, fan_in))
   params = lora.init(jax.random.key(0), x)["params"]
   a = np.asarray(params["lora_a"])
@@ -244,11 +245,7 @@ def test_dataset_statistics_are_labelled_as_the_reference_uses_them():
 
 
 def _load_config(name, arg=None):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.from_file(REPO / "configs" / f"{name}.py", arg)
 
 
 # ------------------------------------------------------------------------------------------------ phase 2
@@ -288,8 +285,8 @@ def test_gmm_baseline_is_the_phase2_model_fitted_like_the_reference(tiny_clip, s
   assert (sig.parameters["max_iter"].default, sig.parameters["tol"].default) == (10, 1e-2)
   c = tiny_config(tiny_clip)
   assert c.baselines.gmm.model == "phase2"
-  clf, budget, optim_cfg, _ = gmm_baseline.model_and_recipe(c, splits["train"], mesh=mesh1, clip_checkpoint=tiny_clip,
-                                                            stream=1, model="phase2")
+  ctx = _common.Context(c, splits["train"], mesh1, tiny_clip, "gmm", 1)
+  clf, budget, optim_cfg, _ = gmm_baseline.model_and_recipe(ctx, model="phase2")
   assert clf.rules == build.clf.clip_rules("blocks", peft_lib.PEFTConfig())  # phase 2's FFT rules
   assert optim_cfg == c.adapt.optim and budget.epochs == c.adapt.epochs
   c.adapt.epochs = 2

@@ -13,7 +13,6 @@ wd 5e-4, cosine per epoch, batch 64) for the same number of optimiser steps: 10 
 so about 17 epochs of DEFT's smaller subset.
 """
 
-import importlib.util
 import json
 import shutil
 
@@ -22,7 +21,7 @@ import numpy as np
 from clu import metric_writers
 
 from conftest import REAL_NOISE_OVERRIDES, REPO, run_main
-from deft_jax import parallel
+from deft_jax import config_lib, parallel
 from deft_jax.adapt import train as adapt
 from deft_jax.data import datasets
 from deft_jax.report import auroc, detection_metrics
@@ -83,10 +82,7 @@ STEPS = 630  # 10 epochs of the 4,000 noisy labels at batch 64
 
 
 def demo_config():
-  spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.from_file(REPO / "configs" / "demo.py")
 
 
 def test_fft_on_deft_subset_beats_fft_on_all_noisy_labels_at_equal_steps(real_noise_workdir, tmp_path):

@@ -111,7 +111,8 @@ def main():
         for r in new:
           f.write(json.dumps(r) + "\n")
       for r in new:
-        print(f"  {r['method']:<18} F1 {r['f1']:.3f}  AUROC {r['auroc'] if r['auroc'] is None else round(r['auroc'], 3)}"
+        auroc = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"
+        print(f"  {r['method']:<18} F1 {r['f1']:.3f}  AUROC {auroc}"
               f"  flagged {r['flagged_fraction']:.3f} (noise {r['noise_rate']:.3f})", flush=True)
 
 

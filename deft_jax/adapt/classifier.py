@@ -1,6 +1,6 @@
 """Phase-2 classifiers behind one interface: a pure ``apply`` over ``variables``, plus optimiser rules.
 
-The trainer (``adapt/train.py``) knows only :class:`Classifier`; each backbone is a builder here:
+The trainer (``adapt/trainer.py``) knows only :class:`Classifier`; each backbone is a builder here:
 
 - ``clip_classifier``: a pretrained CLIP image encoder (optionally with PEFT) and a new linear head on the
   pre-projection feature ln_post(CLS). Its parameters are ``{"vision_model": ..., "head": ...}``: the text
@@ -16,6 +16,11 @@ The trainer (``adapt/train.py``) knows only :class:`Classifier`; each backbone i
 - ``backbone_classifier``: a ``deft_jax.models.backbones`` model (ResNet-50, ConvNeXt-T, ViT-B/16, MAE);
   every parameter trains, as in the paper; batch-norm statistics travel as a second variable collection.
 
+A classifier is a description, not yet weights: ``init()`` gives random variables (pure, jittable: the train
+state is born sharded from it, deft_jax/train_state.py) and ``load(variables)`` merges the pretrained weights
+in on the host, so a resumed run restores its state without initialising or loading anything.
+``variables`` materialises both once, for classifiers that only evaluate.
+
 ``apply(variables, images, *, train, rng) -> (logits float32 [B, C], updated non-param collections)``.
 """
 
@@ -30,58 +35,65 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deft_jax import parallel
+from deft_jax import train_state
+from deft_jax.data.config import ImageSpec
 from deft_jax.models import build
 from deft_jax.models import clip as clip_lib
+from deft_jax.models import zeroshot
 from deft_jax.models.peft import PEFTConfig, trainable_patterns
 from deft_jax.models.presets import CLIPConfig
-from deft_jax.models.weights import flatten, unflatten
+from deft_jax.tree import flatten, unflatten
 
 Rule = tuple[str, Any]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Classifier:
   """A phase-2 classifier.
 
   Attributes:
     name: for logs and results.
     apply: ``(variables, images, *, train, rng) -> (logits, updated collections)``; pure and jittable.
-    variables: ``{"params": ..., <other collections>}`` as device arrays, already sharded.
+    init: ``() -> variables`` (``{"params": ..., <other collections>}``), random; pure and jittable.
     rules: optimiser rules over ``variables["params"]`` (deft_jax.optim); None for a classifier that does
       not train.
-    image_size, mean, std: the input the model expects (images are normalised with mean / std).
-    eval_resize: the eval transform of the data (data.eval_resize: "short_side" or "squash").
+    inputs: the images the model takes (size, normalisation, the data's eval transform).
+    mesh, sharding_rules: where its variables live.
+    load: ``variables -> variables`` on the host: the pretrained weights merged in (None: nothing to load).
     optim: overrides of ``config.adapt.optim`` / ``schedule.lr`` (the reference optimiser of a backbone).
     features: optional ``(variables, images) -> pooled features``.
   """
 
   name: str
   apply: Callable[..., tuple[jax.Array, dict]]
-  variables: dict
+  init: Callable[[], dict]
   rules: Optional[list[Rule]]
-  image_size: int
-  mean: Sequence[float]
-  std: Sequence[float]
+  inputs: ImageSpec
+  mesh: Any
+  sharding_rules: Sequence = ()
+  load: Optional[Callable[[dict], dict]] = None
   optim: Optional[dict] = None
   features: Optional[Callable] = None
-  eval_resize: str = "short_side"
   # jitted evaluation functions by (mesh, sharding rules), so that per-epoch evaluations compile once.
-  jit_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+  jit_cache: dict = dataclasses.field(default_factory=dict, repr=False)
+  _variables: Optional[dict] = dataclasses.field(default=None, repr=False)
 
   @property
   def trains(self) -> bool:
     return self.rules is not None
 
+  @property
+  def variables(self) -> dict:
+    """The pretrained variables on the mesh (initialised and loaded once, on first use)."""
+    if self._variables is None:
+      self._variables, _ = train_state.create(self.init, mesh=self.mesh, sharding_rules=self.sharding_rules,
+                                              load=self.load)
+    return self._variables
+
 
 def torch_linear_init(fan_in: int):
   """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): a PyTorch ``nn.Linear``'s default, for the reference's new head."""
-  bound = 1.0 / np.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
+  return clip_lib.uniform_init(1.0 / np.sqrt(fan_in))
 
 
 class CLIPClassifier(nn.Module):
@@ -126,16 +138,17 @@ def clip_rules(trainable, peft: PEFTConfig) -> list[Rule]:
                    f"got {trainable!r}")
 
 
-def _clip_state_params(model: clip_lib.CLIP, rng, *, mesh, sharding_rules, checkpoint):
-  """The whole pretrained CLIP (both towers), born sharded, under the state path ``params/...``."""
-  return build.init_clip_params(model, rng, mesh=mesh, sharding_rules=sharding_rules, checkpoint=checkpoint,
-                                prefix="params/")
+
+def _load_vision(full_model: clip_lib.CLIP, vision_params, checkpoint: Optional[str]) -> dict:
+  """The whole pretrained CLIP on the host, its visual tower merged into ``vision_params`` (PEFT kept)."""
+  abstract = jax.eval_shape(lambda k: clip_lib.init_params(full_model, k), jax.random.key(0))
+  return build.load_clip_weights(full_model, {**abstract, "vision_model": vision_params}, checkpoint)
 
 
-def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optional[str],
+def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optional[str], inputs: ImageSpec,
                     peft: Optional[PEFTConfig] = None, trainable="blocks", head_init: str = "random",
                     class_features: Optional[Callable[[clip_lib.CLIP, dict], jax.Array]] = None,
-                    calibration_images: Optional[Callable[..., np.ndarray]] = None, mean=(), std=(),
+                    calibration_images: Optional[Callable[[ImageSpec], np.ndarray]] = None,
                     sharding_rules: Sequence = ()) -> Classifier:
   """A fresh pretrained CLIP image encoder with a new linear head on ln_post(CLS).
 
@@ -143,29 +156,31 @@ def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optio
   kernel = s * W_proj @ T^T, bias 0, where T [C, D] are the normalised class text features
   (``class_features(model, clip_params)``) and W_proj [width, D] the visual projection. Zero-shot logits are
   exp(logit_scale) * <f / |f|, t_k> with f = h @ W_proj; a linear head cannot divide by the per-image |f|,
-  so s = exp(logit_scale) / mean(|f|) over ``calibration_images(image_size, mean, std)`` (normalised,
-  un-augmented training images, the same on every process). The initial logits are then the zero-shot logits
-  times |f| / mean|f|: the same prediction for every image, and the zero-shot scale on average.
+  so s = exp(logit_scale) / mean(|f|) over ``calibration_images(inputs)`` (normalised, un-augmented training
+  images, the same on every process). The initial logits are then the zero-shot logits times |f| / mean|f|:
+  the same prediction for every image, and the zero-shot scale on average.
   """
   peft = peft or PEFTConfig()
+  if head_init not in ("random", "text"):
+    raise ValueError(f"adapt.head_init must be 'random' or 'text', got {head_init!r}")
+  if head_init == "text" and (class_features is None or calibration_images is None):
+    raise ValueError("head_init='text' needs class_features and calibration_images")
   k_clip, k_head = jax.random.split(rng)
   full_model = build.build_clip(model_cfg, peft, checkpoint)
   cfg = full_model.config
-  full = _clip_state_params(full_model, k_clip, mesh=mesh, sharding_rules=sharding_rules, checkpoint=checkpoint)
   module = CLIPClassifier(cfg, num_classes, peft)
   images0 = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
-  head = jax.jit(lambda k: module.init(k, images0)["params"]["head"])(k_head)
-  if head_init == "text":
-    if class_features is None or calibration_images is None:
-      raise ValueError("head_init='text' needs class_features and calibration_images")
-    head = _text_head(full_model, full, module, class_features,
-                      calibration_images(cfg.vision.image_size, mean, std))
-  elif head_init != "random":
-    raise ValueError(f"adapt.head_init must be 'random' or 'text', got {head_init!r}")
-  params = {"vision_model": full["vision_model"], "head": head}
-  del full  # the text tower and projection are not part of the classifier
-  sh = parallel.shardings_for({"params": params}, mesh, sharding_rules)["params"]
-  params = jax.device_put(params, sh)
+
+  def init():
+    vision = clip_lib.init_params(full_model, k_clip)["vision_model"]
+    return {"params": {"vision_model": vision, "head": module.init(k_head, images0)["params"]["head"]}}
+
+  def load(variables):
+    full = _load_vision(full_model, variables["params"]["vision_model"], checkpoint)
+    head = variables["params"]["head"]
+    if head_init == "text":
+      head = _text_head(full_model, full, module, class_features, calibration_images(inputs))
+    return {"params": {"vision_model": full["vision_model"], "head": head}}  # text tower and projection dropped
 
   def apply(variables, images, *, train: bool = False, rng=None):
     del rng
@@ -174,8 +189,9 @@ def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optio
   def features(variables, images):
     return module.apply(variables, images, method=CLIPClassifier.features)
 
-  return Classifier(name="clip", apply=apply, variables={"params": params}, rules=clip_rules(trainable, peft),
-                    image_size=cfg.vision.image_size, mean=mean, std=std, features=features)
+  return Classifier(name="clip", apply=apply, init=init, rules=clip_rules(trainable, peft), inputs=inputs,
+                    mesh=mesh, sharding_rules=sharding_rules, load=load if checkpoint or head_init == "text" else None,
+                    features=features)
 
 
 def _text_head(full_model: clip_lib.CLIP, full_params, module: CLIPClassifier, class_features, images) -> dict:
@@ -186,49 +202,64 @@ def _text_head(full_model: clip_lib.CLIP, full_params, module: CLIPClassifier, c
   pooled = jax.jit(lambda p, x: module.apply({"params": p}, x, method=CLIPClassifier.features))(
       {"vision_model": full_params["vision_model"]}, jnp.asarray(images))
   norms = jnp.linalg.norm(pooled.astype(jnp.float32) @ w_proj, axis=-1)
-  scale = jnp.exp(full_params["logit_scale"].astype(jnp.float32)) / jnp.mean(norms)
+  scale = jnp.exp(jnp.asarray(full_params["logit_scale"], jnp.float32)) / jnp.mean(norms)
   return {"kernel": scale * (w_proj @ text.T), "bias": jnp.zeros((text.shape[0],), jnp.float32)}
 
 
-def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], peft: Optional[PEFTConfig] = None,
-                    class_features: Callable[[clip_lib.CLIP, dict], jax.Array],
-                    extra_params: Optional[dict] = None, mean=(), std=(), sharding_rules: Sequence = (),
+IMAGE_SIDE = ("vision_model", "visual_projection", "logit_scale")
+
+
+def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], inputs: ImageSpec, num_classes: int,
+                    class_features: Callable[[clip_lib.CLIP, dict], jax.Array], peft: Optional[PEFTConfig] = None,
+                    extra_params: Optional[dict] = None, sharding_rules: Sequence = (),
                     name: str = "zeroshot") -> Classifier:
   """CLIP's own classifier: exp(logit_scale) * <normalised image feature, class text feature>.
 
   ``extra_params``: flat ``{"vision_model/...": array}`` replacing entries of the pretrained tree (phase 1's
-  learned PEFT weights for the "no adaptation" variant).
+  learned weights for the "no adaptation" variant), before the class text features are computed.
   """
   model = build.build_clip(model_cfg, peft or PEFTConfig(), checkpoint)
-  params = _clip_state_params(model, rng, mesh=mesh, sharding_rules=sharding_rules, checkpoint=checkpoint)
-  if extra_params:
-    flat = flatten(params)
-    unknown = sorted(set(extra_params) - set(flat))
-    if unknown:
-      raise ValueError(f"{len(unknown)} learned parameter(s) have no place in this CLIP (another PEFT "
-                       f"configuration?): {unknown[:10]}")
-    for k, v in extra_params.items():
-      if tuple(flat[k].shape) != tuple(np.shape(v)):
-        raise ValueError(f"learned parameter {k}: model expects {tuple(flat[k].shape)}, got {np.shape(v)}")
-      flat[k] = jax.device_put(np.asarray(v, np.float32), flat[k].sharding)
-    params = unflatten(flat)
-  text = jnp.asarray(class_features(model, params), jnp.float32)
-  # Only the image side is needed from here on.
-  params = {k: params[k] for k in ("vision_model", "visual_projection", "logit_scale")}
+
+  def full_init():
+    return clip_lib.init_params(model, rng)
+
+  def init():
+    params = full_init()
+    return {"params": {k: params[k] for k in IMAGE_SIDE},
+            "text": jnp.zeros((num_classes, model.config.embed_dim), jnp.float32)}
+
+  def load(variables):
+    del variables  # the class features need the text tower, which the variables do not keep
+    params = build.load_clip_weights(model, jax.device_get(jax.jit(full_init)()), checkpoint)
+    if extra_params:
+      params = _replaced(params, extra_params)
+    text = np.asarray(class_features(model, params), np.float32)
+    return {"params": {k: params[k] for k in IMAGE_SIDE}, "text": text}  # only the image side is kept
 
   def apply(variables, images, *, train: bool = False, rng=None):
     del train, rng
-    p = variables["params"]
-    img = clip_lib.normalize(model.apply({"params": p}, images, method=clip_lib.CLIP.encode_image))
-    return jnp.exp(p["logit_scale"].astype(jnp.float32)) * img @ variables["text"].T, {}
+    return zeroshot.zero_shot_logits(model, variables["params"], images, variables["text"]), {}
 
-  return Classifier(name=name, apply=apply, variables={"params": params, "text": text}, rules=None,
-                    image_size=model.config.vision.image_size, mean=mean, std=std)
+  return Classifier(name=name, apply=apply, init=init, rules=None, inputs=inputs, mesh=mesh,
+                    sharding_rules=sharding_rules, load=load)
+
+
+def _replaced(params, extra_params: dict):
+  flat = flatten(params)
+  unknown = sorted(set(extra_params) - set(flat))
+  if unknown:
+    raise ValueError(f"{len(unknown)} learned parameter(s) have no place in this CLIP (another PEFT "
+                     f"configuration?): {unknown[:10]}")
+  for k, v in extra_params.items():
+    if tuple(np.shape(flat[k])) != tuple(np.shape(v)):
+      raise ValueError(f"learned parameter {k}: model expects {tuple(np.shape(flat[k]))}, got {np.shape(v)}")
+    flat[k] = np.asarray(v, np.float32)
+  return unflatten(flat)
 
 
 def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, rng, checkpoint: Optional[str],
-                    peft: Optional[PEFTConfig] = None, n_ctx: int = 16, ctx_init: str = "",
-                    class_token_position: str = "end", text_chunk: int = 0, mean=(), std=(),
+                    inputs: ImageSpec, peft: Optional[PEFTConfig] = None, n_ctx: int = 16, ctx_init: str = "",
+                    class_token_position: str = "end", text_chunk: int = 0,
                     sharding_rules: Sequence = ()) -> Classifier:
   """VLPT: image features (with ``peft``, VPT-deep in the paper) against the text features of C class prompts
   whose context vectors are learned (CoOp, one unified context), logits exp(logit_scale) * cosine. Parameters
@@ -239,14 +270,22 @@ def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, r
   peft = peft or PEFTConfig()
   model = build.build_clip(model_cfg, peft, checkpoint)
   k_clip, k_ctx = jax.random.split(rng)
-  clip_params = build.init_clip_params(model, k_clip, mesh=mesh, sharding_rules=sharding_rules,
-                                       checkpoint=checkpoint, prefix="params/clip/")
   template = prompts_lib.build_template(class_names, tokenizer, n_ctx=n_ctx, ctx_init=ctx_init,
                                         position=class_token_position)
-  tok = clip_params["text_model"]["embeddings"]["token_embedding"]["embedding"]
-  ctx = prompts_lib.init_prompts(k_ctx, template, model.config.text.width, token_embedding=tok)["pos_ctx"]
-  params = {"clip": clip_params, "prompts": {"ctx": ctx}}
-  params = jax.device_put(params, parallel.shardings_for({"params": params}, mesh, sharding_rules)["params"])
+  width = model.config.text.width
+
+  def init():
+    clip_params = clip_lib.init_params(model, k_clip)
+    ctx = prompts_lib.init_prompts(k_ctx, template, width, token_embedding=_token_embedding(clip_params))
+    return {"params": {"clip": clip_params, "prompts": {"ctx": ctx["pos_ctx"]}}}
+
+  def load(variables):
+    clip_params = build.load_clip_weights(model, variables["params"]["clip"], checkpoint)
+    ctx = variables["params"]["prompts"]["ctx"]
+    if template.init_ids is not None:  # ctx_init starts from the pretrained word embeddings
+      ctx = prompts_lib.init_prompts(k_ctx, template, width, token_embedding=_token_embedding(clip_params))["pos_ctx"]
+    return {"params": {"clip": clip_params, "prompts": {"ctx": ctx}}}
+
   rules = ([(r"prompts/ctx", 1.0)] + [(f"clip/{p}", 1.0) for p in trainable_patterns(peft)]
            + [(r"clip/.*", None)])
 
@@ -254,17 +293,21 @@ def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, r
     del train, rng
     p = variables["params"]
     (text,) = prompts_lib.context_features(model, p["clip"], [p["prompts"]["ctx"]], template, chunk=text_chunk)
-    img = clip_lib.normalize(model.apply({"params": p["clip"]}, images, method=clip_lib.CLIP.encode_image))
-    return jnp.exp(p["clip"]["logit_scale"].astype(jnp.float32)) * img @ text.T, {}
+    return zeroshot.zero_shot_logits(model, p["clip"], images, text), {}
 
-  return Classifier(name="vlpt", apply=apply, variables={"params": params}, rules=rules,
-                    image_size=model.config.vision.image_size, mean=mean, std=std)
+  return Classifier(name="vlpt", apply=apply, init=init, rules=rules, inputs=inputs, mesh=mesh,
+                    sharding_rules=sharding_rules, load=load)
 
 
-def backbone_classifier(name: str, *, num_classes: int, mesh, rng, checkpoint: str = "", dtype: str = "float32",
-                        image_size: int = 0, use_reference_optimizer: bool = True,
+def _token_embedding(clip_params):
+  return clip_params["text_model"]["embeddings"]["token_embedding"]["embedding"]
+
+
+def backbone_classifier(name: str, *, num_classes: int, mesh, rng, inputs: ImageSpec, checkpoint: str = "",
+                        dtype: str = "float32", use_reference_optimizer: bool = True,
                         sharding_rules: Sequence = ()) -> Classifier:
-  """A ``deft_jax.models.backbones`` model with a new head; every parameter trains.
+  """A ``deft_jax.models.backbones`` model with a new head; every parameter trains. Its own normalisation
+  statistics replace ``inputs``' (the backbone was pretrained with them); ``inputs.image_size`` resizes a ViT.
 
   ``checkpoint``: "" = the backbone's reference checkpoint (random init when it has none, as the tiny test
   backbones), "none" = random init, else a path or hub id.
@@ -273,20 +316,21 @@ def backbone_classifier(name: str, *, num_classes: int, mesh, rng, checkpoint: s
 
   spec = backbones.get_backbone(name)
   overrides = {}
-  if image_size and image_size != spec.image_size and spec.family == "vit":
-    overrides["image_size"] = image_size  # the loader resamples the position embedding
+  if inputs.image_size and inputs.image_size != spec.image_size and spec.family == "vit":
+    overrides["image_size"] = inputs.image_size  # the loader resamples the position embedding
   model = spec.build(num_classes, dtype=jnp.dtype(dtype), **overrides)
   dummy = spec.dummy_images(1, model)
-  init = lambda k: model.init(k, dummy, train=False)  # noqa: E731
-  abstract = jax.eval_shape(init, rng)
-  sh = parallel.shardings_for(abstract, mesh, sharding_rules)
-  variables = dict(jax.jit(init, out_shardings=sh)(rng))
-  if checkpoint != "none" and (checkpoint or spec.checkpoints):
-    loaded = backbones.load_pretrained(spec, jax.device_get(variables), checkpoint or None)
-    variables = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), dict(loaded), sh)
-  else:
+  pretrained = checkpoint != "none" and bool(checkpoint or spec.checkpoints)
+  if not pretrained:
     logging.warning("adapt: backbone %s starts from random weights (no checkpoint)", name)
-  mutable = [k for k in variables if k != "params"]
+
+  def init():
+    return dict(model.init(rng, dummy, train=False))
+
+  def load(variables):
+    return dict(backbones.load_pretrained(spec, jax.device_get(variables), checkpoint or None))
+
+  mutable = [k for k in jax.eval_shape(init) if k != "params"]
 
   def apply(variables, images, *, train: bool = False, rng=None):
     rngs = {"dropout": rng} if (train and rng is not None) else None
@@ -299,6 +343,7 @@ def backbone_classifier(name: str, *, num_classes: int, mesh, rng, checkpoint: s
   optim = None
   if use_reference_optimizer:
     optim = {"name": o.name, "momentum": o.momentum, "weight_decay": o.weight_decay, "lr": o.learning_rate}
-  size = getattr(model, "image_size", None) or image_size or spec.image_size  # convnets take any size
-  return Classifier(name=name, apply=apply, variables=variables, rules=[(".*", 1.0)], image_size=int(size),
-                    mean=spec.mean, std=spec.std, optim=optim)
+  size = getattr(model, "image_size", None) or inputs.image_size or spec.image_size  # convnets take any size
+  spec_inputs = dataclasses.replace(inputs, image_size=int(size), mean=tuple(spec.mean), std=tuple(spec.std))
+  return Classifier(name=name, apply=apply, init=init, rules=[(".*", 1.0)], inputs=spec_inputs, mesh=mesh,
+                    sharding_rules=sharding_rules, load=load if pretrained else None, optim=optim)

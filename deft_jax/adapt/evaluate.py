@@ -10,7 +10,7 @@ come from ``report.metrics.classification_metrics``; WebVision-style runs evalua
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +47,7 @@ def predict(classifier: Classifier, variables, split, *, mesh, batch_size: int,
   """float32 logits [N, C] for every example of ``split`` in index order (un-augmented images)."""
   fn = fn or jit_logits(classifier, variables, mesh, sharding_rules)
   chunks = []
-  for local in pipeline.eval_batches(split, global_batch_size=batch_size, image_size=classifier.image_size,
-                                     mean=classifier.mean, std=classifier.std,
-                                     eval_resize=classifier.eval_resize):
+  for local in pipeline.eval_batches(split, global_batch_size=batch_size, **classifier.inputs.pipeline_kw()):
     chunks.append(fn(variables, parallel.shard_batch(local, mesh)))
   return gather_by_index(chunks, split.num_examples)["logits"]
 
@@ -105,8 +103,3 @@ def per_example_ce(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
   z = z - z.max(-1, keepdims=True)
   logz = np.log(np.exp(z).sum(-1))
   return logz - z[np.arange(len(z)), np.asarray(labels)]
-
-
-def top1(logits: np.ndarray, labels: np.ndarray, mask: Optional[np.ndarray] = None) -> float:
-  m = np.ones(len(labels), bool) if mask is None else mask
-  return float((np.argmax(logits, -1) == labels)[m].mean()) if m.any() else float("nan")

@@ -32,11 +32,13 @@ from typing import Optional
 import jax
 import numpy as np
 
-from deft_jax import baselines
+from deft_jax import baselines, stages
 from deft_jax.adapt import build, evaluate
+from deft_jax.adapt import fit as fit_lib
 from deft_jax.adapt import trainer as trainer_lib
 from deft_jax.checkpoint import StageCheckpointer, save_npz, write_json
 from deft_jax.report import metrics as report_metrics
+from deft_jax.report.summary import format_pct
 
 TRAIN_ON = ("deft", "all", "clean_oracle")  # and any baseline of deft_jax/baselines/
 RESULTS_FILE = "results.json"
@@ -44,6 +46,14 @@ HISTORY_FILE = "eval_history.json"  # top-1 per evaluated epoch (adapt.eval_ever
 PREDICTIONS_FILE = "predictions.npz"
 _STREAM = 7  # of the run seed, for phase 2
 CALIBRATION_IMAGES = 256
+
+
+def outputs(workdir) -> dict[str, Path]:
+  """Where phase 2 keeps its outputs: ``results`` (written last; its presence marks the stage complete),
+  ``predictions`` (test logits), ``history`` (top-1 per evaluated epoch), ``checkpoints``."""
+  d = stages.directory(workdir, "adapt")
+  return {"dir": d, "results": d / RESULTS_FILE, "predictions": d / PREDICTIONS_FILE, "history": d / HISTORY_FILE,
+          "checkpoints": d / "checkpoints"}
 
 
 def train_mask(config, train_split, detection: Optional[dict], *, mesh, clip_checkpoint, workdir=None,
@@ -75,12 +85,13 @@ def train_mask(config, train_split, detection: Optional[dict], *, mesh, clip_che
 
 
 def calibration_images(split, limit: int = CALIBRATION_IMAGES):
-  """The first ``limit`` images of ``split``, resized and normalised on the host (identical on every process)."""
+  """``inputs -> images``: the first ``limit`` images of ``split``, resized and normalised on the host (identical
+  on every process)."""
 
-  def fn(image_size, mean, std):
+  def fn(inputs):
     idx = np.arange(min(limit, split.num_examples))
-    x = split.load_images(idx, image_size).astype(np.float32) / 255.0
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    x = split.load_images(idx, inputs.image_size).astype(np.float32) / 255.0
+    return (x - np.asarray(inputs.mean, np.float32)) / np.asarray(inputs.std, np.float32)
 
   return fn
 
@@ -116,10 +127,6 @@ def best_over_epochs(history: list[dict], final: dict, last_epoch: float) -> dic
   return out
 
 
-def _pct(x) -> str:
-  return "-" if x is None else f"{100 * float(x):.2f}%"
-
-
 EPOCH_OVER = ("all", "selected")
 TRAINED = ("fft", "peft", "vlpt")  # the methods that train on the selected labels
 
@@ -138,18 +145,12 @@ def train_classifier(config, classifier, train, mask, *, mesh, writer, out_dir: 
     data = train.subset(np.flatnonzero(mask), name=f"{train.name}[{a.train_on}]")
     sample_mask, loss_mask = None, "none"
   budget = trainer_lib.TrainBudget(epochs=int(a.epochs), steps=int(a.steps), batch_size=int(a.batch_size))
-  spe = trainer_lib.steps_per_epoch(data, budget.batch_size)
+  spe = fit_lib.steps_per_epoch(data, budget.batch_size)
   total = budget.total_steps(spe)
   settings = trainer_lib.make_settings(a.loss, a.loss_params, steps_per_epoch=spe, loss_mask=loss_mask)
   tr = trainer_lib.Trainer(classifier, optim_cfg=a.optim, schedule_cfg=a.schedule, settings=settings,
                            total_steps=total, steps_per_epoch=spe, mesh=mesh, sharding_rules=config.sharding_rules)
-  ckpt = StageCheckpointer(out_dir / "checkpoints", every_steps=config.checkpoint_every_steps)
-  state = trainer_lib.restore_or_init(tr, jax.random.fold_in(build.rng_for(config, _STREAM), 1), ckpt,
-                                      num_examples=data.num_examples, num_classes=data.num_classes,
-                                      sample_mask=sample_mask)
-  trainer_lib.log_budget("adapt", data, budget, spe, total)
   every = int(a.eval_every_epochs or 0)
-
   history_path = out_dir / HISTORY_FILE
 
   def on_epoch_end(st, epoch):
@@ -164,19 +165,22 @@ def train_classifier(config, classifier, train, mask, *, mesh, writer, out_dir: 
     write_json(history_path, [history[e] for e in sorted(history)])
     return {f"{name}_top1": v for name, v in top1.items()}
 
-  state = trainer_lib.fit(tr, state, data, stage="adapt", budget=budget, seed=int(config.seed) + _STREAM,
-                          augment=a.augment or config.data.train_augment, mesh=mesh, writer=writer,
-                          checkpointer=ckpt, log_every_steps=config.log_every_steps,
-                          checkpoint_every_steps=config.checkpoint_every_steps, on_epoch_end=on_epoch_end)
-  ckpt.close()
+  with StageCheckpointer(out_dir / "checkpoints", every_steps=config.checkpoint_every_steps) as ckpt:
+    state = tr.init_state(jax.random.fold_in(build.rng_for(config, _STREAM), 1), num_examples=data.num_examples,
+                          num_classes=data.num_classes, sample_mask=sample_mask, checkpointer=ckpt)
+    fit_lib.log_budget("adapt", data, budget, spe, total)
+    state = fit_lib.fit(tr, state, data, stage="adapt", budget=budget, seed=int(config.seed) + _STREAM,
+                        augment=a.augment or config.data.train_augment, mesh=mesh, writer=writer, checkpointer=ckpt,
+                        log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps,
+                        on_epoch_end=on_epoch_end)
   return tr, state
 
 
 def run(config, workdir: str | Path, *, splits, mesh, writer, clip_checkpoint: Optional[str],
         detection: Optional[dict]) -> dict:
   """Phase 2 (resuming if possible); returns the results also written to ``workdir/adapt/results.json``."""
-  out_dir = Path(workdir) / "adapt"
-  results_path = out_dir / RESULTS_FILE
+  out = outputs(workdir)
+  out_dir, results_path = out["dir"], out["results"]
   if results_path.exists():
     logging.info("[adapt] complete: reusing %s", results_path)
     return json.loads(results_path.read_text())
@@ -209,16 +213,17 @@ def run(config, workdir: str | Path, *, splits, mesh, writer, clip_checkpoint: O
                          sharding_rules=config.sharding_rules, keep_logits=True)
   logits = {f"{k}_logits": v.pop("logits") for k, v in ev.items()}
   if logits:
-    save_npz(out_dir / PREDICTIONS_FILE, logits)
-  history = read_history(out_dir / HISTORY_FILE)
+    save_npz(out["predictions"], logits)
+  history = read_history(out["history"])
   if history:
     for name, best in best_over_epochs(history, ev, info.get("epochs_equivalent", 0)).items():
       ev[name].update(best)
   results = {**info, **ev}
   for name, m in ev.items():
-    best = f", best top-1 {_pct(m['best_top1'])} (epoch {m['best_epoch']:g})" if "best_top1" in m else ""
-    logging.info("[adapt] %s: top-1 %s%s, top-5 %s, mean per-class %s (%d examples)", name, _pct(m.get("top1")),
-                 best, _pct(m.get("top5")), _pct(m.get("mean_per_class_accuracy")), m["count"])
+    best = f", best top-1 {format_pct(m['best_top1'], 2)} (epoch {m['best_epoch']:g})" if "best_top1" in m else ""
+    logging.info("[adapt] %s: top-1 %s%s, top-5 %s, mean per-class %s (%d examples)", name,
+                 format_pct(m.get("top1"), 2), best, format_pct(m.get("top5"), 2),
+                 format_pct(m.get("mean_per_class_accuracy"), 2), m["count"])
     writer.write_scalars(info["steps"], {f"adapt/{name}_top1": m["top1"] or 0.0})
   write_json(results_path, results, sort_keys=True)
   return results

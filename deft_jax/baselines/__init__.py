@@ -5,10 +5,15 @@ baseline module defines
 
 - ``NAME``: its display name in the report ("small-loss");
 - ``STREAM``: an integer, its independent stream of the run seed (initialisation, data order);
-- ``detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_splits) -> dict``: the detector
-  output contract over the N training examples (docs/ARCHITECTURE.md): ``p_clean``, ``is_clean``, ``suggested``,
-  ``margin``, ``label_score`` and ``score`` (the ranking score), plus optional 0-d entries such as ``test_top1``.
-  ``out_dir`` (None without a workdir) holds its training checkpoints.
+- optionally ``reads(config) -> tuple``: config sections beyond ``baselines`` (and data, model, seed) its
+  result depends on, e.g. the GMM baseline's ("adapt",); recorded beside the result so that a workdir with a
+  changed section refuses to reuse it (deft_jax/stages.py);
+- ``detect(ctx) -> dict``: the detector output contract over the N training examples (docs/ARCHITECTURE.md):
+  ``p_clean``, ``is_clean``, ``suggested``, ``margin``, ``label_score`` and ``score`` (the ranking score), plus
+  optional 0-d entries such as ``test_top1``. ``ctx`` (``_common.Context``) holds the config, the train split,
+  the mesh, the CLIP checkpoint, ``out_dir`` for its training checkpoints (None without a workdir), the writer,
+  the evaluation splits, and its seed stream (``ctx.rng``); ``_common`` has the shared pieces (training with
+  the baselines' recipe, predictions, scores from logits, the frozen CLIP's embeddings).
 
 ``config.baselines.methods`` lists the ones the report compares with DEFT; ``adapt.train_on`` may name any of
 them. :func:`run` keeps each result in ``workdir/baselines/<name>/detection.npz`` and reuses it on a rerun.
@@ -44,22 +49,26 @@ def display_name(name: str) -> str:
 
 def outputs(workdir, name: str) -> Path:
   """Where baseline ``name`` keeps its result (and its checkpoints) in ``workdir``."""
-  return Path(workdir) / "baselines" / name
+  from deft_jax import stages  # pylint: disable=g-import-not-at-top
+  return stages.directory(workdir, "baselines") / name
 
 
 def run(name: str, config, train_split, *, mesh, clip_checkpoint, workdir=None, writer=None,
         eval_splits=None) -> dict:
   """Baseline ``name`` on ``train_split``: its cached result when ``workdir`` holds one, else computed (and kept)."""
+  from deft_jax import stages  # pylint: disable=g-import-not-at-top
   from deft_jax.baselines import _common  # pylint: disable=g-import-not-at-top
-  from deft_jax.checkpoint import load_npz, save_npz  # pylint: disable=g-import-not-at-top
+  from deft_jax.checkpoint import load_npz, save_npz, write_json  # pylint: disable=g-import-not-at-top
 
   module = get(name)
   out_dir: Optional[Path] = None if workdir is None else outputs(workdir, name)
   if out_dir is not None and (out_dir / OUTPUT_FILE).exists():
     logging.info("[baselines/%s] reusing %s", name, out_dir / OUTPUT_FILE)
     return load_npz(out_dir / OUTPUT_FILE)
-  result = module.detect(config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint, out_dir=out_dir,
-                         writer=writer, eval_splits=eval_splits or {})
+  if out_dir is not None and hasattr(module, "reads"):
+    write_json(out_dir / stages.READS_FILE, list(module.reads(config)))  # before any checkpoint is written
+  result = module.detect(_common.Context(config, train_split, mesh, clip_checkpoint, name, module.STREAM, out_dir,
+                                         writer, dict(eval_splits or {})))
   _common.check_contract(result, train_split.num_examples, name)
   from deft_jax.detect.train import check_finite_outputs  # pylint: disable=g-import-not-at-top
   check_finite_outputs(result, "baselines")

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 from clu import metric_writers
 
 from deft_jax.adapt import build, evaluate
+from deft_jax.adapt import fit as fit_lib
 from deft_jax.adapt import trainer as trainer_lib
 from deft_jax.checkpoint import StageCheckpointer
 from deft_jax.errors import DeftError
 
 CONTRACT = ("p_clean", "is_clean", "suggested", "margin", "label_score", "score")
+
+
+@dataclasses.dataclass
+class Context:
+  """What a baseline's ``detect(ctx)`` works with: the run's config and train split, where to run (mesh),
+  which CLIP, where to keep checkpoints (``out_dir``, None without a workdir), the TensorBoard writer, the
+  evaluation splits, and its own name and seed stream."""
+
+  config: Any
+  split: Any
+  mesh: Any
+  clip_checkpoint: Optional[str]
+  name: str
+  stream: int
+  out_dir: Optional[Path] = None
+  writer: Any = None
+  eval_splits: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def rng(self):
+    return build.rng_for(self.config, self.stream)
+
+  @property
+  def clip(self) -> dict:
+    """The keyword arguments of adapt.build's classifier builders: this baseline's mesh, CLIP and key."""
+    return dict(mesh=self.mesh, checkpoint=self.clip_checkpoint, rng=self.rng)
+
+  @property
+  def stage(self) -> str:
+    return f"baselines/{self.name}"
 
 
 def contract(*, p_clean, is_clean, suggested, margin, score, label_score=None, **extra) -> dict[str, np.ndarray]:
@@ -83,74 +117,70 @@ def nominal_noise_rate(config, split, what: str, override=None) -> float:
   return float(rate)
 
 
-def train(config, split, classifier, *, mesh, stage: str, stream: int, out_dir, writer,
-          budget: trainer_lib.TrainBudget,
-          optim_cfg, schedule_cfg, settings_kw: Optional[dict] = None,
-          before_epoch_factory: Optional[Callable] = None):
-  """Trains ``classifier`` on every given label of ``split`` (resumably under ``out_dir``); returns
-  (trainer, final state)."""
-  writer = writer or metric_writers.LoggingWriter()
-  spe = trainer_lib.steps_per_epoch(split, budget.batch_size)
+def train(ctx: Context, classifier, *, budget: Optional[trainer_lib.TrainBudget] = None, optim_cfg=None,
+          schedule_cfg=None, settings_kw: Optional[dict] = None, before_epoch_factory: Optional[Callable] = None):
+  """Trains ``classifier`` on every given label of the split (resumably under ``ctx.out_dir``), by default with the
+  ``baselines`` recipe (epochs, batch, optimiser, schedule); returns (trainer, final state)."""
+  config, split, b = ctx.config, ctx.split, ctx.config.baselines
+  budget = budget or trainer_lib.TrainBudget(epochs=int(b.epochs), batch_size=int(b.batch_size))
+  spe = fit_lib.steps_per_epoch(split, budget.batch_size)
   total = budget.total_steps(spe)
   settings = trainer_lib.make_settings("ce", {}, steps_per_epoch=spe, **(settings_kw or {}))
-  tr = trainer_lib.Trainer(classifier, optim_cfg=optim_cfg, schedule_cfg=schedule_cfg, settings=settings,
-                           total_steps=total, steps_per_epoch=spe, mesh=mesh,
-                           sharding_rules=config.sharding_rules)
-  k_train = jax.random.fold_in(build.rng_for(config, stream), 1)
-  shape = dict(num_examples=split.num_examples, num_classes=split.num_classes)
-  ckpt = None
-  if out_dir is not None:
-    ckpt = StageCheckpointer(out_dir / "checkpoints", every_steps=config.checkpoint_every_steps)
-    state = trainer_lib.restore_or_init(tr, k_train, ckpt, **shape)
-  else:
-    state = tr.init_state(k_train, **shape)
-  trainer_lib.log_budget(stage, split, budget, spe, total)
-  before_epoch = before_epoch_factory(tr) if before_epoch_factory else None
-  state = trainer_lib.fit(tr, state, split, stage=stage, budget=budget, seed=int(config.seed) + stream,
-                          augment=config.data.train_augment, mesh=tr.mesh, writer=writer, checkpointer=ckpt,
-                          log_every_steps=config.log_every_steps,
-                          checkpoint_every_steps=config.checkpoint_every_steps, before_epoch=before_epoch)
-  if ckpt is not None:
-    ckpt.close()
+  tr = trainer_lib.Trainer(classifier, optim_cfg=b.optim if optim_cfg is None else optim_cfg,
+                           schedule_cfg=b.schedule if schedule_cfg is None else schedule_cfg, settings=settings,
+                           total_steps=total, steps_per_epoch=spe, mesh=ctx.mesh, sharding_rules=config.sharding_rules)
+  ckpt = None if ctx.out_dir is None else StageCheckpointer(ctx.out_dir / "checkpoints",
+                                                             every_steps=config.checkpoint_every_steps)
+  with ckpt or contextlib.nullcontext():
+    state = tr.init_state(jax.random.fold_in(ctx.rng, 1), num_examples=split.num_examples,
+                          num_classes=split.num_classes, checkpointer=ckpt)
+    fit_lib.log_budget(ctx.stage, split, budget, spe, total)
+    state = fit_lib.fit(tr, state, split, stage=ctx.stage, budget=budget, seed=int(config.seed) + ctx.stream,
+                        augment=config.data.train_augment, mesh=ctx.mesh,
+                        writer=ctx.writer or metric_writers.LoggingWriter(), checkpointer=ckpt,
+                        log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps,
+                        before_epoch=before_epoch_factory(tr) if before_epoch_factory else None)
   return tr, state
 
 
-def predict(tr: trainer_lib.Trainer, state, split, config) -> np.ndarray:
-  """Logits of the trained classifier on every example of ``split`` (un-augmented)."""
-  return evaluate.predict(tr.classifier, tr.variables(state), split, mesh=tr.mesh,
-                          batch_size=int(config.baselines.eval_batch_size), sharding_rules=config.sharding_rules)
+def predict(ctx: Context, tr: trainer_lib.Trainer, state) -> np.ndarray:
+  """Logits of the trained classifier on every example of the split (un-augmented)."""
+  return evaluate.predict(tr.classifier, tr.variables(state), ctx.split, mesh=ctx.mesh,
+                          batch_size=int(ctx.config.baselines.eval_batch_size),
+                          sharding_rules=ctx.config.sharding_rules)
 
 
-def clip_image_embeddings(config, split, *, mesh, clip_checkpoint) -> np.ndarray:
+def clip_image_embeddings(ctx: Context) -> np.ndarray:
   """float32 [N, D]: the frozen CLIP's L2-normalised image embeddings of every example (un-augmented), in index
   order: the features that cleanlab's recipes for foundation models start from."""
-  from deft_jax import parallel  # pylint: disable=g-import-not-at-top
+  from deft_jax import parallel, train_state  # pylint: disable=g-import-not-at-top
   from deft_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from deft_jax.detect.step import gather_by_index  # pylint: disable=g-import-not-at-top
   from deft_jax.models import build as model_build  # pylint: disable=g-import-not-at-top
   from deft_jax.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
 
-  model = model_build.build_clip(config.model, None, clip_checkpoint)
-  params = model_build.init_clip_params(model, build.rng_for(config, 0), mesh=mesh,
-                                        sharding_rules=config.sharding_rules, checkpoint=clip_checkpoint)
-  mean, std = build.clip_normalization(config, model.config.vision.image_size)
+  config, mesh = ctx.config, ctx.mesh
+  model = model_build.build_clip(config.model, None, ctx.clip_checkpoint)
+  params, _ = train_state.create(lambda: clip_lib.init_params(model, ctx.rng), mesh=mesh,
+                                 sharding_rules=config.sharding_rules,
+                                 load=lambda p: model_build.load_clip_weights(model, p, ctx.clip_checkpoint))
 
   def fn(p, batch):
     emb = clip_lib.normalize(model.apply({"params": p}, batch["image"], method=clip_lib.CLIP.encode_image))
     return {"embedding": emb, "index": batch["index"], "valid": batch["mask"]}
 
   jitted = jax.jit(fn, out_shardings=parallel.replicated(mesh))
-  chunks = [jitted(params, parallel.shard_batch(local, mesh)) for local in pipeline.eval_batches(
-      split, global_batch_size=int(config.baselines.eval_batch_size), image_size=model.config.vision.image_size,
-      mean=mean, std=std, eval_resize=config.data.get("eval_resize", "short_side"))]
-  return gather_by_index(chunks, split.num_examples)["embedding"].astype(np.float32)
+  batches = pipeline.eval_batches(ctx.split, global_batch_size=int(config.baselines.eval_batch_size),
+                                  **build.clip_inputs(config, ctx.clip_checkpoint).pipeline_kw())
+  chunks = [jitted(params, parallel.shard_batch(local, mesh)) for local in batches]
+  return gather_by_index(chunks, ctx.split.num_examples)["embedding"].astype(np.float32)
 
 
-def test_accuracy(tr: trainer_lib.Trainer, state, eval_splits: dict, config, stage: str) -> dict:
+def test_accuracy(ctx: Context, tr: trainer_lib.Trainer, state) -> dict:
   """{"<split>_top1": 0-d array} of the trained classifier on the evaluation splits (empty without them)."""
-  if not eval_splits:
+  if not ctx.eval_splits:
     return {}
-  ev = evaluate.evaluate(tr.classifier, tr.variables(state), eval_splits, mesh=tr.mesh,
-                         batch_size=int(config.baselines.eval_batch_size), sharding_rules=config.sharding_rules,
-                         stage=stage)
+  ev = evaluate.evaluate(tr.classifier, tr.variables(state), ctx.eval_splits, mesh=ctx.mesh,
+                         batch_size=int(ctx.config.baselines.eval_batch_size),
+                         sharding_rules=ctx.config.sharding_rules, stage=ctx.stage)
   return {f"{name}_top1": np.float32(m["top1"]) for name, m in ev.items() if m.get("top1") is not None}

@@ -36,8 +36,8 @@ def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, *, folds: int,
                            cv=StratifiedKFold(k, shuffle=True, random_state=seed))
 
 
-def detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_splits):
-  del out_dir, writer, eval_splits
+def detect(ctx):
+  config, train_split = ctx.config, ctx.split
   cleanlab = _cleanlab.require("cleanlab_cl")
   import cleanlab.filter  # noqa: F401  pylint: disable=g-import-not-at-top,redefined-outer-name
   import cleanlab.rank  # noqa: F401  pylint: disable=g-import-not-at-top
@@ -47,7 +47,7 @@ def detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_
     raise DeftError(f"cleanlab needs every one of the {num_classes} classes among the given labels of "
                     f"{train_split.name}; {num_classes - np.unique(labels).size} class(es) have none")
   cfg = config.baselines.cleanlab
-  features = _common.clip_image_embeddings(config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint)
+  features = _common.clip_image_embeddings(ctx)
   probs = out_of_sample_probs(features, labels, folds=cfg.folds, C=cfg.C, seed=int(config.seed) + STREAM)
   # n_jobs=1: cleanlab's worker processes would fork a process that runs JAX's threads.
   issues = cleanlab.filter.find_label_issues(labels=labels, pred_probs=probs, n_jobs=1)

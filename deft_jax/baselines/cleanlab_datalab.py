@@ -13,16 +13,15 @@ NAME = "cleanlab Datalab (kNN)"
 STREAM = 107
 
 
-def detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_splits):
-  del out_dir, writer, eval_splits
+def detect(ctx):
   _cleanlab.require("cleanlab_datalab")
   from cleanlab import Datalab  # pylint: disable=g-import-not-at-top
 
-  labels = np.asarray(train_split.labels, np.int64)
-  features = _common.clip_image_embeddings(config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint)
+  labels = np.asarray(ctx.split.labels, np.int64)
+  features = _common.clip_image_embeddings(ctx)
   lab = Datalab(data={"label": labels}, label_name="label", verbosity=0)
   # n_jobs=1: cleanlab's worker processes would fork a process that runs JAX's threads.
-  options = {"k": int(config.baselines.cleanlab.knn),
+  options = {"k": int(ctx.config.baselines.cleanlab.knn),
              "clean_learning_kwargs": {"find_label_issues_kwargs": {"n_jobs": 1}}}
   lab.find_issues(features=features, issue_types={"label": options})
   issues = lab.get_issues("label")

@@ -29,55 +29,57 @@ STREAM = 103
 MODELS = ("phase2", "selector")
 
 
-def model_and_recipe(config, split, *, mesh, clip_checkpoint, stream: int, model: str):
-  """(classifier, budget, optim, schedule) of a loss-based baseline: phase 2's FFT classifier and recipe, or the
-  selectors' VPT + head model with the baselines' recipe."""
+def reads(config) -> tuple:
+  """The phase-2 model trains with phase 2's recipe: its result depends on the adapt section."""
+  return ("adapt",) if config.baselines.gmm.model == "phase2" else ()
+
+
+def model_and_recipe(ctx, *, model: str):
+  """(classifier, budget, optim, schedule) of the GMM baseline: phase 2's FFT classifier and recipe, or the
+  selectors' VPT + head model with the baselines' recipe (None: _common.train's defaults)."""
   if model not in MODELS:
     raise ConfigError(f"baselines.gmm.model must be one of {MODELS}, got {model!r}")
-  rng = build.rng_for(config, stream)
+  names, kw = ctx.split.class_names, ctx.clip
   if model == "selector":
-    b = config.baselines
-    c = build.selector_classifier(config, split.class_names, mesh=mesh, checkpoint=clip_checkpoint, rng=rng)
-    return c, trainer_lib.TrainBudget(epochs=int(b.epochs), batch_size=int(b.batch_size)), b.optim, b.schedule
-  a = config.adapt
-  c = build.clip_head_classifier(config, split.class_names, mesh=mesh, checkpoint=clip_checkpoint, rng=rng,
-                                 peft=PEFTConfig(), trainable=a.trainable, head_init=a.head_init,
-                                 calibration_images=calibration_images(split))
+    return build.selector_classifier(ctx.config, names, **kw), None, None, None
+  a = ctx.config.adapt
+  c = build.clip_head_classifier(ctx.config, names, **kw, peft=PEFTConfig(), trainable=a.trainable,
+                                 head_init=a.head_init, calibration_images=calibration_images(ctx.split))
   return c, trainer_lib.TrainBudget(epochs=int(a.epochs), batch_size=int(a.batch_size)), a.optim, a.schedule
 
 
-def loss_posterior(tr, state, split, config) -> dict:
-  """The GMM on the model's per-sample CE over ``split`` (un-augmented): posterior, log-odds, predictions."""
-  logits = _common.predict(tr, state, split, config)
-  post, log_odds, model = _gmm_fit.clean_posterior(evaluate.per_example_ce(logits, split.labels))
+def loss_posterior(ctx, tr, state) -> dict:
+  """The GMM on the model's per-sample CE over the split (un-augmented): posterior, log-odds, predictions."""
+  logits = _common.predict(ctx, tr, state)
+  post, log_odds, model = _gmm_fit.clean_posterior(evaluate.per_example_ce(logits, ctx.split.labels))
   if model is not None:
-    logging.info("[baselines] GMM on losses: means %s, weights %s, %d iterations", np.round(model.means, 4),
+    logging.info("[%s] GMM on losses: means %s, weights %s, %d iterations", ctx.stage, np.round(model.means, 4),
                  np.round(model.weights, 4), model.iterations)
-  return {"posterior": post, "log_odds": log_odds, **_common.outputs_from_logits(logits, split.labels)}
+  return {"posterior": post, "log_odds": log_odds, **_common.outputs_from_logits(logits, ctx.split.labels)}
 
 
-def detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_splits):
-  warmup = int(config.baselines.warmup_epochs)
-  classifier, budget, optim_cfg, schedule_cfg = model_and_recipe(
-      config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint, stream=STREAM,
-      model=config.baselines.gmm.model)
+def loss_posterior_contract(ctx, tr, state) -> dict:
+  """The contract of "clean iff the GMM's low-loss posterior > 0.5", with the model's test accuracy."""
+  o = loss_posterior(ctx, tr, state)
+  return _common.contract(p_clean=o["posterior"], is_clean=o["posterior"] > 0.5, suggested=o["suggested"],
+                          margin=o["margin"], score=o["log_odds"], **_common.test_accuracy(ctx, tr, state))
+
+
+def detect(ctx):
+  warmup = int(ctx.config.baselines.warmup_epochs)
+  classifier, budget, optim_cfg, schedule_cfg = model_and_recipe(ctx, model=ctx.config.baselines.gmm.model)
 
   def factory(tr):
     def before_epoch(state, epoch):
       # A resumed epoch keeps the mask it started with (mask_epoch says which epoch it belongs to).
       if epoch < warmup or int(jax.device_get(state["mask_epoch"])) == epoch:
         return state
-      mask = loss_posterior(tr, state, train_split, config)["posterior"] > 0.5
+      mask = loss_posterior(ctx, tr, state)["posterior"] > 0.5
       logging.info("[baselines/gmm] epoch %d trains on %d of %d samples", epoch + 1, mask.sum(), len(mask))
       return {**state, "sample_mask": jax.device_put(mask, state["sample_mask"].sharding),
               "mask_epoch": jax.device_put(np.int32(epoch), state["mask_epoch"].sharding)}
     return before_epoch
 
-  tr, state = _common.train(config, train_split, classifier, mesh=mesh, stage="baselines/gmm", stream=STREAM,
-                            out_dir=out_dir, writer=writer, budget=budget, optim_cfg=optim_cfg,
-                            schedule_cfg=schedule_cfg, settings_kw=dict(loss_mask="sample_mask"),
-                            before_epoch_factory=factory)
-  o = loss_posterior(tr, state, train_split, config)
-  return _common.contract(p_clean=o["posterior"], is_clean=o["posterior"] > 0.5, suggested=o["suggested"],
-                          margin=o["margin"], score=o["log_odds"],
-                          **_common.test_accuracy(tr, state, eval_splits, config, "baselines/gmm"))
+  tr, state = _common.train(ctx, classifier, budget=budget, optim_cfg=optim_cfg, schedule_cfg=schedule_cfg,
+                            settings_kw=dict(loss_mask="sample_mask"), before_epoch_factory=factory)
+  return loss_posterior_contract(ctx, tr, state)

@@ -10,10 +10,8 @@ NAME = "CLIP label-match"
 STREAM = 101
 
 
-def detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_splits):
-  del out_dir, writer, eval_splits
-  c = build.zeroshot_classifier(config, train_split.class_names, mesh=mesh, checkpoint=clip_checkpoint,
-                                rng=build.rng_for(config, STREAM))
-  logits = evaluate.predict(c, c.variables, train_split, mesh=mesh, batch_size=config.baselines.eval_batch_size,
-                            sharding_rules=config.sharding_rules)
-  return _common.from_predictions(logits, train_split.labels)
+def detect(ctx):
+  c = build.zeroshot_classifier(ctx.config, ctx.split.class_names, **ctx.clip)
+  logits = evaluate.predict(c, c.variables, ctx.split, mesh=ctx.mesh,
+                            batch_size=ctx.config.baselines.eval_batch_size, sharding_rules=ctx.config.sharding_rules)
+  return _common.from_predictions(logits, ctx.split.labels)

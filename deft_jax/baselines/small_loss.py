@@ -13,27 +13,20 @@ import logging
 import jax
 
 from deft_jax.adapt import build
-from deft_jax.adapt import trainer as trainer_lib
 from deft_jax.baselines import _common
 
 NAME = "small-loss"
 STREAM = 102
 
 
-def detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_splits):
-  del eval_splits
-  b = config.baselines
-  rate = _common.nominal_noise_rate(config, train_split, "the small-loss baseline", b.small_loss.rate)
+def detect(ctx):
+  b = ctx.config.baselines
+  rate = _common.nominal_noise_rate(ctx.config, ctx.split, "the small-loss baseline", b.small_loss.rate)
   logging.info("[baselines/small_loss] forget rate r = %.4f, ramped over %d warm-up epoch(s)", rate,
                int(b.warmup_epochs))
-  classifier = build.selector_classifier(config, train_split.class_names, mesh=mesh, checkpoint=clip_checkpoint,
-                                         rng=build.rng_for(config, STREAM))
-  budget = trainer_lib.TrainBudget(epochs=int(b.epochs), steps=0, batch_size=int(b.batch_size))
-  _, state = _common.train(
-      config, train_split, classifier, mesh=mesh, stage="baselines/small_loss", stream=STREAM, out_dir=out_dir,
-      writer=writer, budget=budget, optim_cfg=b.optim, schedule_cfg=b.schedule,
-      settings_kw=dict(loss_mask="small_loss", small_loss_rate=float(rate), warmup_epochs=int(b.warmup_epochs),
-                       record_online=True))
+  classifier = build.selector_classifier(ctx.config, ctx.split.class_names, **ctx.clip)
+  _, state = _common.train(ctx, classifier, settings_kw=dict(
+      loss_mask="small_loss", small_loss_rate=float(rate), warmup_epochs=int(b.warmup_epochs), record_online=True))
   online = jax.device_get(state["online"])
   return _common.contract(p_clean=online["p_label"], is_clean=online["selected"], suggested=online["suggested"],
                           margin=online["margin"], score=online["log_p_label"])

@@ -10,24 +10,16 @@ evaluation splits is kept (``test_top1``). The full fine-tuning is phase 2 with 
 """
 
 from deft_jax.adapt import build
-from deft_jax.adapt import trainer as trainer_lib
 from deft_jax.baselines import _common
-from deft_jax.baselines.gmm import loss_posterior
+from deft_jax.baselines.gmm import loss_posterior_contract
 from deft_jax.models.peft import PEFTConfig
 
 NAME = "TURN (linear probe + GMM)"
 STREAM = 104
 
 
-def detect(config, train_split, *, mesh, clip_checkpoint, out_dir, writer, eval_splits):
-  b = config.baselines
-  probe = build.clip_head_classifier(config, train_split.class_names, mesh=mesh, checkpoint=clip_checkpoint,
-                                     rng=build.rng_for(config, STREAM), peft=PEFTConfig(), trainable="head",
-                                     head_init="random")
-  budget = trainer_lib.TrainBudget(epochs=int(b.epochs), batch_size=int(b.batch_size))
-  tr, state = _common.train(config, train_split, probe, mesh=mesh, stage="baselines/turn", stream=STREAM,
-                            out_dir=out_dir, writer=writer, budget=budget, optim_cfg=b.optim, schedule_cfg=b.schedule)
-  o = loss_posterior(tr, state, train_split, config)
-  return _common.contract(p_clean=o["posterior"], is_clean=o["posterior"] > 0.5, suggested=o["suggested"],
-                          margin=o["margin"], score=o["log_odds"],
-                          **_common.test_accuracy(tr, state, eval_splits, config, "baselines/turn"))
+def detect(ctx):
+  probe = build.clip_head_classifier(ctx.config, ctx.split.class_names, **ctx.clip, peft=PEFTConfig(),
+                                     trainable="head", head_init="random")
+  tr, state = _common.train(ctx, probe)
+  return loss_posterior_contract(ctx, tr, state)

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from deft_jax.data import class_names as names_lib
+from deft_jax.data import sources
 from deft_jax.data.errors import MissingDataError
 from deft_jax.data.splits import BytesReader, LabeledSplit
 
@@ -149,3 +150,16 @@ def load_demo(*, label_set: str = "worse_label", train_indices="", test_size: in
                         np.arange(len(z["pretrain_index"])), "clean_label"),
       "test": piece("test", "demo/test", "test", np.arange(test_size or n_test), "clean_label"),
   }
+
+
+@sources.register("demo", generic=False)
+def _demo(cfg) -> dict[str, LabeledSplit]:
+  return load_demo(label_set=cfg.label_set or "worse_label", train_indices=cfg.train_indices,
+                   test_size=cfg.test_size)
+
+
+@sources.register("cifar10n_offline", generic=False)
+def _cifar10n_offline(cfg) -> dict[str, LabeledSplit]:
+  return load_cifar10n_offline(sources.need_root(cfg), label_set=cfg.label_set or "worse_label",
+                               train_indices=cfg.train_indices, pretrain_indices=cfg.pretrain_indices,
+                               test_size=cfg.test_size)

@@ -31,6 +31,15 @@ class MissingDataError(FileNotFoundError):
   """A manual download is missing; the message says which files go where."""
 
 
+def require_file(path, what: str, error=FileNotFoundError):
+  """``path`` as a Path; ``error`` naming ``what`` when it is not a file."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise error(f"{what} {path} does not exist")
+  return path
+
+
 def check_labels(labels, num_classes: int, *, what: str, ids=None) -> None:
   """Raises LabelRangeError naming the first label outside [0, num_classes)."""
   import numpy as np  # pylint: disable=g-import-not-at-top

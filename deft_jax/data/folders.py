@@ -9,12 +9,14 @@ from __future__ import annotations
 import collections
 import csv
 import io
+import logging
 import os
 from typing import Sequence
 
 import numpy as np
 
 from deft_jax.data import class_names as names_lib
+from deft_jax.data import sources
 from deft_jax.data._tf import tf
 from deft_jax.data.errors import (ClassNamesError, DataError, EmptyClassError,
                                   LabelRangeError, MissingDataError)
@@ -355,3 +357,47 @@ def load_webvision(root: str, *, subset: str = "google",
 
   return {"train": build(lists, "", "train"),
           "test": build(["info/val_filelist.txt"], val_dir, "test")}
+
+
+# ------------------------------------------------------------------------------------ data.source names
+
+@sources.register("image_folder")
+def _image_folder(cfg) -> dict[str, LabeledSplit]:
+  return load_image_folder(sources.need_root(cfg),
+                           class_names=load_class_names(cfg.class_names, cfg.class_names_file))
+
+
+@sources.register("csv")
+def _csv(cfg) -> dict[str, LabeledSplit]:
+  return load_csv(cfg.train_file, test_file=cfg.test_file, class_names=cfg.class_names,
+                  class_names_file=cfg.class_names_file, root=cfg.root)
+
+
+@sources.register("tiny_imagenet")
+def _tiny_imagenet(cfg) -> dict[str, LabeledSplit]:
+  return load_tiny_imagenet(sources.need_root(cfg))
+
+
+@sources.register("clothing1m")
+def _clothing1m(cfg) -> dict[str, LabeledSplit]:
+  return load_clothing1m(sources.need_root(cfg))
+
+
+@sources.register("webvision")
+def _webvision(cfg) -> dict[str, LabeledSplit]:
+  """WebVision's first num_classes (50) classes; with data.imagenet_val, ImageNet val of them as "test2"."""
+  from deft_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+
+  n = cfg.num_classes or 50
+  out = load_webvision(sources.need_root(cfg), subset=cfg.webvision_subset, num_classes=n)
+  if cfg.imagenet_val:
+    try:
+      out["test2"] = tfds_sources.load_tfds("imagenet2012", split="validation", split_role="test", first_classes=n,
+                                            data_dir=cfg.data_dir, manual_dir=cfg.manual_dir, download=cfg.download)
+    except MissingDataError as e:
+      raise MissingDataError(f"{e}\n(webvision's second test set; set data.imagenet_val=False to run without "
+                             "it)") from e
+    if out["test2"].class_names != out["test"].class_names:
+      logging.warning("webvision and ImageNet class names differ: %s vs %s", out["test"].class_names[:3],
+                      out["test2"].class_names[:3])
+  return out

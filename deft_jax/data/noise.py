@@ -27,7 +27,7 @@ import pathlib
 import numpy as np
 from scipy import stats
 
-from deft_jax.data.errors import DataError, check_labels
+from deft_jax.data.errors import DataError, check_labels, require_file
 
 # The classic CIFAR-10 asymmetric map (Patrini et al. 2017).
 CIFAR10_ASYM_MAP = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -200,9 +200,7 @@ def load_noisy_labels(path, *, clean_labels=None, ids=None):
   If clean_labels / ids are given they must match the ones saved, so labels made
   for one dataset (or one subset, one order) are never applied to another.
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"noisy label file {path} does not exist")
+  path = require_file(path, "noisy label file")
   with np.load(path, allow_pickle=False) as z:
     try:
       noisy = z["noisy_labels"].astype(np.int32)

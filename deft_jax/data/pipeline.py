@@ -59,6 +59,12 @@ def steps_per_epoch(split: LabeledSplit, global_batch_size: int,
   return max(math.ceil(n / b) for n in split.reader.shard_sizes(process_count))
 
 
+def _plan(split, global_batch_size: int, process_index, process_count) -> tuple[int, int, int, int]:
+  """(this process, process count, local batch, steps per epoch)."""
+  p, count = _process(process_index, process_count)
+  return p, count, _local_batch(global_batch_size, count), steps_per_epoch(split, global_batch_size, count)
+
+
 def _seed_base(seed: int, epoch: int) -> int:
   # 63 bits of a SeedSequence hash: nearby (seed, epoch) pairs give unrelated streams.
   state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint32)
@@ -167,9 +173,7 @@ def train_batches(split: LabeledSplit, *, global_batch_size: int, image_size: in
   """
   if augment not in preprocess.AUGMENTATIONS:
     raise ValueError(f"unknown augment {augment!r}; known: {preprocess.AUGMENTATIONS}")
-  p, count = _process(process_index, process_count)
-  b = _local_batch(global_batch_size, count)
-  steps = steps_per_epoch(split, global_batch_size, count)
+  p, count, b, steps = _plan(split, global_batch_size, process_index, process_count)
   if not 0 <= start_step <= steps:
     raise ValueError(f"start_step {start_step} not in [0, {steps}]")
   base = _seed_base(seed, epoch)
@@ -200,9 +204,7 @@ def eval_batches(split: LabeledSplit, *, global_batch_size: int, image_size: int
   + centre crop, or with eval_resize="squash" a resize of both sides (preprocess.eval_transform)."""
   if eval_resize not in preprocess.EVAL_RESIZES:
     raise ValueError(f"unknown eval_resize {eval_resize!r}; known: {preprocess.EVAL_RESIZES}")
-  p, count = _process(process_index, process_count)
-  b = _local_batch(global_batch_size, count)
-  steps = steps_per_epoch(split, global_batch_size, count)
+  p, count, b, steps = _plan(split, global_batch_size, process_index, process_count)
   order = None
   if split.reader.random_access:
     order = _local_order(np.arange(split.num_examples), global_batch_size, p, count)

@@ -29,49 +29,13 @@ from (seed, epoch, index), so a resumed epoch reproduces every crop bit for bit.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 from PIL import Image
 
 from deft_jax.data._tf import tf
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# Per-dataset statistics, named for the dataset whose reference recipe normalises with them (data.normalization;
-# CLIP's own, the default, is the principled choice for a CLIP backbone). CIFAR-10's std is the per-pixel one over
-# the train set (the often quoted 0.2023... is a per-image average); tests recompute it from the real images.
-# The reference normalises Tiny-ImageNet and Stanford Cars with CLIP's statistics, CUB and WebVision with
-# ImageNet's, and Clothing1M with its own.
-DATASET_STATS = {
-    "clip": (CLIP_MEAN, CLIP_STD),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
-    "clothing1m": ((0.6959, 0.6537, 0.6371), (0.3113, 0.3192, 0.3214)),
-}
-for _name in ("tiny_imagenet", "cars"):
-  DATASET_STATS[_name] = DATASET_STATS["clip"]
-for _name in ("cub", "webvision"):
-  DATASET_STATS[_name] = DATASET_STATS["imagenet"]
-
-AUGMENTATIONS = ("resize_crop", "squash_crop", "random_resized_crop", "cifar", "none")
-EVAL_RESIZES = ("short_side", "squash")
-# torchvision-style Resize(256) before RandomCrop(224).
-RESIZE_RATIO = 256 / 224
-
-
-def normalization(name: str | Sequence) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean, std) for a DATASET_STATS name or an explicit ((m,m,m), (s,s,s))."""
-  if isinstance(name, str):
-    if name not in DATASET_STATS:
-      raise ValueError(f"unknown normalization {name!r}; known: {sorted(DATASET_STATS)}")
-    return DATASET_STATS[name]
-  mean, std = name
-  if len(mean) != 3 or len(std) != 3:
-    raise ValueError(f"normalization wants 3 means and 3 stds, got {mean!r}, {std!r}")
-  return tuple(map(float, mean)), tuple(map(float, std))
+from deft_jax.data.config import (AUGMENTATIONS, CLIP_MEAN, CLIP_STD, DATASET_STATS, EVAL_RESIZES,  # noqa: F401
+                                  RESIZE_RATIO, normalization)
 
 
 # ------------------------------------------------------------------ NumPy / PIL

@@ -25,9 +25,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from deft_jax.data import class_names as names_lib
+from deft_jax.data import sources
 from deft_jax.data import preprocess
 from deft_jax.data._tf import AUTOTUNE, tf
-from deft_jax.data.errors import ClassNamesError, DataError, MissingDataError
+from deft_jax.data.errors import ClassNamesError, DataError, MissingDataError, require_file
 from deft_jax.data.splits import LabeledSplit, Reader, even_shard_bounds
 
 # Files TFDS wants in manual_dir, per dataset.
@@ -269,9 +270,7 @@ def load_tfds(name: str, *, split: str, data_dir: str = "", manual_dir: str = ""
 
 
 def _labels_from_cifar_n_file(path, label_set, record_ids, tfds_labels):
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise MissingDataError(f"data.cifar_n_file {path} does not exist")
+  path = require_file(path, "data.cifar_n_file", MissingDataError)
   with np.load(path, allow_pickle=False) as z:
     if label_set not in z.files:
       raise ValueError(f"{path}: no label set {label_set!r}; it has {z.files}")
@@ -295,3 +294,17 @@ def _check_cub_names(labels, label_names):
     if i is not None and i != label:
       raise ClassNamesError(f"caltech_birds2011: record with label {label} is named "
                             f"{raw!r}, which is class {i} in deft_jax's CUB list")
+
+
+@sources.register(sources.TFDS_PREFIX)
+def _from_config(cfg) -> dict[str, LabeledSplit]:
+  """data.source = "tfds:<name>": its train and test splits (ImageNet's test split is "validation")."""
+  name = cfg.source[len(sources.TFDS_PREFIX):]
+  base = name.split(":")[0]
+  common = dict(data_dir=cfg.data_dir, manual_dir=cfg.manual_dir, download=cfg.download)
+  test_split = cfg.test_split or ("validation" if base == "imagenet2012" else "test")
+  first = cfg.num_classes or (50 if base == "imagenet2012" else 0)
+  out = {"train": load_tfds(name, split=cfg.train_split or "train", label_set=cfg.label_set,
+                            cifar_n_file=cfg.cifar_n_file, first_classes=first, **common)}
+  out["test"] = load_tfds(name, split=test_split, split_role="test", first_classes=first, **common)
+  return out

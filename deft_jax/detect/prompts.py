@@ -1,9 +1,9 @@
 """Dual textual prompts (CoOp style): learned positive and negative context vectors per class prompt.
 
 For class k the positive prompt is ``[SOS] pos_ctx[0..n-1] tokens("<name>.") [EOT]`` ("end" position; "middle"
-splits the context around the name, "front" puts the name first), "<name>." tokenised as one string and the negative prompt the same with
-``neg_ctx``. The context vectors replace the word embeddings of n placeholder tokens, so the end-of-text
-position (the pooling position) does not move.
+splits the context around the name, "front" puts the name first), "<name>." tokenised as one string, and
+the negative prompt the same with ``neg_ctx``. The context vectors replace the word embeddings of n
+placeholder tokens, so the end-of-text position (the pooling position) does not move.
 
 Everything static about the prompts (token ids, where the context goes, the end-of-text positions, the
 context length actually needed) is computed once on the host by :class:`PromptTemplate`; the per-step

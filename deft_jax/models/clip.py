@@ -14,16 +14,71 @@ This module knows nothing about training: which parameters are frozen is decided
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deft_jax.models import peft as peft_lib
 from deft_jax.models.presets import CLIPConfig
 
 Array = jax.Array
+
+
+def uniform_init(bound: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class LoRA(nn.Module):
+  """Low-rank residual B(A(x)) * scale, as the reference: A [in, rank] ~ U(-1/sqrt(rank), 1/sqrt(rank)) (what
+  PyTorch's ``kaiming_uniform_(a=sqrt(5))`` gives a tensor of that shape, whose fan-in is its second axis),
+  B [rank, out] zero-initialised, scale = alpha / rank (1 / rank by default)."""
+
+  features: int
+  rank: int
+  scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    a = self.param("lora_a", uniform_init(1.0 / np.sqrt(self.rank)), (fan_in, self.rank))
+    b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features))
+    y = jnp.dot(jnp.dot(x, a.astype(self.dtype)), b.astype(self.dtype))
+    return y * jnp.asarray(self.scale, self.dtype)
+
+
+class SSF(nn.Module):
+  """Learnable per-channel scale and shift (identity at init)."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (d,))
+    shift = self.param("shift", nn.initializers.zeros, (d,))
+    return x * scale.astype(self.dtype) + shift.astype(self.dtype)
+
+
+class Adapter(nn.Module):
+  """Bottleneck MLP with its own residual; the up-projection starts at zero."""
+
+  bottleneck: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    h = nn.Dense(self.bottleneck, dtype=self.dtype, name="down")(x)
+    h = nn.relu(h)
+    h = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(h)
+    return x + h
 
 
 def _activation(name: str):
@@ -64,56 +119,9 @@ def padded_attention(q, k, v, *, causal: bool, implementation: Optional[str], mu
   return o[:, :t]
 
 
-class Attention(nn.Module):
-  width: int
-  heads: int
-  causal: bool
-  dtype: Any
-  attention: Optional[str]
-  peft: peft_lib.BlockPEFT
-
-  def _proj(self, x, site: str, name: str):
-    y = nn.Dense(self.width, dtype=self.dtype, name=name)(x)
-    if site in self.peft.lora_targets:
-      y = y + peft_lib.LoRA(self.width, self.peft.lora_rank, self.peft.lora_scale, self.dtype,
-                            name=peft_lib.lora_name(site))(x)
-    if self.peft.ssf:
-      y = peft_lib.SSF(self.dtype, name=peft_lib.ssf_name(site))(y)
-    return y
-
-  @nn.compact
-  def __call__(self, x):
-    b, t, _ = x.shape
-    hd = self.width // self.heads
-    q, k, v = (self._proj(x, s, f"{s}_proj").reshape(b, t, self.heads, hd) for s in "qkv")
-    o = attention(q, k, v, causal=self.causal, implementation=self.attention)
-    return self._proj(o.reshape(b, t, self.width), "out", "out_proj")
-
-
-class MLP(nn.Module):
-  width: int
-  mlp_dim: int
-  act: str
-  dtype: Any
-  peft: peft_lib.BlockPEFT
-
-  def _dense(self, x, features, site):
-    y = nn.Dense(features, dtype=self.dtype, name=site)(x)
-    if site in self.peft.lora_targets:
-      y = y + peft_lib.LoRA(features, self.peft.lora_rank, self.peft.lora_scale, self.dtype,
-                            name=peft_lib.lora_name(site))(x)
-    if self.peft.ssf:
-      y = peft_lib.SSF(self.dtype, name=peft_lib.ssf_name(site))(y)
-    return y
-
-  @nn.compact
-  def __call__(self, x):
-    h = _activation(self.act)(self._dense(x, self.mlp_dim, "fc1"))
-    return self._dense(h, self.width, "fc2")
-
-
-class Block(nn.Module):
-  """Pre-norm transformer block; optionally prepends its own visual prompts (VPT)."""
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """The shape and numerics every transformer block of a tower shares."""
 
   width: int
   heads: int
@@ -123,26 +131,66 @@ class Block(nn.Module):
   causal: bool
   dtype: Any
   attention: Optional[str]
-  peft: peft_lib.BlockPEFT = peft_lib.BlockPEFT()
   prompt_init_bound: float = 0.0
+
+
+def _dense(x, features: int, name: str, site: str, peft: peft_lib.BlockPEFT, dtype):
+  """A projection with the PEFT of its site: LoRA's low-rank residual and SSF's scale and shift."""
+  y = nn.Dense(features, dtype=dtype, name=name)(x)
+  if site in peft.lora_targets:
+    y = y + LoRA(features, peft.lora_rank, peft.lora_scale, dtype, name=peft_lib.lora_name(site))(x)
+  if peft.ssf:
+    y = SSF(dtype, name=peft_lib.ssf_name(site))(y)
+  return y
+
+
+class _Part(nn.Module):
+  """A sublayer of a transformer block (attention, MLP): its block's spec and PEFT."""
+
+  spec: BlockSpec
+  peft: peft_lib.BlockPEFT
+
+
+class Attention(_Part):
+  @nn.compact
+  def __call__(self, x):
+    s, p = self.spec, self.peft
+    b, t, _ = x.shape
+    hd = s.width // s.heads
+    q, k, v = (_dense(x, s.width, f"{n}_proj", n, p, s.dtype).reshape(b, t, s.heads, hd) for n in "qkv")
+    o = attention(q, k, v, causal=s.causal, implementation=s.attention)
+    return _dense(o.reshape(b, t, s.width), s.width, "out_proj", "out", p, s.dtype)
+
+
+class MLP(_Part):
+  @nn.compact
+  def __call__(self, x):
+    h = _activation(self.spec.act)(_dense(x, self.spec.mlp_dim, "fc1", "fc1", self.peft, self.spec.dtype))
+    return _dense(h, self.spec.width, "fc2", "fc2", self.peft, self.spec.dtype)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block; optionally prepends its own visual prompts (VPT)."""
+
+  spec: BlockSpec
+  peft: peft_lib.BlockPEFT = peft_lib.BlockPEFT()
 
   @nn.compact
   def __call__(self, x):
-    p = self.peft
+    s, p = self.spec, self.peft
     if p.prompt != "none":
-      prompts = self.param(peft_lib.VPT_PARAM, peft_lib.uniform_init(self.prompt_init_bound),
-                           (p.prompt_tokens, self.width))
+      prompts = self.param(peft_lib.VPT_PARAM, uniform_init(s.prompt_init_bound), (p.prompt_tokens, s.width))
       prompts = jnp.broadcast_to(prompts.astype(x.dtype), (x.shape[0],) + prompts.shape)
       if p.prompt == "replace":  # VPT-deep: drop the previous block's prompt outputs.
         x = x[:, :-p.prompt_tokens]
       # The prompts go after the patch tokens, so the class token stays at position 0.
       x = jnp.concatenate([x, prompts], axis=1)
-    h = _layer_norm(self.ln_eps, "layer_norm1")(x).astype(self.dtype)
-    x = x + Attention(self.width, self.heads, self.causal, self.dtype, self.attention, p, name="self_attn")(h)
-    h = _layer_norm(self.ln_eps, "layer_norm2")(x).astype(self.dtype)
-    h = MLP(self.width, self.mlp_dim, self.act, self.dtype, p, name="mlp")(h)
+    h = _layer_norm(s.ln_eps, "layer_norm1")(x).astype(s.dtype)
+    x = x + Attention(s, p, name="self_attn")(h)
+    h = _layer_norm(s.ln_eps, "layer_norm2")(x).astype(s.dtype)
+    h = MLP(s, p, name="mlp")(h)
     if p.adapter_dim:
-      h = peft_lib.Adapter(p.adapter_dim, self.dtype, name=peft_lib.ADAPTER)(h)
+      h = Adapter(p.adapter_dim, s.dtype, name=peft_lib.ADAPTER)(h)
     return x + h
 
 
@@ -155,28 +203,17 @@ class _ScanBlock(Block):
 
 
 class Encoder(nn.Module):
-  width: int
-  heads: int
-  mlp_dim: int
-  ln_eps: float
-  act: str
-  causal: bool
-  dtype: Any
-  attention: Optional[str]
+  spec: BlockSpec
   blocks: Sequence[peft_lib.BlockPEFT]
   remat: bool = False
   scan: bool = False
-  prompt_init_bound: float = 0.0
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(width=self.width, heads=self.heads, mlp_dim=self.mlp_dim, ln_eps=self.ln_eps, act=self.act,
-              causal=self.causal, dtype=self.dtype, attention=self.attention,
-              prompt_init_bound=self.prompt_init_bound)
     if not self.scan:
       cls = nn.remat(Block) if self.remat else Block
       for i, bp in enumerate(self.blocks):
-        x = cls(peft=bp, name=f"layers_{i}", **kw)(x)
+        x = cls(self.spec, bp, name=f"layers_{i}")(x)
       return x
     block = _scan_block_peft(self.blocks)
     if block.prompt != "none":
@@ -185,7 +222,7 @@ class Encoder(nn.Module):
     cls = nn.remat(_ScanBlock) if self.remat else _ScanBlock
     scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       length=len(self.blocks))
-    x, _ = scanned(peft=block, name="layers", **kw)(x, None)
+    x, _ = scanned(self.spec, block, name="layers")(x, None)
     return x
 
 
@@ -237,8 +274,9 @@ class VisionTransformer(nn.Module):
     x = VisionEmbeddings(v.patch_size, v.width, n_pos, dtype, name="embeddings")(images)
     x = _layer_norm(v.ln_eps, "pre_layrnorm")(x).astype(dtype)  # sic: the HF name
     blocks = tuple(self.peft.block(i, v.layers) for i in range(v.layers))
-    x = Encoder(v.width, v.heads, v.mlp_dim, v.ln_eps, c.act, False, dtype, c.attention, blocks,
-                c.remat, c.scan, peft_lib.vpt_init_bound(v.patch_size, v.width), name="encoder")(x)
+    spec = BlockSpec(v.width, v.heads, v.mlp_dim, v.ln_eps, c.act, False, dtype, c.attention,
+                     peft_lib.vpt_init_bound(v.patch_size, v.width))
+    x = Encoder(spec, blocks, c.remat, c.scan, name="encoder")(x)
     return _layer_norm(v.ln_eps, "post_layernorm")(x[:, 0])
 
 
@@ -266,8 +304,8 @@ class TextTransformer(nn.Module):
     c, t = self.config, self.config.text
     self.embeddings = TextEmbeddings(t.vocab_size, t.context_length, t.width)
     blocks = tuple(peft_lib.BlockPEFT() for _ in range(t.layers))
-    self.encoder = Encoder(t.width, t.heads, t.mlp_dim, t.ln_eps, c.act, True, jnp.dtype(c.dtype),
-                           c.attention, blocks, c.remat, c.scan)
+    spec = BlockSpec(t.width, t.heads, t.mlp_dim, t.ln_eps, c.act, True, jnp.dtype(c.dtype), c.attention)
+    self.encoder = Encoder(spec, blocks, c.remat, c.scan)
     self.final_layer_norm = _layer_norm(t.ln_eps, "final_layer_norm")
 
   def embed_tokens(self, ids):

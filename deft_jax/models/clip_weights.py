@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from deft_jax.models import peft, presets
-from deft_jax.models.weights import CheckpointMismatchError, flatten, merge_params
+from deft_jax.models.weights import CheckpointMismatchError, merge_params
+from deft_jax.tree import flatten
 
 # Buffers that HF state dicts may carry and that are not parameters.
 IGNORED_KEYS = (r".*\.position_ids",)

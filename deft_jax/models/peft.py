@@ -1,8 +1,14 @@
-"""Parameter-efficient fine-tuning (PEFT) injected into the CLIP visual encoder.
+"""Parameter-efficient fine-tuning (PEFT) of the CLIP visual encoder: its configuration and its names.
 
 All methods are off by default and configured by one frozen dataclass, :class:`PEFTConfig`, so that the
-model code stays a pure function of (config, params, inputs). Modules here add parameters only; which
-parameters *train* is decided by the optimiser rules (:func:`trainable_patterns` names them).
+model code stays a pure function of (config, params, inputs); the config sections ``detect.peft``,
+``adapt.peft`` and ``baselines.peft`` are its fields (config_lib.peft_config). The modules that add the
+parameters live with the model (models/clip.py: ``LoRA``, ``SSF``, ``Adapter``, the VPT tokens of ``Block``);
+which parameters *train* is decided by the optimiser rules (:func:`trainable_patterns` names them).
+
+Adding a PEFT method is this file (a field of PEFTConfig and BlockPEFT, its parameter names in
+PARAM_PATTERNS, the block-level settings in PEFTConfig.block) and models/clip.py (its module and where a
+block calls it). No JAX here: loading a config reads these defaults.
 
 At initialisation LoRA (B = 0), Adapter (up-projection = 0) and SSF (scale = 1, shift = 0) leave the
 pretrained function unchanged; VPT adds tokens and therefore changes it.
@@ -13,9 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 LORA_TARGETS = ("q", "k", "v", "out", "fc1", "fc2")
@@ -164,56 +167,3 @@ def trainable_patterns(peft: PEFTConfig, tower: str = "vision_model") -> list[st
 def vpt_init_bound(patch_size: int, width: int) -> float:
   """VPT's uniform init bound sqrt(6 / (3 * p * p + width)) (~0.0625 for ViT-B/16)."""
   return float(np.sqrt(6.0 / (3 * patch_size * patch_size + width)))
-
-
-def uniform_init(bound: float):
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
-class LoRA(nn.Module):
-  """Low-rank residual B(A(x)) * scale, as the reference: A [in, rank] ~ U(-1/sqrt(rank), 1/sqrt(rank)) (what
-  PyTorch's ``kaiming_uniform_(a=sqrt(5))`` gives a tensor of that shape, whose fan-in is its second axis),
-  B [rank, out] zero-initialised, scale = alpha / rank (1 / rank by default)."""
-
-  features: int
-  rank: int
-  scale: float = 1.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    fan_in = x.shape[-1]
-    a = self.param("lora_a", uniform_init(1.0 / np.sqrt(self.rank)), (fan_in, self.rank))
-    b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features))
-    y = jnp.dot(jnp.dot(x, a.astype(self.dtype)), b.astype(self.dtype))
-    return y * jnp.asarray(self.scale, self.dtype)
-
-
-class SSF(nn.Module):
-  """Learnable per-channel scale and shift (identity at init)."""
-
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (d,))
-    shift = self.param("shift", nn.initializers.zeros, (d,))
-    return x * scale.astype(self.dtype) + shift.astype(self.dtype)
-
-
-class Adapter(nn.Module):
-  """Bottleneck MLP with its own residual; the up-projection starts at zero."""
-
-  bottleneck: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    h = nn.Dense(self.bottleneck, dtype=self.dtype, name="down")(x)
-    h = nn.relu(h)
-    h = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(h)
-    return x + h

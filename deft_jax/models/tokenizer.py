@@ -75,8 +75,12 @@ class Tokenizer:
     return ids[..., : int(eot.max()) + 1]
 
   @classmethod
-  def for_checkpoint(cls, checkpoint_dir: Optional[str | Path], **kw) -> "Tokenizer":
-    """The checkpoint's own tokenizer files when it has them, else the bundled OpenAI vocabulary."""
-    if checkpoint_dir is not None and (Path(checkpoint_dir) / "vocab.json").exists():
-      return cls(checkpoint_dir, **kw)
+  def for_checkpoint(cls, checkpoint: Optional[str | Path], **kw) -> "Tokenizer":
+    """The tokenizer files beside a local checkpoint (its directory, or the folder of its .safetensors file)
+    when it has them, else the bundled OpenAI vocabulary (that of every OpenAI CLIP; hub ids use it)."""
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and path.is_file():
+      path = path.parent
+    if path is not None and (path / "vocab.json").exists():
+      return cls(path, **kw)
     return cls(None, **kw)

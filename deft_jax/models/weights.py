@@ -12,41 +12,12 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-import jax
 import numpy as np
 
-PathDict = dict[str, Any]
-
+from deft_jax.tree import flatten, unflatten
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint does not fit the model it is loaded into."""
-
-
-def flatten(tree: Mapping[str, Any], sep: str = "/") -> PathDict:
-  """Nested dict -> ``{"a/b": leaf}``."""
-  out: PathDict = {}
-
-  def rec(node, prefix):
-    if isinstance(node, Mapping):
-      for k, v in node.items():
-        rec(v, f"{prefix}{sep}{k}" if prefix else str(k))
-    else:
-      out[prefix] = node
-
-  rec(tree, "")
-  return out
-
-
-def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict:
-  """``{"a/b": leaf}`` -> nested dict."""
-  out: dict = {}
-  for path, leaf in flat.items():
-    node = out
-    *parents, last = path.split(sep)
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
-  return out
 
 
 def _matches(path: str, patterns: Iterable[str]) -> bool:
@@ -110,16 +81,3 @@ def merge_params(
     else:
       merged[k] = init_leaf
   return unflatten(merged)
-
-
-def tree_paths(tree) -> list[str]:
-  """'/'-joined paths of every leaf of a pytree of dicts, in flatten order."""
-  paths, _ = zip(*jax.tree_util.tree_flatten_with_path(tree)[0]) if jax.tree_util.tree_leaves(tree) else ((), ())
-  return ["/".join(_key_str(k) for k in p) for p in paths]
-
-
-def _key_str(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)

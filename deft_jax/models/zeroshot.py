@@ -1,4 +1,8 @@
-"""Zero-shot CLIP classifiers: class text features from caption templates."""
+"""Zero-shot CLIP classification, in one place: caption templates, class text features, logits.
+
+The templates are also the captions of contrastive pretraining (deft_jax/pretrain), the prompts of the
+label-match baseline, and the text-initialised phase-2 head.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deft_jax.data.class_names import clean_name
 from deft_jax.models import clip as clip_lib
 from deft_jax.models.tokenizer import Tokenizer
+
+TEMPLATES = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "a cropped photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a big {}.",
+    "a bright photo of a {}.",
+    "a dark photo of a {}.",
+    "a pixelated photo of a {}.",
+    "an image of a {}.",
+)
+
+ZERO_SHOT_TEMPLATE = "a photo of a {}."
+
+
+def templates(spec) -> tuple[str, ...]:
+  """A template set: "ensemble" (the 12 caption templates), "single" ("a photo of a {}.") or a list of
+  templates each with "{}" (``adapt.zeroshot_templates``)."""
+  if spec == "ensemble":
+    return tuple(TEMPLATES)
+  if spec == "single":
+    return (ZERO_SHOT_TEMPLATE,)
+  if isinstance(spec, str) or not spec or not all(isinstance(t, str) and "{}" in t for t in spec):
+    raise ValueError(f"adapt.zeroshot_templates must be 'ensemble', 'single' or a list of templates with '{{}}', "
+                     f"got {spec!r}")
+  return tuple(spec)
 
 
 def class_text_features(model: clip_lib.CLIP, params, class_names: Sequence[str], tokenizer: Tokenizer,
                         templates: Sequence[str], *, chunk: int = 256) -> jax.Array:
   """[C, embed_dim] L2-normalised class features, averaged over templates (prompt ensembling)."""
-  names = [" ".join(n.replace("_", " ").split()) for n in class_names]
+  names = [clean_name(n) for n in class_names]
   ids = np.concatenate([tokenizer([t.format(n) for n in names]) for t in templates])  # [T*C, L]
   ids = tokenizer.trim_padding(ids)
   enc = jax.jit(lambda p, x: clip_lib.normalize(model.apply({"params": p}, x, method=clip_lib.CLIP.encode_text)))
@@ -29,6 +64,12 @@ def class_text_features(model: clip_lib.CLIP, params, class_names: Sequence[str]
   return clip_lib.normalize(jnp.asarray(feats.mean(0)))
 
 
+def image_features(model: clip_lib.CLIP, params, images) -> jax.Array:
+  """[B, embed_dim] L2-normalised image features (float32)."""
+  return clip_lib.normalize(model.apply({"params": params}, images, method=clip_lib.CLIP.encode_image))
+
+
 def zero_shot_logits(model: clip_lib.CLIP, params, images, class_features) -> jax.Array:
-  img = clip_lib.normalize(model.apply({"params": params}, images, method=clip_lib.CLIP.encode_image))
-  return jnp.exp(params["logit_scale"]) * img @ class_features.T
+  """exp(logit_scale) * cosine of every image with every class feature [C, D]: [B, C]."""
+  scale = jnp.exp(jnp.asarray(params["logit_scale"], jnp.float32))
+  return scale * image_features(model, params, images) @ class_features.T

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from deft_jax.models.weights import tree_paths
+from deft_jax.tree import tree_paths
 
 
 def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),), devices=None) -> Mesh:
@@ -86,8 +86,6 @@ def shardings_for(tree, mesh: Mesh, rules: Sequence[tuple[str, str]] = ()):
       raise ValueError(f"unknown sharding rule {rule!r} for {pattern!r}; use 'replicate' or 'fsdp[:axis]'")
   return jax.tree_util.tree_unflatten(treedef, out)
 
-
-tree_shardings = shardings_for
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

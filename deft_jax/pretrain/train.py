@@ -24,13 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deft_jax import loop, optim, parallel
+from deft_jax import loop, optim, parallel, stages, train_state
 from deft_jax.checkpoint import StageCheckpointer
-from deft_jax.data import pipeline, preprocess
+from deft_jax.data import pipeline
+from deft_jax.data.config import image_spec
 from deft_jax.models import clip as clip_lib
 from deft_jax.models import clip_weights, presets, zeroshot
 from deft_jax.models.tokenizer import DEFAULT_DIR, Tokenizer
-from deft_jax.pretrain.templates import TEMPLATES, ZERO_SHOT_TEMPLATE
 
 MAX_LOGIT_SCALE = float(np.log(100.0))
 
@@ -95,7 +95,7 @@ class ZeroShotEval:
     self.batch_size, self.data_kw, self.template_sets = batch_size, data_kw, dict(template_sets)
 
     def correct(params, batch, feats):  # feats: [S, C, D] -> correct counts [S]
-      img = clip_lib.normalize(model.apply({"params": params}, batch["image"], method=clip_lib.CLIP.encode_image))
+      img = zeroshot.image_features(model, params, batch["image"])
       pred = jnp.argmax(jnp.einsum("bd,scd->sbc", img, feats), -1)
       return jnp.sum((pred == batch["label"][None]) & batch["mask"][None], axis=1)
 
@@ -110,11 +110,18 @@ class ZeroShotEval:
     return {name: float(c) / self.split.num_examples for name, c in zip(self.template_sets, total)}
 
 
+def outputs(workdir) -> dict[str, Path]:
+  """Where the pretrain stage keeps its outputs: ``clip`` (the HF-format checkpoint that model.checkpoint =
+  "pretrain" means), ``snapshots`` (``epoch_NNN/`` of pretrain.snapshot_epochs), ``checkpoints``."""
+  d = stages.directory(workdir, "pretrain")
+  return {"dir": d, "clip": d / "clip", "snapshots": d / "snapshots", "checkpoints": d / "checkpoints"}
+
+
 def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   """Pretrains (resumably) and returns the directory of the HF-format checkpoint."""
   p = config.pretrain
-  out_dir = Path(workdir) / "pretrain"
-  final = out_dir / "clip"
+  out = outputs(workdir)
+  final = out["clip"]
   if (final / "model.safetensors").exists():
     logging.info("[pretrain] complete: reusing %s", final)
     return final
@@ -125,30 +132,21 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   model = clip_lib.CLIP(cfg)
   tokenizer = Tokenizer(context_length=cfg.text.context_length)
   caption_ids = tokenizer.trim_padding(
-      np.stack([tokenizer([t.format(n) for n in split.class_names]) for t in TEMPLATES]))
-  mean, std = preprocess.normalization(config.data.normalization)
-  data_kw = dict(image_size=cfg.vision.image_size, mean=mean, std=std,
-                 eval_resize=config.data.get("eval_resize", "short_side"))
+      np.stack([tokenizer([t.format(n) for n in split.class_names]) for t in zeroshot.TEMPLATES]))
+  data_kw = image_spec(config.data, cfg.vision.image_size).pipeline_kw()
   spe = pipeline.steps_per_epoch(split, p.batch_size)
   total = p.epochs * spe
-  rng = jax.random.key(config.seed + 1)
-  k_init, k_train = jax.random.split(rng)
-  params = clip_lib.init_params(model, k_init)
   rules = [(".*", 1.0)]
-  tx, schedules = optim.make_optimizer(params, rules, optim=p.optim, schedule=p.schedule, total_steps=total,
+  abstract = jax.eval_shape(lambda k: clip_lib.init_params(model, k), jax.random.key(0))
+  tx, schedules = optim.make_optimizer(abstract, rules, optim=p.optim, schedule=p.schedule, total_steps=total,
                                        steps_per_epoch=spe)
-  state = {"step": np.int32(0), "rng": jax.random.key_data(k_train), "params": params,
-           "opt_state": tx.init(params)}
-  sh = parallel.shardings_for(state, mesh, [tuple(r) for r in config.sharding_rules])
-  state = jax.device_put(state, sh)
-  ckpt = StageCheckpointer(out_dir / "checkpoints", every_steps=config.checkpoint_every_steps)
-  restored = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                                       state))
-  state = restored if restored is not None else state
-  step = jax.jit(make_step(model, caption_ids, tx, multi_positive=bool(p.multi_positive),
-                           lr_fn=schedules["g0"]),
-                 in_shardings=(sh, parallel.batch_sharding(mesh)), out_shardings=(sh, parallel.replicated(mesh)),
-                 donate_argnums=(0,))
+
+  def init(rng):
+    k_init, k_train = jax.random.split(rng)
+    params = clip_lib.init_params(model, k_init)
+    return {"step": jnp.int32(0), "rng": jax.random.key_data(k_train), "params": params,
+            "opt_state": tx.init(params)}
+
 
   def batches(epoch, start):
     return pipeline.train_batches(split, global_batch_size=p.batch_size, seed=config.seed + 1, epoch=epoch,
@@ -157,7 +155,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   evaluate = None
   if test is not None:
     evaluate = ZeroShotEval(model, test, tokenizer, mesh=mesh, batch_size=p.batch_size, data_kw=data_kw,
-                            template_sets={"ensemble": TEMPLATES, "single": (ZERO_SHOT_TEMPLATE,)})
+                            template_sets={"ensemble": zeroshot.TEMPLATES, "single": (zeroshot.ZERO_SHOT_TEMPLATE,)})
 
   snapshots = {int(e) for e in (p.get("snapshot_epochs") or ())}
   bad = sorted(e for e in snapshots if not 1 <= e <= p.epochs)
@@ -167,9 +165,9 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   def on_epoch_end(st, epoch):
     # The last epoch is evaluated once, after the loop; 0 = no periodic evaluation.
     every = int(p.eval_every_epochs or 0)
-    out = {}
+    scalars = {}
     if (epoch + 1) in snapshots and epoch + 1 < p.epochs:
-      snap = out_dir / "snapshots" / f"epoch_{epoch + 1:03d}"
+      snap = out["snapshots"] / f"epoch_{epoch + 1:03d}"
       if not (snap / "model.safetensors").exists():
         accs = evaluate(st["params"]) if evaluate is not None else {}
         _export(snap, jax.device_get(st["params"]), cfg, {
@@ -177,15 +175,18 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
             "of_epochs": p.epochs, "zero_shot_accuracy_ensemble": accs.get("ensemble"),
             "zero_shot_accuracy_single_template": accs.get("single"), "steps": int(st["step"])})
         if accs:
-          out["zero_shot_accuracy"] = accs["ensemble"]
+          scalars["zero_shot_accuracy"] = accs["ensemble"]
     elif evaluate is not None and every and not (epoch + 1) % every and epoch + 1 != p.epochs:
-      out["zero_shot_accuracy"] = evaluate(st["params"])["ensemble"]
-    return out or None
+      scalars["zero_shot_accuracy"] = evaluate(st["params"])["ensemble"]
+    return scalars or None
 
-  lcfg = loop.LoopConfig("pretrain", p.epochs, spe, config.log_every_steps, config.checkpoint_every_steps)
-  state = loop.run(lcfg, state, step, batches, mesh=mesh, writer=writer, checkpointer=ckpt,
-                   on_epoch_end=on_epoch_end)
-  ckpt.close()
+  step_fn = make_step(model, caption_ids, tx, multi_positive=bool(p.multi_positive), lr_fn=schedules["g0"])
+  with StageCheckpointer(out["checkpoints"], every_steps=config.checkpoint_every_steps) as ckpt:
+    state, sh = train_state.create(init, jax.random.key(config.seed + 1), mesh=mesh,
+                                   sharding_rules=config.sharding_rules, checkpointer=ckpt)
+    state = loop.run(loop.LoopConfig.of("pretrain", p.epochs, spe, config), state,
+                     train_state.jit_step(step_fn, sh, mesh), batches, mesh=mesh, writer=writer, checkpointer=ckpt,
+                     on_epoch_end=on_epoch_end)
   params = jax.device_get(state["params"])
   accs = {}
   if evaluate is not None:

@@ -7,8 +7,7 @@ Notebook use::
         "workdir/report", detection, given=labels, class_names=names, clean_labels=truth)
     print(text)
 
-The on-device CLU metrics for training loops live in :mod:`deft_jax.report.clu_metrics` (kept out
-of this namespace so that reading a report does not import JAX).
+Reading or writing a report imports no JAX.
 """
 
 from deft_jax.report.inputs import ReportInputError, check_inputs

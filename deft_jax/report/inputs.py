@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from deft_jax.report.metrics import as_vector, check_label_range
+
 
 class ReportInputError(ValueError):
   """The arrays handed to the report stage break the detector output contract."""
@@ -55,12 +57,7 @@ class ReportInputs:
 
 
 def _vector(name: str, x, n: int | None) -> np.ndarray:
-  x = np.asarray(x)
-  if x.ndim != 1:
-    raise ReportInputError(f"{name} must be a 1-D array over examples, got shape {x.shape}")
-  if n is not None and x.shape[0] != n:
-    raise ReportInputError(f"{name} has {x.shape[0]} entries, expected {n} (one per example, like given)")
-  return x
+  return as_vector(name, x, n, error=ReportInputError)
 
 
 def _scores(name: str, x, n: int, *, lo: float, hi: float) -> np.ndarray:
@@ -83,23 +80,13 @@ def _labels(name: str, x, n: int, num_classes: int, lowest: int = 0) -> np.ndarr
   x = _vector(name, x, n)
   if x.dtype.kind not in "iu":
     raise ReportInputError(f"{name} must hold integer labels, got dtype {x.dtype}")
-  bad = (x < lowest) | (x >= num_classes)
-  if bad.any():
-    i = int(np.flatnonzero(bad)[0])
-    raise ReportInputError(
-        f"{name} must lie in [{lowest}, {num_classes}) (num_classes = len(class_names) = "
-        f"{num_classes}); entry {i} is {int(x[i])}, {int(bad.sum())} entries out of range")
+  check_label_range(name, x, num_classes, lowest=lowest, error=ReportInputError,
+                    what=f" (num_classes = len(class_names) = {num_classes})")
   return x.astype(np.int32)
 
 
-def check_inputs(
-    detection: Mapping[str, np.ndarray],
-    *,
-    given,
-    class_names: Sequence[str],
-    clean_labels=None,
-    ids=None,
-) -> ReportInputs:
+def check_inputs(detection: Mapping[str, np.ndarray], *, given, class_names: Sequence[str], clean_labels=None,
+                 ids=None) -> ReportInputs:
   """Validates the detector output and its companions; returns normalised copies.
 
   Args:

@@ -23,13 +23,17 @@ class MetricInputError(DeftError, ValueError):
   """Arrays handed to a metric have the wrong shape, dtype or values."""
 
 
-def _as_1d(name: str, x, n: int | None = None) -> np.ndarray:
+def as_vector(name: str, x, n: int | None = None, error=MetricInputError) -> np.ndarray:
+  """``x`` as a 1-D array over examples (of ``n`` entries when given), else ``error`` naming ``name``."""
   x = np.asarray(x)
   if x.ndim != 1:
-    raise MetricInputError(f"{name} must be 1-D, got shape {x.shape}")
+    raise error(f"{name} must be a 1-D array over examples, got shape {x.shape}")
   if n is not None and x.shape[0] != n:
-    raise MetricInputError(f"{name} has {x.shape[0]} entries, expected {n}")
+    raise error(f"{name} has {x.shape[0]} entries, expected {n} (one per example)")
   return x
+
+
+_as_1d = as_vector
 
 
 def _valid_mask(mask, n: int) -> np.ndarray:
@@ -163,13 +167,20 @@ def auroc(scores, positive, *, mask=None) -> float:
   return float(u / (n_pos * n_neg))
 
 
-def _check_labels(name: str, labels: np.ndarray, num_classes: int, valid: np.ndarray) -> None:
-  bad = valid & ((labels < 0) | (labels >= num_classes))
+def check_label_range(name: str, labels: np.ndarray, num_classes: int, *, valid=None, lowest: int = 0,
+                      error=MetricInputError, what: str = "") -> None:
+  """``error`` naming the first entry of ``labels`` (among ``valid`` ones) outside [lowest, num_classes)."""
+  bad = (labels < lowest) | (labels >= num_classes)
+  if valid is not None:
+    bad &= valid
   if bad.any():
     i = int(np.flatnonzero(bad)[0])
-    raise MetricInputError(
-        f"{name} must lie in [0, {num_classes}) for valid examples; "
-        f"entry {i} is {int(labels[i])} ({int(bad.sum())} out of range)")
+    raise error(f"{name} must lie in [{lowest}, {num_classes}){what}; entry {i} is {int(labels[i])} "
+                f"({int(bad.sum())} out of range)")
+
+
+def _check_labels(name: str, labels: np.ndarray, num_classes: int, valid: np.ndarray) -> None:
+  check_label_range(name, labels, num_classes, valid=valid, what=" for valid examples")
 
 
 def topk_correct(logits, labels, k: int, *, mask=None, stage: str = "") -> np.ndarray:

@@ -98,16 +98,8 @@ def _confused_pairs(inputs: ReportInputs, max_pairs: int) -> list[dict]:
   ]
 
 
-def build_summary(
-    detection: Mapping[str, np.ndarray],
-    *,
-    given,
-    class_names: Sequence[str],
-    clean_labels=None,
-    extra: Mapping[str, Any] | None = None,
-    method_name: str = "DEFT",
-    max_pairs: int = 20,
-) -> dict:
+def build_summary(detection: Mapping[str, np.ndarray], *, given, class_names: Sequence[str], clean_labels=None,
+                  extra: Mapping[str, Any] | None = None, method_name: str = "DEFT", max_pairs: int = 20) -> dict:
   """Counts, estimated noise overall / per class, confused pairs and (with ground truth)
   precision, recall, F1 and AUROC of the ranking score against truly-clean; see the module docstring.
 
@@ -129,8 +121,12 @@ def _missing(x) -> bool:
   return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def _pct(x) -> str:
-  return "-" if _missing(x) else f"{100 * x:.1f}%"
+def format_pct(x, digits: int = 1) -> str:
+  """A rate as "12.3%" ("-" when it is undefined: None or NaN)."""
+  return "-" if _missing(x) else f"{100 * float(x):.{digits}f}%"
+
+
+_pct = format_pct
 
 
 def _num(x) -> str:

@@ -42,14 +42,8 @@ def table_from_inputs(inputs: ReportInputs) -> pd.DataFrame:
   return pd.DataFrame({k: v[order] for k, v in cols.items()})
 
 
-def label_issues_table(
-    detection: Mapping[str, np.ndarray],
-    *,
-    given,
-    class_names: Sequence[str],
-    clean_labels=None,
-    ids=None,
-) -> pd.DataFrame:
+def label_issues_table(detection: Mapping[str, np.ndarray], *, given, class_names: Sequence[str],
+                       clean_labels=None, ids=None) -> pd.DataFrame:
   """One row per example, most suspect first.
 
   Args:

@@ -137,18 +137,10 @@ def write_report(
   return final
 
 
-def build_and_write_report(
-    report_dir,
-    detection: Mapping[str, np.ndarray],
-    *,
-    given,
-    class_names: Sequence[str],
-    clean_labels=None,
-    ids=None,
-    image_fn: plots.ImageFn | None = None,
-    extra_summary: Mapping[str, Any] | None = None,
-    method_name: str = "DEFT",
-) -> tuple[pd.DataFrame, dict, str]:
+def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, given, class_names: Sequence[str],
+                           clean_labels=None, ids=None, image_fn: plots.ImageFn | None = None,
+                           extra_summary: Mapping[str, Any] | None = None,
+                           method_name: str = "DEFT") -> tuple[pd.DataFrame, dict, str]:
   """Validates the detector output, builds table + summary + text and writes the report.
 
   Returns:

@@ -18,7 +18,8 @@ from safetensors.numpy import load_file
 
 from deft_jax.models.backbones import convert as convert_lib
 from deft_jax.models.backbones.registry import BackboneSpec, get_backbone
-from deft_jax.models.weights import CheckpointMismatchError, flatten, merge_params
+from deft_jax.models.weights import CheckpointMismatchError, merge_params
+from deft_jax.tree import flatten
 
 log = logging.getLogger(__name__)
 

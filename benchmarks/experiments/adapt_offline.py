@@ -5,8 +5,9 @@ The packaged demo (configs/demo.py): 4,000 CIFAR-10 train images with CIFAR-10N 
 where the demo's pretrain and detect stages have finished (its CLIP and DEFT's mask are used as they are):
 
   python -m deft_jax.main --config configs/demo.py --workdir /tmp/rn "--config.stages=('pretrain','detect')"
-  python benchmarks/adapt_offline.py --run /tmp/rn --out /tmp/adapt_offline
-  python benchmarks/adapt_offline.py --run /tmp/rn --out /tmp/adapt_offline --variants deft,all --lr 5e-3 --seed 1
+  python benchmarks/experiments/adapt_offline.py --run /tmp/rn --out /tmp/adapt_offline
+  python benchmarks/experiments/adapt_offline.py --run /tmp/rn --out /tmp/adapt_offline --variants deft,all \
+      --lr 5e-3 --seed 1
 
 ``--clip DIR`` instead of ``--run`` takes any pretrained CLIP and runs the detector here (cached in --out).
 Every variant trains for the same number of optimiser steps (``--steps``) and is evaluated on the test split.
@@ -18,21 +19,20 @@ gce / sce / elr (those losses on every noisy label), zeroshot (no training).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from clu import metric_writers  # noqa: E402
 
-from deft_jax import parallel  # noqa: E402
+from deft_jax import config_lib, parallel  # noqa: E402
 from deft_jax.adapt import train as adapt  # noqa: E402
 from deft_jax.data import datasets  # noqa: E402
 from deft_jax.detect import train as detect  # noqa: E402
@@ -54,10 +54,7 @@ VARIANTS = {
 
 
 def demo_config():
-  spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = config_lib.from_file(REPO / "configs" / "demo.py")
   c.log_every_steps = 100
   c.checkpoint_every_steps = 10_000
   return c
@@ -105,7 +102,8 @@ def main(argv=None):
     tag = "" if args.backbone == "clip" else f"{args.backbone}_"
     res = adapt.run(c, out / f"{tag}{name}_s{args.steps}_lr{args.lr:g}_seed{args.seed}", splits=splits, mesh=mesh,
                     writer=writer, clip_checkpoint=clip, detection=detection)
-    row = {"variant": name, "backbone": args.backbone, "lr": args.lr, "seed": args.seed, "test_top1": res["test"]["top1"],
+    row = {"variant": name, "backbone": args.backbone, "lr": args.lr, "seed": args.seed,
+           "test_top1": res["test"]["top1"],
            "mean_per_class": round(res["test"]["mean_per_class_accuracy"], 4),
            "num_selected": res.get("num_selected"), "selection_precision": res.get("selection_precision"),
            "steps": res["steps"], "epochs": round(res.get("epochs_equivalent", 0.0), 2),

@@ -1,0 +1,120 @@
+"""The DEFT detector of a run: the model, the prompt layout, the optimiser, the train state and the jitted step.
+
+Everything here is a pure function of the config (no data pipeline, no TensorFlow), so that benchmarks time
+exactly the step the detect stage trains with (benchmarks/jax_steps.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from deft_jax import optim, parallel, train_state
+from deft_jax.detect import prompts as prompts_lib
+from deft_jax.detect import step as step_lib
+from deft_jax.models import build
+from deft_jax.models import clip as clip_lib
+from deft_jax.models.peft import PEFTConfig, trainable_patterns
+from deft_jax.models.tokenizer import Tokenizer
+
+
+def default_rules(peft: PEFTConfig) -> list[tuple[str, Any]]:
+  """Prompts and PEFT parameters train at the base lr; every pretrained weight is frozen."""
+  rules = [(r"prompts/(pos|neg)_ctx", 1.0)]
+  rules += [(f"clip/{p}", 1.0) for p in trainable_patterns(peft)]
+  rules.append((r"clip/.*", None))
+  return rules
+
+
+class Detector:
+  """Everything static about one detection run: model, prompt layout, optimiser, jitted functions."""
+
+  def __init__(self, config, *, class_names, num_examples: int, mesh, checkpoint: Optional[str],
+               steps_per_epoch: int):
+    d = config.detect
+    self.config, self.mesh = config, mesh
+    self.peft = PEFTConfig.from_dict(d.peft)
+    self.model = build.build_clip(config.model, self.peft, checkpoint)
+    self.checkpoint = checkpoint
+    self.tokenizer = Tokenizer.for_checkpoint(checkpoint, context_length=self.model.config.text.context_length)
+    self.template = prompts_lib.build_template(class_names, self.tokenizer, n_ctx=d.n_ctx, ctx_init=d.ctx_init,
+                                               position=d.class_token_position)
+    self.num_examples = num_examples
+    self.steps_per_epoch = steps_per_epoch
+    self.total_steps = d.epochs * steps_per_epoch
+    warm = int(d.warmup_epochs)
+    pseudo = d.pseudo_labels_from_epoch
+    self.settings = step_lib.DetectSettings(
+        steps_per_epoch=steps_per_epoch, warmup_epochs=warm,
+        pseudo_label_start_epoch=warm if pseudo is None else _first_epoch_index(pseudo),
+        strict=bool(d.strict_selection),
+        warmup_loss=d.warmup_loss, text_chunk=int(d.text_chunk))
+    self.rules = [tuple(r) for r in d.trainable] if d.trainable else default_rules(self.peft)
+    self.sharding_rules = [tuple(r) for r in config.sharding_rules]
+    self.tx, self.schedules = optim.make_optimizer(
+        self._abstract_params(), self.rules, optim=d.optim, schedule=d.schedule, total_steps=self.total_steps,
+        steps_per_epoch=self.steps_per_epoch)
+    self.mask = optim.trainable_mask(self._abstract_params(), self.rules)
+
+  # ------------------------------------------------------------------------------------------------ state
+  def _init_params(self, k_model, k_prompts) -> dict:
+    clip_params = clip_lib.init_params(self.model, k_model)
+    prompts = prompts_lib.init_prompts(k_prompts, self.template, self.model.config.text.width,
+                                       class_specific=bool(self.config.detect.class_specific),
+                                       token_embedding=_token_embedding(clip_params))
+    return {"clip": clip_params, "prompts": prompts}
+
+  def _abstract_params(self):
+    return jax.eval_shape(self._init_params, jax.random.key(0), jax.random.key(1))
+
+  def _init(self, rng) -> dict:
+    k_model, k_prompts, k_train = jax.random.split(rng, 3)
+    params = self._init_params(k_model, k_prompts)
+    return {"step": jnp.int32(0), "rng": jax.random.key_data(k_train), "params": params,
+            "opt_state": self.tx.init(params),
+            "online": step_lib.init_online(self.num_examples, self.config.detect.epochs)}
+
+  def _load(self, state) -> dict:
+    clip = build.load_clip_weights(self.model, state["params"]["clip"], self.checkpoint)
+    prompts = state["params"]["prompts"]
+    if self.template.init_ids is not None:  # ctx_init: the contexts start from the pretrained word embeddings
+      prompts = prompts_lib.init_prompts(jax.random.key(0), self.template, self.model.config.text.width,
+                                         class_specific=bool(self.config.detect.class_specific),
+                                         token_embedding=_token_embedding(clip))
+    return {**state, "params": {"clip": clip, "prompts": prompts}}
+
+  def init_state(self, rng, checkpointer=None) -> dict:
+    """The train state: restored from ``checkpointer`` when it holds one, else born sharded, then the
+    pretrained CLIP merged in (deft_jax/train_state.py)."""
+    state, _ = train_state.create(self._init, rng, mesh=self.mesh, sharding_rules=self.sharding_rules,
+                                  checkpointer=checkpointer, load=self._load)
+    return state
+
+  def state_shardings(self, state):
+    return parallel.shardings_for(state, self.mesh, self.sharding_rules)
+
+  # ------------------------------------------------------------------------------------------- functions
+  def jit_train_step(self, state):
+    lr_fn = next(iter(self.schedules.values()), None)
+    fn = step_lib.make_train_step(self.model, self.template, self.tx, self.mask, self.settings, lr_fn)
+    return train_state.jit_step(fn, self.state_shardings(state), self.mesh)
+
+  def jit_score(self, params, *, with_embedding: bool = False):
+    fn = lambda p, b: step_lib.score_batch(self.model, p, b, self.template,  # noqa: E731
+                                           strict=self.settings.strict, text_chunk=self.settings.text_chunk,
+                                           with_embedding=with_embedding)
+    return jax.jit(fn, in_shardings=(self.state_shardings(params), parallel.batch_sharding(self.mesh)),
+                   out_shardings=parallel.replicated(self.mesh))
+
+
+def _first_epoch_index(epoch: int) -> int:
+  """detect.pseudo_labels_from_epoch (1-based) -> the 0-based epoch index the step compares against."""
+  if int(epoch) < 1:
+    raise ValueError(f"detect.pseudo_labels_from_epoch counts epochs from 1 (got {epoch})")
+  return int(epoch) - 1
+
+
+def _token_embedding(clip_params):
+  return clip_params["text_model"]["embeddings"]["token_embedding"]["embedding"]

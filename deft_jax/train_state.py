@@ -1,0 +1,63 @@
+"""The one way a stage makes its train state and its step, written once for pretrain, detect, adapt and the
+training baselines (big_vision's sequence).
+
+  abstract  = jax.eval_shape(init, rng)                      shapes and dtypes only: no FLOPs, no memory
+  shardings = parallel.shardings_for(abstract, mesh, rules)  sharding is config (parallel/)
+  state     = checkpointer.restore(abstract on shardings)    a resumed run: nothing is built or loaded
+           or load(jax.jit(init, out_shardings=shardings)(rng))
+                                                             a new run: born sharded on the devices, then the
+                                                             pretrained weights merged in (host side)
+  step      = jit_step(step_fn, shardings, mesh)             explicit shardings, the state donated
+
+``init(rng) -> state`` must be a pure, jittable function of the key (random parameters, optimiser state,
+per-example records); ``load(state) -> state`` may read files and must keep every shape and dtype. The
+optimiser is built before, from the abstract parameters (``optim.make_optimizer`` accepts them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from deft_jax import parallel
+
+
+def abstract_state(init: Callable[..., Any], *args) -> Any:
+  """The state ``init(*args)`` would build, as ShapeDtypeStructs."""
+  return jax.eval_shape(init, *args)
+
+
+def with_shardings(abstract, shardings):
+  """The abstract tree with its shardings attached: a restore target."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def place(tree, shardings):
+  """Host or device arrays moved onto ``shardings`` (a matching tree)."""
+  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, s),
+                      tree, shardings)
+
+
+def create(init: Callable[..., Any], *args, mesh, sharding_rules=(), checkpointer=None,
+           load: Optional[Callable[[Any], Any]] = None) -> tuple[Any, Any]:
+  """(state, shardings): restored from ``checkpointer``'s latest checkpoint when it has one, else initialised
+  on the devices by ``init(*args)`` and passed through ``load``."""
+  abstract = abstract_state(init, *args)
+  shardings = parallel.shardings_for(abstract, mesh, [tuple(r) for r in sharding_rules])
+  if checkpointer is not None:
+    restored = checkpointer.restore(with_shardings(abstract, shardings))
+    if restored is not None:
+      return restored, shardings
+  state = jax.jit(init, out_shardings=shardings)(*args)
+  if load is not None:
+    state = place(load(state), shardings)
+  return state, shardings
+
+
+def jit_step(step_fn: Callable, shardings, mesh):
+  """``step_fn(state, batch) -> (state, metrics)`` jitted with the state's shardings in and out, batches split
+  over the mesh, replicated metrics, and the state donated (updated in place)."""
+  return jax.jit(step_fn, in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
