@@ -158,6 +158,11 @@ def save_npz(path: str | Path, arrays: dict) -> None:
   _write_atomically(path, ".tmp.npz", lambda tmp: np.savez(tmp, **arrays))
 
 
+def save_npy(path: str | Path, array) -> None:
+  """Writes one array to ``path`` (.npy, memory-mappable) atomically, on process 0 only."""
+  _write_atomically(path, ".tmp.npy", lambda tmp: np.save(tmp, np.asarray(array)))
+
+
 def write_json(path: str | Path, obj, *, sort_keys: bool = False, default=None) -> None:
   """Writes ``obj`` as indented JSON to ``path`` atomically, on process 0 only."""
   _write_atomically(path, ".tmp", lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys,

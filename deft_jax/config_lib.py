@@ -14,6 +14,7 @@ from ml_collections import config_dict
 from deft_jax.data.config import default_data_config
 from deft_jax.models.peft import PEFTConfig
 from deft_jax.stages import STAGE_ORDER  # noqa: F401  (re-exported: the values config.stages takes)
+from deft_jax.errors import ConfigError, MissingFileError
 
 
 def peft_config(**fields) -> dict:
@@ -106,7 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding_rules = []  # e.g. [("token_embedding|encoder/layers", "fsdp")]
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
-  c.report = ml_collections.ConfigDict(dict(num_suspects=24, write_images=True))
+  # export_arrays: pred_probs.npy and features.npy beside label_issues.csv (for cleanlab and notebooks).
+  c.report = ml_collections.ConfigDict(dict(num_suspects=24, write_images=True, export_arrays=True))
   return c
 
 
@@ -150,7 +152,7 @@ def variant(c, method: str):
     clean, then phase 2 (FFT) trains on them (deft_jax/baselines/turn.py), no DEFT detection.
   """
   if method not in VARIANTS:
-    raise ValueError(f"unknown method {method!r}; known: {VARIANTS}")
+    raise ConfigError(f"unknown method {method!r}; known: {VARIANTS}")
   if method == "vlpt":
     c.stages = ("adapt", "evaluate")
     c.adapt.method = "vlpt"
@@ -171,7 +173,7 @@ def runlocal(c):
   c.model.checkpoint = ""
   c.model.preset = "tiny"
   c.data.image_size = 32
-  c.data.train_indices = "0:256"
+  c.data.train_size = 256  # the first 256, or all of a smaller dataset
   c.data.test_size = 128
   c.detect.epochs = 2
   c.detect.warmup_epochs = 1
@@ -192,7 +194,7 @@ def from_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
 
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"no config file {path}")
+    raise MissingFileError(f"no config file {path}")
   spec = importlib.util.spec_from_file_location(f"deft_jax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -208,21 +210,21 @@ def parse_args(arg: str | None, **defaults) -> dict:
   for part in filter(None, (p.strip() for p in (arg or "").split(","))):
     k, _, v = part.partition("=")
     if k not in defaults:
-      raise ValueError(f"unknown config argument {k!r}; known: {sorted(defaults)}")
+      raise ConfigError(f"unknown config argument {k!r}; known: {sorted(defaults)}")
     d = defaults[k]
     if not _:
       if not isinstance(d, bool):
-        raise ValueError(f"config argument {k!r} needs a value ({k}=...)")
+        raise ConfigError(f"config argument {k!r} needs a value ({k}=...)")
       out[k] = True
     elif isinstance(d, bool):
       if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(f"config argument {k}={v!r} is not a boolean")
+        raise ConfigError(f"config argument {k}={v!r} is not a boolean")
       out[k] = v.lower() in ("true", "1", "yes")
     elif isinstance(d, (int, float)):
       try:
         out[k] = type(d)(v)
       except ValueError:
-        raise ValueError(f"config argument {k}={v!r} is not a {type(d).__name__}") from None
+        raise ConfigError(f"config argument {k}={v!r} is not a {type(d).__name__}") from None
     else:
       out[k] = v
   return out

@@ -25,6 +25,8 @@ import os
 import pkgutil
 import sys
 
+from deft_jax.errors import ConfigError
+
 ENV = "DEFT_JAX_CPU_MALLOC"  # "auto" (default), "on" or "off"
 
 # mallopt(3) parameters (glibc malloc.h).
@@ -76,7 +78,7 @@ def mode(environ=None) -> str:
   """``$DEFT_JAX_CPU_MALLOC``: "auto" (default), "on" or "off"."""
   value = (os.environ if environ is None else environ).get(ENV, "auto").strip().lower() or "auto"
   if value not in ("auto", "on", "off"):
-    raise ValueError(f"{ENV} must be 'auto', 'on' or 'off', got {value!r}")
+    raise ConfigError(f"{ENV} must be 'auto', 'on' or 'off', got {value!r}")
   return value
 
 

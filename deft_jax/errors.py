@@ -12,7 +12,11 @@ class DeftError(Exception):
 
 
 class ConfigError(DeftError, ValueError):
-  """A configuration field or argument is unknown or has a bad value."""
+  """A configuration field or argument is unknown or has a bad value (or a value the run cannot use)."""
+
+
+class MissingFileError(DeftError, FileNotFoundError):
+  """A file or directory the run needs (a checkpoint, a config, an earlier stage's output) does not exist."""
 
 
 class WorkdirConflictError(DeftError, RuntimeError):
@@ -27,6 +31,6 @@ class DivergedError(DeftError, RuntimeError):
   """Training produced a non-finite loss (or a model non-finite outputs): nothing is written from that state."""
 
 
-# DataError, MissingDataError, CheckpointMismatchError, ReportInputError, config errors and the like are
-# ValueError / FileNotFoundError subclasses.
-USER_ERRORS = (DeftError, ValueError, FileNotFoundError)
+# What main.py reports as one line and exit status 2: the project's own error kinds (data/errors.py,
+# models/weights.py, report/ add theirs); any other exception is a bug and keeps its traceback.
+USER_ERRORS = (DeftError,)

@@ -25,7 +25,10 @@ except ValueError as _e:
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from deft_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipelines only): no CPU-feature notes
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # transformers: no "PyTorch was not found"
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration file (configs/<name>.py[:args]).",
@@ -47,7 +50,7 @@ class _LibraryInfoFilter(logging.Filter):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (every setting is a --flag or a --config.<field>=value)")
   if not FLAGS.library_logs:
     for handler in logging.getLogger().handlers:
       handler.addFilter(_LibraryInfoFilter())
@@ -63,11 +66,9 @@ def main(argv):
     logging.info("host malloc: one heap, never trimmed (DEFT_JAX_CPU_MALLOC=%s)", cpu_memory.mode())
   try:
     run.run(FLAGS.config, FLAGS.workdir)
-  except USER_ERRORS as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    print(f"deft_jax: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except USER_ERRORS as e:  # the input is wrong, not the code: one line, no traceback
+    cli.fail(e)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

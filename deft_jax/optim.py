@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from deft_jax.tree import get, tree_paths
+from deft_jax.errors import ConfigError
 
 Rule = tuple[str, Any]
 
@@ -41,7 +42,7 @@ def make_schedule(schedule: Mapping[str, Any], *, total_steps: int,
   min_lr = float(get(schedule, "min_lr", 0.0))
   per_epoch = bool(get(schedule, "per_epoch", False))
   if decay not in ("cosine", "constant", "linear"):
-    raise ValueError(f"unknown schedule decay {decay!r}; choose cosine, constant or linear")
+    raise ConfigError(f"unknown schedule decay {decay!r}; choose cosine, constant or linear")
   total_epochs = max(1, math.ceil(total_steps / max(steps_per_epoch, 1)))
 
   def fn(step):
@@ -78,7 +79,7 @@ def _base_tx(optim: Mapping[str, Any], lr_fn) -> optax.GradientTransformation:
       return optax.adamw(lr_fn, weight_decay=wd, **kw)
     parts = [optax.add_decayed_weights(wd)] if wd else []
     return optax.chain(*parts, optax.adam(lr_fn, **kw))
-  raise ValueError(f"unknown optimizer {name!r}; choose sgd, adamw or adam")
+  raise ConfigError(f"unknown optimizer {name!r}; choose sgd, adamw or adam")
 
 
 def param_labels(params, rules: Sequence[Rule]) -> tuple[Any, list[Any]]:
@@ -94,7 +95,7 @@ def param_labels(params, rules: Sequence[Rule]) -> tuple[Any, list[Any]]:
       unmatched.append(p)
   if unmatched:
     shown = "\n  ".join(unmatched[:30])
-    raise ValueError(f"{len(unmatched)} parameter(s) match no optimiser rule (add a rule, e.g. ('.*', None) "
+    raise ConfigError(f"{len(unmatched)} parameter(s) match no optimiser rule (add a rule, e.g. ('.*', None) "
                      f"to freeze the rest):\n  {shown}")
   treedef = jax.tree_util.tree_structure(params)
   return jax.tree_util.tree_unflatten(treedef, idx), [v for _, v in rules]
@@ -136,7 +137,7 @@ def make_optimizer(
     elif isinstance(value, Mapping) or hasattr(value, "items"):
       sched.update(dict(value))
     else:
-      raise ValueError(f"optimiser rule {rules[i][0]!r}: value must be None, a number or a dict, got {value!r}")
+      raise ConfigError(f"optimiser rule {rules[i][0]!r}: value must be None, a number or a dict, got {value!r}")
     fn = make_schedule(sched, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     schedules[group] = fn
     transforms[group] = _base_tx(optim, fn)

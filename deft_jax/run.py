@@ -21,6 +21,7 @@ from clu import metric_writers
 from deft_jax import checkpoint as ckpt_lib
 from deft_jax import parallel, stages
 from deft_jax.data import datasets
+from deft_jax.errors import ConfigError, MissingFileError
 
 def _hparams(config) -> dict[str, Any]:
   flat = {}
@@ -42,7 +43,7 @@ def _hparams(config) -> dict[str, Any]:
 def check_stages(config) -> list[str]:
   unknown = [s for s in config.stages if s not in stages.STAGE_ORDER]
   if unknown:
-    raise ValueError(f"unknown stage(s) {unknown} in config.stages; known: {list(stages.STAGE_ORDER)}")
+    raise ConfigError(f"unknown stage(s) {unknown} in config.stages; known: {list(stages.STAGE_ORDER)}")
   return [s for s in stages.STAGE_ORDER if s in config.stages]
 
 
@@ -77,7 +78,7 @@ def run(config, workdir: str | Path) -> dict:
     if info.exists():
       summary["pretrain"] = json.loads(info.read_text())
   elif config.model.checkpoint == "pretrain" and not (Path(checkpoint) / "model.safetensors").exists():
-    raise FileNotFoundError(f"model.checkpoint='pretrain' but {checkpoint} does not exist: add 'pretrain' to "
+    raise MissingFileError(f"model.checkpoint='pretrain' but {checkpoint} does not exist: add 'pretrain' to "
                             "config.stages or point model.checkpoint at a CLIP checkpoint")
 
   from deft_jax.detect import train as detect
@@ -95,7 +96,7 @@ def run(config, workdir: str | Path) -> dict:
   if "adapt" in todo or "evaluate" in todo:
     from deft_jax.adapt import train as adapt
     if config.adapt.train_on == "deft" and detection is None and config.adapt.method in adapt.TRAINED:
-      raise FileNotFoundError(f"adapt.train_on='deft' needs the detect stage's output ({detection_file}): add "
+      raise MissingFileError(f"adapt.train_on='deft' needs the detect stage's output ({detection_file}): add "
                               "'detect' to config.stages")
     summary["adapt"] = adapt.run(config, workdir, splits=splits, mesh=mesh, writer=writer,
                                  clip_checkpoint=checkpoint, detection=detection)
@@ -136,6 +137,11 @@ def _json_default(x):
   return str(x)
 
 
+def pretrained_on_audited_labels(config) -> bool:
+  """Whether this run's CLIP comes from its own pretrain stage trained on the train split itself."""
+  return config.model.checkpoint == "pretrain" and config.pretrain.split == "train"
+
+
 def _eval_splits(splits) -> dict:
   return {k: splits[k] for k in ("test", "test2") if k in splits}
 
@@ -144,8 +150,10 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
   """Writes workdir/report/, logs the health summary, and adds summaries to TensorBoard; ``compared`` holds the
   baselines' outputs by name."""
   from deft_jax import baselines
+  from deft_jax.detect import train as detect
   from deft_jax.report import build_and_write_report, metrics as rm
   from deft_jax.report.plots import suspects_grid_array
+  from deft_jax.report.summary import vlm_warnings
 
   comparison = {}
   if train.clean_labels is not None:
@@ -172,10 +180,24 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
   extra = {"baselines": comparison} if comparison else {}
   if train.noise_report is not None and hasattr(train.noise_report, "summary"):
     extra["noise"] = train.noise_report.summary()
+  zero_shot = compared["label_match"]["suggested"] if "label_match" in compared else None
+  warnings = vlm_warnings(train.labels, detection["suggested"], train.num_classes, zero_shot=zero_shot)
+  if pretrained_on_audited_labels(config):
+    warnings.append("the CLIP was pretrained on the very labels this report audits (pretrain.split='train'): it "
+                    "has learned their errors, which hides them from the detector. Give a clean pretraining set "
+                    "(data.pretrain_root or data.pretrain_file) for a fair audit.")
+  for w in warnings:
+    logging.warning("%s", w)
+  if warnings:
+    extra["warnings"] = warnings
   image_fn = (lambda idx: train.load_images(idx)) if config.report.write_images else None
+  files = detect.outputs(workdir)
+  arrays = {name: np.load(files[key], mmap_mode="r") for name, key in (("pred_probs.npy", "pred_probs"),
+                                                                         ("features.npy", "features"))
+            if config.report.export_arrays and files[key].exists()}
   table, summary, text = build_and_write_report(
       stages.directory(workdir, "report"), detection, given=train.labels, class_names=train.class_names,
-      clean_labels=train.clean_labels, ids=train.ids, image_fn=image_fn, extra_summary=extra)
+      arrays=arrays, clean_labels=train.clean_labels, ids=train.ids, image_fn=image_fn, extra_summary=extra)
   step = int(detection.get("params_step", 0))
   scalars = {f"report/{_slug(name)}/{k}": v for name, d in comparison.items() for k, v in d.items()
              if np.isfinite(v)}

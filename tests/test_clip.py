@@ -227,8 +227,9 @@ def test_loader_names_the_key_with_a_wrong_shape(tmp_path):
   init = _init_for(tmp_path)
   state["vision_model.encoder.layers.1.mlp.fc1.weight"] = np.zeros((7, 32), np.float32)
   _rewrite(tmp_path, state)
-  with pytest.raises(CheckpointMismatchError, match=r"vision_model/encoder/layers_1/mlp/fc1/kernel: model "
-                                                    r"expects \(32, 48\), .* has \(32, 7\)"):
+  # Named as the file names it, both shapes in the file's layout ([out, in] for a Linear weight).
+  with pytest.raises(CheckpointMismatchError, match=r"vision_model\.encoder\.layers\.1\.mlp\.fc1\.weight: the file "
+                                                    r"has \(7, 32\), this model needs \(48, 32\)"):
     clip_weights.load_pretrained(tmp_path, init)
 
 

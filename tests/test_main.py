@@ -47,7 +47,7 @@ def test_demo_runlocal_produces_report_tensorboard_and_checkpoints(demo_run):
   for name in ("label_issues.csv", "clean_mask.npy", "summary.json", "suspects.png", "p_clean_hist.png"):
     assert (report / name).is_file(), name
   table = pd.read_csv(report / "label_issues.csv")
-  for col in ("index", "id", "given_label", "given_name", "suggested_label", "suggested_name", "label_score",
+  for col in ("index", "id", "given_label", "given_name", "predicted_label", "predicted_name", "label_score",
               "is_label_issue", "true_label"):
     assert col in table.columns, col
   assert len(table) == 1000 and sorted(table["index"]) == list(range(1000))
@@ -58,6 +58,8 @@ def test_demo_runlocal_produces_report_tensorboard_and_checkpoints(demo_run):
   summary = json.loads((report / "summary.json").read_text())
   assert summary["num_examples"] == 1000
   assert "Label health report" in proc.stdout  # the one-screen summary is printed
+  for noise in ("cpu_feature_guard", "oneDNN", "PyTorch was not found"):  # library start-up notes are hidden
+    assert noise not in proc.stderr, noise
   for stage in ("pretrain", "detect", "adapt"):
     assert any((workdir / stage / "checkpoints").iterdir()), stage
   # Phase 2 trained on DEFT's clean subset and was evaluated on the test split.
@@ -167,3 +169,85 @@ def test_class_names_that_do_not_match_the_folders_are_an_error(tmp_path):
                config=f"configs/image_folder.py:root={root},runlocal", check=False, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "3" in proc.stderr and "2" in proc.stderr and "class" in proc.stderr.lower()
+
+
+def test_exported_pred_probs_and_features_feed_cleanlab(demo_run):
+  workdir, _, _ = demo_run
+  report = workdir / "report"
+  probs = np.load(report / "pred_probs.npy")
+  feats = np.load(report / "features.npy")
+  table = pd.read_csv(report / "label_issues.csv").sort_values("index")
+  det = np.load(workdir / "detect" / "detection.npz")
+  n = len(table)
+  assert probs.shape == (n, 10) and probs.dtype == np.float32
+  np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+  # The scoring pass's class probabilities: their argmax is its predicted class, for every example.
+  np.testing.assert_array_equal(probs.argmax(1), det["pass_suggested"])
+  np.testing.assert_array_equal(np.load(workdir / "detect" / "pred_probs.npy"), probs)
+  assert feats.shape[0] == n and feats.ndim == 2
+  np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
+  # cleanlab takes them as they are.
+  cleanlab_filter = pytest.importorskip("cleanlab.filter")
+  labels = table["given_label"].to_numpy()
+  issues = cleanlab_filter.find_label_issues(labels, probs)
+  assert issues.shape == (n,) and issues.dtype == bool and 0 < issues.sum() < n
+  datalab = pytest.importorskip("cleanlab").Datalab
+  lab = datalab({"label": labels}, label_name="label", verbosity=0)
+  lab.find_issues(pred_probs=probs, features=feats, issue_types={"label": {}, "outlier": {}})
+  found = lab.get_issues("label")
+  assert len(found) == n
+  # (runlocal's CLIP is random: the overlap of the findings is checked on real data, tests/test_real_noise.py)
+
+
+def _image_folder(root: Path, start: int, per_class: int = 10, classes: int = 6) -> Path:
+  """``classes`` CIFAR-10 classes x ``per_class`` real JPEGs from the shared assets, as <root>/<class>/<i>.jpg."""
+  z = np.load(REPO.parent / "shared" / "assets" / "cifar10-jpeg" / "cifar10_jpeg.npz")
+  data, offsets, labels, names = z["train_jpeg"], z["train_offsets"], z["train_labels"], z["class_names"]
+  for c in range(classes):
+    (root / str(names[c])).mkdir(parents=True)
+    for i in np.flatnonzero(labels[start:] == c)[:per_class] + start:
+      (root / str(names[c]) / f"{i}.jpg").write_bytes(data[offsets[i]:offsets[i + 1]].tobytes())
+  return root
+
+
+@pytest.fixture(scope="module")
+def small_folders(tmp_path_factory):
+  if not (REPO.parent / "shared" / "assets" / "cifar10-jpeg" / "cifar10_jpeg.npz").is_file():
+    pytest.skip("needs ../shared/assets/cifar10-jpeg (real images for a folder dataset)")
+  base = tmp_path_factory.mktemp("folders")
+  return _image_folder(base / "audit", 0), _image_folder(base / "clean", 20000)
+
+
+FOLDER_FAST = ("--config.stages=('pretrain','detect')", "--config.model.checkpoint=pretrain",
+               "--config.pretrain.epochs=2", "--config.pretrain.batch_size=20", "--config.detect.scoring_pass=False",
+               "--config.baselines.methods=()", "--config.report.write_images=False")
+
+
+@pytest.mark.parametrize("pretrain_on", ["own_clean_folder", "audited_labels"])
+def test_runlocal_fits_a_60_image_folder_and_says_what_the_clip_was_pretrained_on(small_folders, tmp_path,
+                                                                                   pretrain_on):
+  audit, clean = small_folders
+  source = (f"--config.data.pretrain_root={clean}" if pretrain_on == "own_clean_folder"
+            else "--config.pretrain.split=train")
+  proc = _main(tmp_path / "w", *FOLDER_FAST, source, config=f"configs/image_folder.py:root={audit},runlocal")
+  table = pd.read_csv(tmp_path / "w" / "report" / "label_issues.csv")
+  assert len(table) == 60 and sorted(table["index"]) == list(range(60))  # runlocal's 256 shrink to the folder's 60
+  warnings = json.loads((tmp_path / "w" / "report" / "summary.json").read_text()).get("warnings", [])
+  audited = [w for w in warnings if "pretrained on the very labels" in w]
+  info = json.loads((tmp_path / "w" / "pretrain" / "clip" / "pretrain_info.json").read_text())
+  if pretrain_on == "audited_labels":
+    assert len(audited) == 1 and "pretrained on the very labels" in proc.stderr
+    assert info["split"] == "image_folder/train", info
+  else:
+    assert not audited and "pretrained on the very labels" not in proc.stderr
+    assert info["split"] == "image_folder/pretrain", info  # the clean folder, not the audited train split
+
+
+def test_folder_without_a_pretraining_set_says_how_to_give_one(small_folders, tmp_path):
+  audit, _ = small_folders
+  proc = _main(tmp_path / "w", "--config.stages=('pretrain',)", "--config.model.checkpoint=pretrain",
+               config=f"configs/image_folder.py:root={audit},runlocal", check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("deft_jax: error: ")]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert "data.pretrain_root" in errors[0] and "data.pretrain_file" in errors[0] and "pretrain.split=train" in errors[0]

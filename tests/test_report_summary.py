@@ -36,7 +36,7 @@ def test_summary_counts_noise_and_detection_quality_by_hand():
 def test_confused_pairs_count_flagged_moves_most_frequent_first():
   s = build_summary(DET, given=GIVEN, class_names=NAMES)
   # flagged with a different suggestion: 1 (cat->dog), 4 (dog->cat), 7 (bird->dog); 5 keeps its label
-  pairs = [(p["given_name"], p["suggested_name"], p["count"]) for p in s["confused_pairs"]]
+  pairs = [(p["given_name"], p["predicted_name"], p["count"]) for p in s["confused_pairs"]]
   assert pairs == [("cat", "dog", 1), ("dog", "cat", 1), ("bird", "dog", 1)]
   given = np.array([0, 0, 0, 1, 1, 1, 2, 0], np.int32)  # index 7 now also cat -> dog
   s = build_summary(DET, given=given, class_names=NAMES)

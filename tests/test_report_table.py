@@ -36,7 +36,7 @@ def test_table_columns_and_values_follow_the_cleanlab_shape():
   worst = t.iloc[0]
   assert worst["index"] == 4 and worst["id"] == "e.jpg"
   assert (worst["given_label"], worst["given_name"]) == (0, "cat")
-  assert (worst["suggested_label"], worst["suggested_name"]) == (1, "dog")
+  assert (worst["predicted_label"], worst["predicted_name"]) == (1, "dog")
   assert worst["is_label_issue"] and not t.set_index("index").loc[0, "is_label_issue"]
   assert worst["margin"] == pytest.approx(-2.0)
 

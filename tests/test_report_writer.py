@@ -44,7 +44,7 @@ def test_csv_is_ranked_worst_first_with_expected_columns(tmp_path):
   det, given, truth = _inputs()
   _write(tmp_path / "r")
   csv = pd.read_csv(tmp_path / "r" / "label_issues.csv", keep_default_na=False)
-  assert list(csv.columns) == ["index", "id", "given_label", "given_name", "suggested_label", "suggested_name",
+  assert list(csv.columns) == ["index", "id", "given_label", "given_name", "predicted_label", "predicted_name",
                                "label_score", "is_label_issue", "p_clean", "margin", "true_label", "true_name"]
   np.testing.assert_array_equal(csv["index"], np.argsort(det["p_clean"], kind="stable"))
   np.testing.assert_allclose(csv["label_score"], np.sort(det["p_clean"]), rtol=1e-6)

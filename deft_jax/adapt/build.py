@@ -23,6 +23,7 @@ from deft_jax.models import build as model_build
 from deft_jax.models import zeroshot
 from deft_jax.models.peft import PEFTConfig
 from deft_jax.models.tokenizer import Tokenizer
+from deft_jax.errors import ConfigError, MissingFileError
 
 METHODS = ("fft", "peft", "vlpt", "none", "zeroshot")
 
@@ -60,12 +61,12 @@ def prompt_classifier(config, class_names, *, mesh, checkpoint: Optional[str], r
 
   path = detect.outputs(workdir)["learned_params"]
   if not path.is_file():
-    raise FileNotFoundError(f"adapt.method='none' classifies with phase 1's learned prompts, but {path} does not "
+    raise MissingFileError(f"adapt.method='none' classifies with phase 1's learned prompts, but {path} does not "
                             "exist: run the detect stage first (in this workdir)")
   learned = load_npz(path)
   missing = [k for k in ("prompts/pos_ctx", "prompts/neg_ctx") if k not in learned]
   if missing:
-    raise ValueError(f"{path} lacks {missing}")
+    raise ConfigError(f"{path} lacks {missing}")
   d = config.detect
   extra = {k[len("clip/"):]: v for k, v in learned.items() if k.startswith("clip/")}
   ctx = {"pos_ctx": learned["prompts/pos_ctx"], "neg_ctx": learned["prompts/neg_ctx"]}
@@ -97,7 +98,7 @@ def phase2_classifier(config, class_names, *, mesh, checkpoint: Optional[str], r
   """The classifier ``config.adapt`` describes (see the module docstring)."""
   a = config.adapt
   if a.method not in METHODS:
-    raise ValueError(f"unknown adapt.method {a.method!r}; choose one of {METHODS}")
+    raise ConfigError(f"unknown adapt.method {a.method!r}; choose one of {METHODS}")
   if a.method == "zeroshot":
     return zeroshot_classifier(config, class_names, mesh=mesh, checkpoint=checkpoint, rng=rng)
   if a.method == "none":
@@ -107,7 +108,7 @@ def phase2_classifier(config, class_names, *, mesh, checkpoint: Optional[str], r
                            peft=PEFTConfig.from_dict(a.peft))
   if a.backbone != "clip":
     if a.method != "fft":
-      raise ValueError(f"adapt.backbone={a.backbone!r} supports method 'fft' only (got {a.method!r})")
+      raise ConfigError(f"adapt.backbone={a.backbone!r} supports method 'fft' only (got {a.method!r})")
     size = int(config.data.image_size or 0)
     inputs = ImageSpec(size, (), (), config.data.eval_resize)  # the backbone's own statistics replace them
     return clf.backbone_classifier(

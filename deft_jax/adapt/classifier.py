@@ -43,6 +43,7 @@ from deft_jax.models import zeroshot
 from deft_jax.models.peft import PEFTConfig, trainable_patterns
 from deft_jax.models.presets import CLIPConfig
 from deft_jax.tree import flatten, unflatten
+from deft_jax.errors import ConfigError
 
 Rule = tuple[str, Any]
 
@@ -134,7 +135,7 @@ def clip_rules(trainable, peft: PEFTConfig) -> list[Rule]:
     if not pats:
       logging.warning("adapt: trainable='peft' with no PEFT configured: only the head trains (a linear probe)")
     return [(p, 1.0) for p in pats] + head + [(r"vision_model/.*", None)]
-  raise ValueError(f"adapt.trainable must be 'blocks', 'all', 'peft', 'head' or a list of (regex, value) rules, "
+  raise ConfigError(f"adapt.trainable must be 'blocks', 'all', 'peft', 'head' or a list of (regex, value) rules, "
                    f"got {trainable!r}")
 
 
@@ -162,7 +163,7 @@ def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optio
   """
   peft = peft or PEFTConfig()
   if head_init not in ("random", "text"):
-    raise ValueError(f"adapt.head_init must be 'random' or 'text', got {head_init!r}")
+    raise ConfigError(f"adapt.head_init must be 'random' or 'text', got {head_init!r}")
   if head_init == "text" and (class_features is None or calibration_images is None):
     raise ValueError("head_init='text' needs class_features and calibration_images")
   k_clip, k_head = jax.random.split(rng)
@@ -198,7 +199,7 @@ def _text_head(full_model: clip_lib.CLIP, full_params, module: CLIPClassifier, c
   text = jnp.asarray(class_features(full_model, full_params), jnp.float32)  # [C, D], normalised
   w_proj = jnp.asarray(full_params["visual_projection"]["kernel"], jnp.float32)  # [width, D]
   if len(images) == 0:
-    raise ValueError("head_init='text' needs at least one calibration image")
+    raise ConfigError("head_init='text' needs at least one calibration image")
   pooled = jax.jit(lambda p, x: module.apply({"params": p}, x, method=CLIPClassifier.features))(
       {"vision_model": full_params["vision_model"]}, jnp.asarray(images))
   norms = jnp.linalg.norm(pooled.astype(jnp.float32) @ w_proj, axis=-1)
@@ -248,11 +249,11 @@ def _replaced(params, extra_params: dict):
   flat = flatten(params)
   unknown = sorted(set(extra_params) - set(flat))
   if unknown:
-    raise ValueError(f"{len(unknown)} learned parameter(s) have no place in this CLIP (another PEFT "
+    raise ConfigError(f"{len(unknown)} learned parameter(s) have no place in this CLIP (another PEFT "
                      f"configuration?): {unknown[:10]}")
   for k, v in extra_params.items():
     if tuple(np.shape(flat[k])) != tuple(np.shape(v)):
-      raise ValueError(f"learned parameter {k}: model expects {tuple(np.shape(flat[k]))}, got {np.shape(v)}")
+      raise ConfigError(f"learned parameter {k}: model expects {tuple(np.shape(flat[k]))}, got {np.shape(v)}")
     flat[k] = np.asarray(v, np.float32)
   return unflatten(flat)
 

@@ -17,6 +17,7 @@ from deft_jax import loop
 from deft_jax.adapt.trainer import TrainBudget, Trainer
 from deft_jax.checkpoint import StageCheckpointer
 from deft_jax.data import pipeline
+from deft_jax.errors import ConfigError
 
 
 def fit(trainer: Trainer, state, split, *, stage: str, budget: TrainBudget, seed: int, augment: str, mesh, writer,
@@ -49,7 +50,7 @@ def fit(trainer: Trainer, state, split, *, stage: str, budget: TrainBudget, seed
   trainer_step = trainer.jit_train_step(state)
   if total % spe:
     if before_epoch is not None:
-      raise ValueError(f"[{stage}] per-epoch selection needs whole epochs; {total} steps is not a multiple of "
+      raise ConfigError(f"[{stage}] per-epoch selection needs whole epochs; {total} steps is not a multiple of "
                        f"{spe} steps per epoch")
     return run(loop.LoopConfig(stage, 1, total, log_every_steps, checkpoint_every_steps), state, stream,
                on_epoch_end)
@@ -67,7 +68,7 @@ def fit(trainer: Trainer, state, split, *, stage: str, budget: TrainBudget, seed
 
 def steps_per_epoch(split, batch_size: int) -> int:
   if split.num_examples == 0:
-    raise ValueError(f"{split.name}: nothing to train on (the selection is empty)")
+    raise ConfigError(f"{split.name}: nothing to train on (the selection is empty)")
   return pipeline.steps_per_epoch(split, batch_size)
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from deft_jax.detect.losses import cross_entropy, log_prob_of_label, masked_mean, reverse_cross_entropy
+from deft_jax.errors import ConfigError
 
 LOSSES = ("ce", "gce", "sce", "elr")
 # ELR clamps probabilities away from 0 and 1 so that log(1 - <t, p>) stays finite when p collapses to a
@@ -33,7 +34,7 @@ __all__ = ["LOSSES", "cross_entropy", "generalized_cross_entropy", "symmetric_cr
 
 def generalized_cross_entropy(logits: jax.Array, labels: jax.Array, q: float = 0.7) -> jax.Array:
   if not 0.0 < q <= 1.0:
-    raise ValueError(f"GCE q must lie in (0, 1], got {q}")
+    raise ConfigError(f"GCE q must lie in (0, 1], got {q}")
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   logp_y = jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
   # p^q = exp(q log p) keeps the gradient finite where p_y underflows.
@@ -73,7 +74,7 @@ def elr_loss(logits: jax.Array, labels: jax.Array, batch_targets: jax.Array, lam
 
 def check_loss(name: str) -> None:
   if name not in LOSSES:
-    raise ValueError(f"unknown adapt.loss {name!r}; choose one of {LOSSES}")
+    raise ConfigError(f"unknown adapt.loss {name!r}; choose one of {LOSSES}")
 
 
 def per_example_loss(name: str, logits: jax.Array, labels: jax.Array, params: Mapping[str, Any],

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from deft_jax import optim
 from deft_jax.adapt import losses
+from deft_jax.errors import ConfigError
 
 ONLINE_FIELDS = {"p_label": jnp.float32, "log_p_label": jnp.float32, "selected": jnp.bool_,
                  "suggested": jnp.int32, "margin": jnp.float32}
@@ -48,9 +49,9 @@ class StepSettings:
   def __post_init__(self):
     losses.check_loss(self.loss)
     if self.loss_mask not in LOSS_MASKS:
-      raise ValueError(f"unknown loss_mask {self.loss_mask!r}; choose one of {LOSS_MASKS}")
+      raise ConfigError(f"unknown loss_mask {self.loss_mask!r}; choose one of {LOSS_MASKS}")
     if not 0.0 <= self.small_loss_rate < 1.0:
-      raise ValueError(f"the small-loss rate must lie in [0, 1), got {self.small_loss_rate}")
+      raise ConfigError(f"the small-loss rate must lie in [0, 1), got {self.small_loss_rate}")
 
   @property
   def params(self) -> dict:

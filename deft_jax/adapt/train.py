@@ -39,6 +39,7 @@ from deft_jax.adapt import trainer as trainer_lib
 from deft_jax.checkpoint import StageCheckpointer, save_npz, write_json
 from deft_jax.report import metrics as report_metrics
 from deft_jax.report.summary import format_pct
+from deft_jax.errors import ConfigError
 
 TRAIN_ON = ("deft", "all", "clean_oracle")  # and any baseline of deft_jax/baselines/
 RESULTS_FILE = "results.json"
@@ -63,24 +64,24 @@ def train_mask(config, train_split, detection: Optional[dict], *, mesh, clip_che
   n = train_split.num_examples
   if on == "deft":
     if detection is None or "is_clean" not in detection:
-      raise ValueError("adapt.train_on='deft' needs the detector's output (run the detect stage first)")
+      raise ConfigError("adapt.train_on='deft' needs the detector's output (run the detect stage first)")
     mask = np.asarray(detection["is_clean"], bool)
   elif on == "all":
     mask = np.ones(n, bool)
   elif on == "clean_oracle":
     if train_split.clean_labels is None:
-      raise ValueError(f"adapt.train_on='clean_oracle' needs clean labels; {train_split.name} has none")
+      raise ConfigError(f"adapt.train_on='clean_oracle' needs clean labels; {train_split.name} has none")
     mask = (train_split.clean_labels >= 0) & (train_split.labels == train_split.clean_labels)
   elif on in baselines.available():
     out = baselines.run(on, config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint, workdir=workdir,
                         writer=writer, eval_splits=eval_splits)
     mask = np.asarray(out["is_clean"], bool)
   else:
-    raise ValueError(f"unknown adapt.train_on {on!r}; choose one of {list(TRAIN_ON) + baselines.available()}")
+    raise ConfigError(f"unknown adapt.train_on {on!r}; choose one of {list(TRAIN_ON) + baselines.available()}")
   if mask.shape != (n,):
-    raise ValueError(f"the {on!r} selection has shape {mask.shape}, the train split has {n} examples")
+    raise ConfigError(f"the {on!r} selection has shape {mask.shape}, the train split has {n} examples")
   if not mask.any():
-    raise ValueError(f"the {on!r} selection is empty: nothing to fine-tune on")
+    raise ConfigError(f"the {on!r} selection is empty: nothing to fine-tune on")
   return mask
 
 
@@ -138,7 +139,7 @@ def train_classifier(config, classifier, train, mask, *, mesh, writer, out_dir: 
   a = config.adapt
   over = a.epoch_over
   if over not in EPOCH_OVER:
-    raise ValueError(f"adapt.epoch_over must be one of {EPOCH_OVER}, got {over!r}")
+    raise ConfigError(f"adapt.epoch_over must be one of {EPOCH_OVER}, got {over!r}")
   if over == "all":
     data, sample_mask, loss_mask = train, mask, "sample_mask"
   else:

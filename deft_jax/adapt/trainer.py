@@ -16,6 +16,7 @@ import numpy as np
 from deft_jax import optim, parallel, train_state
 from deft_jax.adapt import step as step_lib
 from deft_jax.adapt.classifier import Classifier
+from deft_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,7 @@ class TrainBudget:
   def total_steps(self, steps_per_epoch: int) -> int:
     total = int(self.steps) if self.steps else int(self.epochs) * steps_per_epoch
     if total <= 0:
-      raise ValueError(f"the training budget is empty (epochs={self.epochs}, steps={self.steps})")
+      raise ConfigError(f"the training budget is empty (epochs={self.epochs}, steps={self.steps})")
     return total
 
 
@@ -43,7 +44,7 @@ class Trainer:
   def __init__(self, classifier: Classifier, *, optim_cfg, schedule_cfg, settings: step_lib.StepSettings,
                total_steps: int, steps_per_epoch: int, mesh, sharding_rules: Sequence = ()):
     if not classifier.trains:
-      raise ValueError(f"classifier {classifier.name!r} has no trainable parameters (no optimiser rules)")
+      raise ConfigError(f"classifier {classifier.name!r} has no trainable parameters (no optimiser rules)")
     self.classifier, self.settings, self.mesh = classifier, settings, mesh
     self.sharding_rules = [tuple(r) for r in sharding_rules]
     self.optim_cfg, self.schedule_cfg = _as_dict(optim_cfg), _as_dict(schedule_cfg)

@@ -14,6 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from deft_jax.errors import ConfigError
+
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -58,7 +60,7 @@ def fit(x, *, max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4) ->
   """Maximum-likelihood two-component mixture of the values ``x`` (at least two)."""
   x = np.asarray(x, np.float64).reshape(-1)
   if x.size < 2 or not np.isfinite(x).all():
-    raise ValueError(f"the GMM needs at least two finite values, got {x.size} (finite: {np.isfinite(x).sum()})")
+    raise ConfigError(f"the GMM needs at least two finite values, got {x.size} (finite: {np.isfinite(x).sum()})")
   centres = np.percentile(x, [25.0, 75.0])
   for _ in range(2):
     hard = np.abs(x[:, None] - centres[None]).argmin(1)

@@ -15,7 +15,7 @@ import numpy as np
 
 from deft_jax.data import class_names as names_lib
 from deft_jax.data import sources
-from deft_jax.data.errors import MissingDataError
+from deft_jax.data.errors import DataError, MissingDataError
 from deft_jax.data.splits import BytesReader, LabeledSplit
 
 CIFAR10N_LABEL_SETS = ("clean_label", "aggre_label", "worse_label", "random_label1",
@@ -34,25 +34,25 @@ def parse_indices(spec, n: int, what: str) -> np.ndarray:
   if isinstance(spec, str):
     parts = spec.split(":")
     if len(parts) != 2:
-      raise ValueError(f"{what}: want 'start:end' or a list of ints, got {spec!r}")
+      raise DataError(f"{what}: want 'start:end' or a list of ints, got {spec!r}")
     start = int(parts[0]) if parts[0].strip() else 0
     end = int(parts[1]) if parts[1].strip() else n
     idx = np.arange(start, end, dtype=np.int64)
   else:
     idx = np.asarray(list(spec), dtype=np.int64)
   if idx.size == 0:
-    raise ValueError(f"{what}: {spec!r} selects no example")
+    raise DataError(f"{what}: {spec!r} selects no example")
   if idx.min() < 0 or idx.max() >= n:
-    raise ValueError(f"{what}: {spec!r} reaches outside [0, {n})")
+    raise DataError(f"{what}: {spec!r} reaches outside [0, {n})")
   if np.unique(idx).size != idx.size:
-    raise ValueError(f"{what}: {spec!r} repeats an index")
+    raise DataError(f"{what}: {spec!r} repeats an index")
   return idx
 
 
 def _label_set(available: Sequence[str], label_set: str, where: str) -> str:
   label_set = label_set or "worse_label"
   if label_set not in available:
-    raise ValueError(f"{where}: unknown label_set {label_set!r}; known: {list(available)}")
+    raise DataError(f"{where}: unknown label_set {label_set!r}; known: {list(available)}")
   return label_set
 
 
@@ -86,7 +86,7 @@ def load_cifar10n_offline(root: str, *, label_set: str = "worse_label",
   label_set = _label_set(CIFAR10N_LABEL_SETS, label_set, "cifar10n_offline")
   clean = np.asarray(images["train_labels"])
   if not np.array_equal(clean, human["clean_label"]):
-    raise ValueError(f"{label_file}: clean_label differs from {jpeg_file} train_labels; the "
+    raise DataError(f"{label_file}: clean_label differs from {jpeg_file} train_labels; the "
                      "label file is not in the original CIFAR-10 order")
   n = len(clean)
   train_jpeg, train_off = images["train_jpeg"], images["train_offsets"]
@@ -102,14 +102,14 @@ def load_cifar10n_offline(root: str, *, label_set: str = "worse_label",
   if has_pretrain:
     overlap = np.intersect1d(pre_idx, train_idx)
     if overlap.size:
-      raise ValueError(f"pretrain_indices overlap train_indices ({overlap.size} shared, "
+      raise DataError(f"pretrain_indices overlap train_indices ({overlap.size} shared, "
                        f"e.g. {overlap[:3].tolist()})")
     out["pretrain"] = _split("cifar10/pretrain", train_jpeg, train_off, pre_idx, "train",
                              clean[pre_idx], clean[pre_idx])
   test_labels = np.asarray(images["test_labels"])
   test_idx = np.arange(test_size or len(test_labels))
   if len(test_idx) > len(test_labels):
-    raise ValueError(f"test_size {test_size} > {len(test_labels)} test images")
+    raise DataError(f"test_size {test_size} > {len(test_labels)} test images")
   out["test"] = _split("cifar10/test", images["test_jpeg"], images["test_offsets"], test_idx,
                        "test", test_labels[test_idx], test_labels[test_idx])
   return out
@@ -142,7 +142,7 @@ def load_demo(*, label_set: str = "worse_label", train_indices="", test_size: in
 
   n_train, n_test = len(z["noisy_train_index"]), len(z["test_index"])
   if test_size > n_test:
-    raise ValueError(f"test_size {test_size} > {n_test} demo test images")
+    raise DataError(f"test_size {test_size} > {n_test} demo test images")
   return {
       "train": piece("noisy_train", f"demo/{label_set}/train", "train",
                      parse_indices(train_indices, n_train, "train_indices"), label_set),

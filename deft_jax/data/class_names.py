@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from deft_jax.data.errors import DataError
+
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
            "horse", "ship", "truck")
 
@@ -105,9 +107,9 @@ def clean_names(names) -> list[str]:
   seen: dict[str, int] = {}
   for i, n in enumerate(out):
     if not n:
-      raise ValueError(f"class name at position {i} is empty")
+      raise DataError(f"class name at position {i} is empty")
     if n in seen:
-      raise ValueError(
+      raise DataError(
           f"class names at positions {seen[n]} and {i} both read {n!r}")
     seen[n] = i
   return out

@@ -22,7 +22,12 @@ Fields of the data ConfigDict (default_data_config() holds them all):
   cifar_n_file   with tfds:cifar10 / tfds:cifar100: a CIFAR-N .npz in python order.
   train_indices  keep these train examples: "" (all), "a:b" or a list.
   pretrain_indices  cifar10n_offline: a clean held-out train slice as "pretrain".
-  test_size      keep the first test_size test examples (0 = all).
+  pretrain_root, pretrain_file   any source: a separate clean set as "pretrain" (for pretraining the
+                 offline CLIP), an image folder (root/<class name>/*) or a CSV of path,label; its class
+                 names must be the train split's.
+  train_size     keep the first train_size train examples, or all when there are fewer (0 = all);
+                 what :runlocal uses, so that it fits a folder of any size.
+  test_size      keep the first test_size test examples, or all when there are fewer (0 = all).
   train_file, test_file   csv source: rows path,label[,clean_label].
   class_names, class_names_file   class names for csv (required) / image_folder (optional).
   num_classes    keep classes [0, num_classes) (webvision; 0 = the source's default, 50).
@@ -48,6 +53,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Sequence
+
+from deft_jax.data.errors import DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -79,11 +86,11 @@ def normalization(name: str | Sequence) -> tuple[tuple[float, ...], tuple[float,
   """(mean, std) for a DATASET_STATS name or an explicit ((m,m,m), (s,s,s))."""
   if isinstance(name, str):
     if name not in DATASET_STATS:
-      raise ValueError(f"unknown normalization {name!r}; known: {sorted(DATASET_STATS)}")
+      raise DataError(f"unknown normalization {name!r}; known: {sorted(DATASET_STATS)}")
     return DATASET_STATS[name]
   mean, std = name
   if len(mean) != 3 or len(std) != 3:
-    raise ValueError(f"normalization wants 3 means and 3 stds, got {mean!r}, {std!r}")
+    raise DataError(f"normalization wants 3 means and 3 stds, got {mean!r}, {std!r}")
   return tuple(map(float, mean)), tuple(map(float, std))
 
 
@@ -93,7 +100,8 @@ def default_data_config():
   return ml_collections.ConfigDict({
       "source": "demo", "data_dir": "", "manual_dir": "", "download": True, "root": "",
       "train_split": "", "test_split": "", "label_set": "", "cifar_n_file": "",
-      "train_indices": "", "pretrain_indices": "", "test_size": 0,
+      "train_indices": "", "train_size": 0, "pretrain_indices": "", "pretrain_root": "", "pretrain_file": "",
+      "test_size": 0,
       "train_file": "", "test_file": "", "class_names": (), "class_names_file": "",
       "num_classes": 0, "webvision_subset": "google", "imagenet_val": True,
       "skip_corrupt": False,
@@ -124,10 +132,10 @@ def image_spec(data_cfg, model_image_size: int, *, mean=None, std=None) -> Image
   differs is an error. ``mean`` / ``std`` override ``data.normalization`` (a backbone's own statistics)."""
   size = int(data_cfg.get("image_size") or model_image_size)
   if size != model_image_size:
-    raise ValueError(f"data.image_size={size} but the model takes {model_image_size} px images")
+    raise DataError(f"data.image_size={size} but the model takes {model_image_size} px images")
   if mean is None or std is None:
     mean, std = normalization(data_cfg.get("normalization", "clip"))
   resize = data_cfg.get("eval_resize", "short_side")
   if resize not in EVAL_RESIZES:
-    raise ValueError(f"unknown data.eval_resize {resize!r}; known: {EVAL_RESIZES}")
+    raise DataError(f"unknown data.eval_resize {resize!r}; known: {EVAL_RESIZES}")
   return ImageSpec(size, tuple(mean), tuple(std), resize)

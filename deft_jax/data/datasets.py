@@ -15,21 +15,37 @@ import numpy as np
 from deft_jax.data import cifar_offline, folders, noise, sampling, sources, tfds_sources  # noqa: F401 (registering)
 from deft_jax.data.config import default_data_config
 from deft_jax.data.splits import LabeledSplit, drop_corrupt
+from deft_jax.data.errors import ClassNamesError, DataError
 
 # The loaders register themselves with the source registry when their modules are imported.
 KNOWN_SOURCES = tuple(sources.known())
+
+
+def _clean_pretraining_set(cfg, class_names) -> LabeledSplit:
+  """data.pretrain_root (an image folder) or data.pretrain_file (a CSV), with the train split's classes."""
+  if cfg.pretrain_root and cfg.pretrain_file:
+    raise DataError("give data.pretrain_root or data.pretrain_file, not both")
+  if cfg.pretrain_root:
+    split = folders.load_image_folder(cfg.pretrain_root)["train"]
+    if list(split.class_names) != list(class_names):
+      raise ClassNamesError(
+          f"data.pretrain_root={cfg.pretrain_root!r} has the classes {list(split.class_names)[:10]}, the train split "
+          f"{list(class_names)[:10]}: the clean pretraining folder needs the same class folders")
+  else:
+    split = folders.load_csv(cfg.pretrain_file, class_names=list(class_names), root=cfg.root)["train"]
+  return dataclasses.replace(split, name=f"{split.name.rsplit('/', 1)[0]}/pretrain", clean_labels=split.labels)
 
 
 def _check_applicable(cfg) -> None:
   """Fields a source would silently ignore are errors: the run would not be what was asked."""
   cifar_n = cfg.source in ("demo", "cifar10n_offline", "tfds:cifar10_n", "tfds:cifar100_n")
   if cfg.label_set and not (cifar_n or cfg.cifar_n_file):
-    raise ValueError(f"data.label_set={cfg.label_set!r} does not apply to {cfg.source!r} (only "
+    raise DataError(f"data.label_set={cfg.label_set!r} does not apply to {cfg.source!r} (only "
                      "to CIFAR-N sources or with data.cifar_n_file)")
   if cfg.pretrain_indices and cfg.source != "cifar10n_offline":
-    raise ValueError("data.pretrain_indices applies to source 'cifar10n_offline' only")
+    raise DataError("data.pretrain_indices applies to source 'cifar10n_offline' only")
   if (cfg.train_file or cfg.test_file) and cfg.source != "csv":
-    raise ValueError("data.train_file / data.test_file apply to source 'csv' only")
+    raise DataError("data.train_file / data.test_file apply to source 'csv' only")
 
 
 def apply_noise(split: LabeledSplit, noise_cfg, *, source: str = "",
@@ -43,7 +59,7 @@ def apply_noise(split: LabeledSplit, noise_cfg, *, source: str = "",
   if kind == "none":
     return split
   if kind not in noise.NOISE_TYPES:
-    raise ValueError(f"unknown noise.type {kind!r}; known: {noise.NOISE_TYPES}")
+    raise DataError(f"unknown noise.type {kind!r}; known: {noise.NOISE_TYPES}")
   clean = split.labels
   files = [pathlib.Path(p) for p in (noise_cfg.file, path) if p]
   existing = next((f for f in files if f.is_file()), None)
@@ -90,7 +106,7 @@ def _merged(defaults: ml_collections.ConfigDict, given, prefix="data") -> ml_col
   given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
   for key, value in given.items():
     if key not in defaults:
-      raise ValueError(f"unknown config field {prefix}.{key}; known: {sorted(defaults)}")
+      raise DataError(f"unknown config field {prefix}.{key}; known: {sorted(defaults)}")
     if isinstance(defaults[key], ml_collections.ConfigDict):
       _merged(defaults[key], value, f"{prefix}.{key}")
     else:
@@ -112,12 +128,16 @@ def get_dataset(config, *, noisy_labels_path=None) -> dict[str, LabeledSplit]:
   _check_applicable(cfg)
   source = sources.get(cfg.source)
   splits = source.load(cfg)
+  if cfg.pretrain_root or cfg.pretrain_file:
+    splits["pretrain"] = _clean_pretraining_set(cfg, splits["train"].class_names)
   if cfg.skip_corrupt:
     splits = {k: drop_corrupt(v) for k, v in splits.items()}
   generic = source.generic
   if generic and cfg.train_indices:
     splits["train"] = splits["train"].subset(cifar_offline.parse_indices(
         cfg.train_indices, splits["train"].num_examples, "train_indices"))
+  if cfg.train_size:
+    splits["train"] = splits["train"].subset(np.arange(min(cfg.train_size, splits["train"].num_examples)))
   if generic and cfg.test_size:
     for key in ("test", "test2"):
       if key in splits:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from deft_jax.errors import DeftError
 
-class DataError(ValueError):
-  """Base class: the data (not the code) is wrong."""
+
+class DataError(DeftError, ValueError):
+  """Base class: the data (not the code), or the data config, is wrong."""
 
 
 class UnknownSourceError(DataError):
@@ -27,7 +29,7 @@ class CorruptImageError(DataError):
   """An image cannot be read or decoded."""
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(DeftError, FileNotFoundError):
   """A manual download is missing; the message says which files go where."""
 
 

@@ -63,7 +63,7 @@ def _override_names(found: list[str], given, what: str) -> list[str]:
 def load_class_names(names=(), names_file: str = "") -> list[str]:
   """Class names from a list or a text file (one per line)."""
   if names and names_file:
-    raise ValueError("give data.class_names or data.class_names_file, not both")
+    raise DataError("give data.class_names or data.class_names_file, not both")
   if names_file:
     if not gfile.exists(names_file):
       raise MissingDataError(f"class_names_file {names_file} does not exist")
@@ -198,7 +198,7 @@ def load_csv(train_file: str, *, test_file: str = "", class_names=(),
     _check_first_image(split, path)
     out[key] = split
   if "train" not in out:
-    raise ValueError("csv: data.train_file is required")
+    raise DataError("csv: data.train_file is required")
   return out
 
 
@@ -325,7 +325,7 @@ def load_webvision(root: str, *, subset: str = "google",
   sources = {"google": ["google"], "flickr": ["flickr"],
              "google+flickr": ["google", "flickr"]}.get(subset)
   if sources is None:
-    raise ValueError(f"webvision subset {subset!r}; known: google, flickr, google+flickr")
+    raise DataError(f"webvision subset {subset!r}; known: google, flickr, google+flickr")
   lists = [f"info/train_filelist_{s}.txt" for s in sources]
   _require(root, lists + ["info/val_filelist.txt", "info/synsets.txt"], "webvision",
            _WEBVISION_LAYOUT)

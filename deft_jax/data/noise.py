@@ -76,7 +76,7 @@ def _check(labels, num_classes, ratio):
   labels = np.asarray(labels)
   check_labels(labels, num_classes, what="labels to corrupt")
   if not 0.0 <= ratio <= 1.0:
-    raise ValueError(f"noise ratio must lie in [0, 1], got {ratio}")
+    raise DataError(f"noise ratio must lie in [0, 1], got {ratio}")
   return labels.astype(np.int32)
 
 
@@ -109,15 +109,15 @@ def class_map_array(class_map, num_classes: int) -> np.ndarray:
       return (np.arange(num_classes) + 1) % num_classes
     if class_map == "cifar10":
       if num_classes != 10:
-        raise ValueError(f"the cifar10 class map needs 10 classes, got {num_classes}")
+        raise DataError(f"the cifar10 class map needs 10 classes, got {num_classes}")
       class_map = CIFAR10_ASYM_MAP
     else:
-      raise ValueError(f"unknown class map {class_map!r}; known: 'next', 'cifar10' or a dict")
+      raise DataError(f"unknown class map {class_map!r}; known: 'next', 'cifar10' or a dict")
   out = np.arange(num_classes)
   for src, dst in dict(class_map).items():
     src, dst = int(src), int(dst)
     if not (0 <= src < num_classes and 0 <= dst < num_classes):
-      raise ValueError(f"class map entry {src} -> {dst} outside [0, {num_classes})")
+      raise DataError(f"class map entry {src} -> {dst} outside [0, {num_classes})")
     out[src] = dst
   return out
 
@@ -144,7 +144,7 @@ def instance_noise(labels, images, num_classes: int, ratio: float, seed: int = 1
   labels = _check(labels, num_classes, ratio)
   images = np.asarray(images)
   if images.ndim != 4 or len(images) != len(labels):
-    raise ValueError(f"want images [N={len(labels)}, H, W, C], got {images.shape}")
+    raise DataError(f"want images [N={len(labels)}, H, W, C], got {images.shape}")
   n = len(labels)
   rng = np.random.default_rng(seed)
   if std > 0:

@@ -27,6 +27,7 @@ import numpy as np
 from deft_jax.data import preprocess
 from deft_jax.data._tf import AUTOTUNE, tf
 from deft_jax.data.splits import LabeledSplit, raise_corrupt
+from deft_jax.data.errors import DataError
 
 # Decoded in place of padding examples, so padding costs almost nothing.
 _PAD_IMAGE = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
@@ -44,7 +45,7 @@ def _process(process_index, process_count) -> tuple[int, int]:
 
 def _local_batch(global_batch_size: int, process_count: int) -> int:
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size {global_batch_size} must be a positive "
+    raise DataError(f"global_batch_size {global_batch_size} must be a positive "
                      f"multiple of the process count {process_count}")
   return global_batch_size // process_count
 
@@ -175,7 +176,7 @@ def train_batches(split: LabeledSplit, *, global_batch_size: int, image_size: in
     raise ValueError(f"unknown augment {augment!r}; known: {preprocess.AUGMENTATIONS}")
   p, count, b, steps = _plan(split, global_batch_size, process_index, process_count)
   if not 0 <= start_step <= steps:
-    raise ValueError(f"start_step {start_step} not in [0, {steps}]")
+    raise DataError(f"start_step {start_step} not in [0, {steps}]")
   base = _seed_base(seed, epoch)
   order = None
   if split.reader.random_access:

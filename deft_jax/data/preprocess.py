@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from deft_jax.data._tf import tf
-
 from deft_jax.data.config import (AUGMENTATIONS, CLIP_MEAN, CLIP_STD, DATASET_STATS, EVAL_RESIZES,  # noqa: F401
                                   RESIZE_RATIO, normalization)
+from deft_jax.data.errors import DataError
 
 
 # ------------------------------------------------------------------ NumPy / PIL
@@ -63,7 +63,7 @@ def clip_preprocess_numpy(images, size: int = 224, mean=CLIP_MEAN,
   for i, img in enumerate(images):
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
-      raise ValueError(f"image {i}: want uint8 [h, w, 3], got {img.dtype} {img.shape}")
+      raise DataError(f"image {i}: want uint8 [h, w, 3], got {img.dtype} {img.shape}")
     h, w = img.shape[:2]
     nh, nw = _short_side_size(h, w, size)
     pil = Image.fromarray(img)
@@ -120,7 +120,7 @@ def eval_transform(image: tf.Tensor, size: int, resize: str = "short_side") -> t
     image.set_shape([size, size, 3])
     return image
   if resize != "short_side":
-    raise ValueError(f"unknown eval_resize {resize!r}; known: {EVAL_RESIZES}")
+    raise DataError(f"unknown eval_resize {resize!r}; known: {EVAL_RESIZES}")
   shape = tf.shape(image)
   h, w = shape[0], shape[1]
   hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
@@ -185,7 +185,7 @@ def train_transform(image: tf.Tensor, size: int, augment: str, seed: tf.Tensor,
   if augment == "none":
     return eval_transform(image, size, eval_resize)
   if augment not in AUGMENTATIONS:
-    raise ValueError(f"unknown augment {augment!r}; known: {AUGMENTATIONS}")
+    raise DataError(f"unknown augment {augment!r}; known: {AUGMENTATIONS}")
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   if augment == "cifar":
     shape = tf.shape(image)

@@ -17,7 +17,7 @@ def class_balanced_subset(labels, num_classes: int, total: int, seed: int) -> np
   """
   labels = np.asarray(labels)
   if total > len(labels):
-    raise ValueError(f"subset of {total} from {len(labels)} examples")
+    raise DataError(f"subset of {total} from {len(labels)} examples")
   rng = np.random.default_rng(seed)
   per_class = total // num_classes
   chosen, rest = [], []

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from deft_jax.data import preprocess
-from deft_jax.data._tf import AUTOTUNE, tf
-from deft_jax.data.errors import ClassNamesError, CorruptImageError, check_labels
+from deft_jax.data._tf import AUTOTUNE, native_stderr_captured, tf
+from deft_jax.data.errors import ClassNamesError, CorruptImageError, DataError, check_labels
 
 
 def even_shard_bounds(n: int, count: int) -> list[tuple[int, int]]:
@@ -161,7 +161,7 @@ class LabeledSplit:
     set_("ids", np.asarray(self.ids).astype(str))
     n = len(self.labels)
     if len(self.ids) != n or len(self.reader) != n:
-      raise ValueError(f"{self.name}: {n} labels, {len(self.ids)} ids, "
+      raise DataError(f"{self.name}: {n} labels, {len(self.ids)} ids, "
                        f"{len(self.reader)} images; they must agree")
     if not self.class_names:
       raise ClassNamesError(f"{self.name}: no class names")
@@ -169,7 +169,7 @@ class LabeledSplit:
     if self.clean_labels is not None:
       set_("clean_labels", _as_int32(self.clean_labels, f"{self.name} clean_labels"))
       if len(self.clean_labels) != n:
-        raise ValueError(f"{self.name}: {len(self.clean_labels)} clean labels for {n} examples")
+        raise DataError(f"{self.name}: {len(self.clean_labels)} clean labels for {n} examples")
       # -1 marks "unknown" for individual examples (e.g. Clothing1M train).
       known = self.clean_labels >= 0
       check_labels(np.where(known, self.clean_labels, 0), self.num_classes,
@@ -245,7 +245,7 @@ class LabeledSplit:
       raise_corrupt(self, indices, e)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-      raise ValueError(f"{self.name}: images differ in size ({sorted(shapes)[:3]}...); "
+      raise DataError(f"{self.name}: images differ in size ({sorted(shapes)[:3]}...); "
                        "pass size= to resize them")
     if not images:
       return np.zeros((0, size or 0, size or 0, 3), np.uint8)
@@ -255,11 +255,17 @@ class LabeledSplit:
     """(index, id, error) for each of `indices` whose image cannot be read or decoded."""
     bad = []
     for i in np.asarray(indices, np.int64).reshape(-1):
-      try:
-        preprocess.decode(tf.constant(self.reader.read(int(i)))).numpy()
-      except (tf.errors.OpError, OSError, ValueError) as e:
-        msg = getattr(e, "message", None) or str(e)
-        bad.append((int(i), self.reader.describe(int(i)), msg.strip().splitlines()[0]))
+      with native_stderr_captured() as decoder_said:
+        try:
+          preprocess.decode(tf.constant(self.reader.read(int(i)))).numpy()
+          err = None
+        except (tf.errors.OpError, OSError, ValueError) as e:
+          err = e
+      if err is not None:
+        msg = (getattr(err, "message", None) or str(err)).strip().splitlines()[0]
+        if decoder_said:
+          msg += f" (the JPEG decoder: {'; '.join(decoder_said[:3])})"
+        bad.append((int(i), self.reader.describe(int(i)), msg))
     return bad
 
   def summary(self) -> str:
@@ -276,7 +282,8 @@ def raise_corrupt(split: LabeledSplit, candidates, error: Exception):
     raise error
   i, ident, msg = bad[0]
   raise CorruptImageError(
-      f"{split.name}: cannot read or decode image {ident} (index {i}): {msg}. "
+      f"{split.name}: cannot read or decode image {ident} (index {i}): {msg}. Any bare line such as 'Improper "
+      "call to JPEG library' printed just before is the JPEG decoder's own message about this file. "
       f"{len(bad)} bad image(s) among the {len(candidates)} checked. Set "
       "data.skip_corrupt=True to drop unreadable images when the dataset loads."
   ) from error
@@ -292,8 +299,12 @@ def find_corrupt(split: LabeledSplit) -> np.ndarray:
       num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.apply(tf.data.experimental.ignore_errors())
   good = np.zeros(split.num_examples, bool)
-  for i, height in ds.prefetch(AUTOTUNE).as_numpy_iterator():
-    good[i] = height > 0
+  with native_stderr_captured() as decoder_said:  # one line per bad JPEG otherwise
+    for i, height in ds.prefetch(AUTOTUNE).as_numpy_iterator():
+      good[i] = height > 0
+  if decoder_said:
+    logging.info("%s: the JPEG decoder reported %d problem(s), e.g. %s", split.name, len(decoder_said),
+                 decoder_said[0])
   return np.flatnonzero(~good)
 
 

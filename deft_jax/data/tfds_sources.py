@@ -223,7 +223,7 @@ def load_tfds(name: str, *, split: str, data_dir: str = "", manual_dir: str = ""
   first_classes: keep only examples of classes [0, first_classes) (ImageNet for WebVision).
   """
   if not _SPLIT_NAME.match(split):
-    raise ValueError(f"TFDS split must be a plain name like 'train', got {split!r}; "
+    raise DataError(f"TFDS split must be a plain name like 'train', got {split!r}; "
                      "select examples with data.train_indices instead")
   base = name.split(":")[0]
   builder = prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir,
@@ -234,12 +234,12 @@ def load_tfds(name: str, *, split: str, data_dir: str = "", manual_dir: str = ""
     sets = CIFAR_N_LABEL_SETS[base]
     chosen = label_set or DEFAULT_LABEL_SET[base]
     if chosen not in sets:
-      raise ValueError(f"{base}: unknown label_set {chosen!r}; known: {sorted(sets)}")
+      raise DataError(f"{base}: unknown label_set {chosen!r}; known: {sorted(sets)}")
     clean_key = "label"
     if split_role == "train":
       label_key = sets[chosen]
   elif label_set and not cifar_n_file:
-    raise ValueError(f"label_set={label_set!r} needs tfds:cifar10_n / tfds:cifar100_n "
+    raise DataError(f"label_set={label_set!r} needs tfds:cifar10_n / tfds:cifar100_n "
                      "or data.cifar_n_file")
   id_key = next((k for k in ("id", "image/filename", "file_name") if k in features), None)
   check_cub = base == "caltech_birds2011" and "label_name" in features
@@ -273,7 +273,7 @@ def _labels_from_cifar_n_file(path, label_set, record_ids, tfds_labels):
   path = require_file(path, "data.cifar_n_file", MissingDataError)
   with np.load(path, allow_pickle=False) as z:
     if label_set not in z.files:
-      raise ValueError(f"{path}: no label set {label_set!r}; it has {z.files}")
+      raise DataError(f"{path}: no label set {label_set!r}; it has {z.files}")
     noisy, clean = z[label_set], z["clean_label"]
   py = _python_index(record_ids)
   if py.max() >= len(clean):

@@ -18,6 +18,7 @@ from deft_jax.models import build
 from deft_jax.models import clip as clip_lib
 from deft_jax.models.peft import PEFTConfig, trainable_patterns
 from deft_jax.models.tokenizer import Tokenizer
+from deft_jax.errors import ConfigError
 
 
 def default_rules(peft: PEFTConfig) -> list[tuple[str, Any]]:
@@ -112,7 +113,7 @@ class Detector:
 def _first_epoch_index(epoch: int) -> int:
   """detect.pseudo_labels_from_epoch (1-based) -> the 0-based epoch index the step compares against."""
   if int(epoch) < 1:
-    raise ValueError(f"detect.pseudo_labels_from_epoch counts epochs from 1 (got {epoch})")
+    raise ConfigError(f"detect.pseudo_labels_from_epoch counts epochs from 1 (got {epoch})")
   return int(epoch) - 1
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from deft_jax.models import clip as clip_lib
 from deft_jax.models.tokenizer import Tokenizer
+from deft_jax.errors import ConfigError
 
 PLACEHOLDER = "X"
 
@@ -60,15 +61,15 @@ def build_template(class_names: Sequence[str], tokenizer: Tokenizer, *, n_ctx: i
   context starts from its word embeddings; otherwise ``n_ctx`` vectors start from N(0, 0.02).
   """
   if not class_names:
-    raise ValueError("no class names given")
+    raise ConfigError("no class names given")
   if position not in ("end", "middle", "front"):
-    raise ValueError(f"class_token_position must be 'end', 'middle' or 'front', got {position!r}")
+    raise ConfigError(f"class_token_position must be 'end', 'middle' or 'front', got {position!r}")
   init_ids = None
   if ctx_init:
     init_ids = np.asarray(tokenizer.encode(ctx_init), np.int32)
     n_ctx = len(init_ids)
   if n_ctx <= 0:
-    raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+    raise ConfigError(f"n_ctx must be positive, got {n_ctx}")
   ph = tokenizer.encode(PLACEHOLDER)
   if len(ph) != 1:
     raise ValueError("the placeholder must be a single token")
@@ -80,7 +81,7 @@ def build_template(class_names: Sequence[str], tokenizer: Tokenizer, *, n_ctx: i
     full = tokenizer.encode(name + ".")
     name_len = len(tokenizer.encode(name))
     if not name_len:
-      raise ValueError(f"class name {name!r} has no tokens")
+      raise ConfigError(f"class name {name!r} has no tokens")
     head, tail = full[:name_len], full[name_len:]
     c = list(range(n_ctx))
     if position == "end":
@@ -93,7 +94,7 @@ def build_template(class_names: Sequence[str], tokenizer: Tokenizer, *, n_ctx: i
               + [(t, -1) for t in tail])
     seq = [(tokenizer.bos_id, -1)] + [(ph[0] if t is None else t, j) for t, j in body] + [(tokenizer.eos_id, -1)]
     if len(seq) > tokenizer.context_length:
-      raise ValueError(f"the prompt of class {name!r} needs {len(seq)} tokens, more than the context length "
+      raise ConfigError(f"the prompt of class {name!r} needs {len(seq)} tokens, more than the context length "
                        f"{tokenizer.context_length}; shorten the name or n_ctx")
     rows.append([t for t, _ in seq])
     ctx_rows.append([j for _, j in seq])

@@ -110,7 +110,9 @@ def _batch_metrics(loss, aux, batch) -> dict:
 
 def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool = False, text_chunk: int = 0,
                 with_embedding: bool = False) -> dict:
-  """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin (+ embedding)."""
+  """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin; with
+  ``with_embedding`` also ``embedding`` (the L2-normalised image features) and ``pred_probs`` (the softmax over
+  the positive prompts' logits, [B, C]: the detector's class probabilities, cleanlab's pred_probs)."""
   s_pos, s_neg, img = logits(model, params, batch["image"], template, text_chunk=text_chunk,
                              return_features=True)
   py = losses.p_yes(s_pos, s_neg)
@@ -123,6 +125,7 @@ def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool 
   }
   if with_embedding:
     out["embedding"] = img
+    out["pred_probs"] = jax.nn.softmax(s_pos.astype(jnp.float32), axis=-1)
   return out
 
 

@@ -21,12 +21,12 @@ import jax
 import numpy as np
 
 from deft_jax import loop, parallel, stages
-from deft_jax.checkpoint import StageCheckpointer, load_npz, save_npz
+from deft_jax.checkpoint import StageCheckpointer, load_npz, save_npy, save_npz
 from deft_jax.data import pipeline
 from deft_jax.data.config import image_spec
 from deft_jax.detect import detector as detector_lib
 from deft_jax.detect import step as step_lib
-from deft_jax.errors import DivergedError
+from deft_jax.errors import ConfigError, DivergedError
 from deft_jax.report import metrics as report_metrics
 from deft_jax.tree import flatten
 
@@ -61,7 +61,7 @@ def outputs(workdir) -> dict[str, Path]:
   leaves), ``checkpoints``."""
   d = stages.directory(workdir, "detect")
   return {"dir": d, "detection": d / OUTPUT_FILE, "learned_params": d / LEARNED_PARAMS_FILE,
-          "checkpoints": d / "checkpoints"}
+          "pred_probs": d / "pred_probs.npy", "features": d / "features.npy", "checkpoints": d / "checkpoints"}
 
 
 def score_split(detector: detector_lib.Detector, params, split, *, batch_size: int, data_kw: dict,
@@ -110,10 +110,12 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   result.update({"online_" + k: np.asarray(v) for k, v in online.items()})
   result["online_is_clean"] = result.pop("online_selected")
   if d.final_mask not in ("online", "scoring_pass"):
-    raise ValueError(f"detect.final_mask must be 'online' or 'scoring_pass', got {d.final_mask!r}")
-  if d.scoring_pass or d.final_mask == "scoring_pass":
+    raise ConfigError(f"detect.final_mask must be 'online' or 'scoring_pass', got {d.final_mask!r}")
+  export = bool(config.report.get("export_arrays", True))
+  if d.scoring_pass or d.final_mask == "scoring_pass" or export:
     scored = score_split(det, state["params"], train_split, batch_size=d.eval_batch_size or d.batch_size,
-                         data_kw=data_kw)
+                         data_kw=data_kw, with_embedding=export)
+    arrays = {k: scored.pop(k) for k in ("pred_probs", "embedding") if k in scored}
     result.update({"pass_" + k: v for k, v in scored.items()})
   scale = float(np.exp(np.asarray(jax.device_get(state["params"]["clip"]["logit_scale"]), np.float64)))
   for prefix in ("online_", "pass_"):
@@ -125,6 +127,9 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
     result[k] = result[src + k]
   result["params_step"] = np.asarray(int(state["step"]))
   check_finite_outputs(result, "detect")
+  if export:  # the scoring pass's class probabilities and image embeddings, for cleanlab and notebooks
+    save_npy(out["pred_probs"], arrays["pred_probs"].astype(np.float32))
+    save_npy(out["features"], arrays["embedding"].astype(np.float32))
   save_npz(out_file, result)
   save_learned_params(out["learned_params"], state["params"], det.mask)
   return result

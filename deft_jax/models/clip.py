@@ -24,6 +24,7 @@ import numpy as np
 
 from deft_jax.models import peft as peft_lib
 from deft_jax.models.presets import CLIPConfig
+from deft_jax.errors import ConfigError
 
 Array = jax.Array
 
@@ -86,7 +87,7 @@ def _activation(name: str):
     return lambda x: x * jax.nn.sigmoid(1.702 * x)
   if name == "gelu":
     return lambda x: jax.nn.gelu(x, approximate=False)
-  raise ValueError(f"unknown activation {name!r}")
+  raise ConfigError(f"unknown activation {name!r}")
 
 
 def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
@@ -232,7 +233,7 @@ def _scan_block_peft(blocks: Sequence[peft_lib.BlockPEFT]) -> peft_lib.BlockPEFT
   if first.prompt == "append":
     first = peft_lib.BlockPEFT(**{**first.__dict__, "prompt": "replace"})
   if any(b != first for b in blocks[1:]):
-    raise ValueError("scan=True needs the same PEFT on every block (no `partial`, no VPT-shallow); "
+    raise ConfigError("scan=True needs the same PEFT on every block (no `partial`, no VPT-shallow); "
                      "use scan=False for this PEFT configuration")
   return first
 
@@ -251,7 +252,7 @@ class VisionEmbeddings(nn.Module):
                 use_bias=False, dtype=self.dtype, name="patch_embedding")(images.astype(self.dtype))
     b, h, w, c = x.shape
     if 1 + h * w != self.num_positions:
-      raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px give {h * w} patches, but the model "
+      raise ConfigError(f"images of {images.shape[1]}x{images.shape[2]} px give {h * w} patches, but the model "
                        f"has {self.num_positions - 1} patch positions (image_size mismatch)")
     x = x.reshape(b, h * w, c)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c)), x], axis=1)
@@ -321,7 +322,7 @@ class TextTransformer(nn.Module):
     """Token embeddings [B, T, width] (T <= context_length) -> pooled features [B, width]."""
     t = embeds.shape[1]
     if t > self.config.text.context_length:
-      raise ValueError(f"{t} tokens exceed the context length {self.config.text.context_length}")
+      raise ConfigError(f"{t} tokens exceed the context length {self.config.text.context_length}")
     dtype = jnp.dtype(self.config.dtype)
     x = (embeds + self.embeddings.position_embedding.embedding[:t][None]).astype(dtype)
     x = self.final_layer_norm(self.encoder(x))

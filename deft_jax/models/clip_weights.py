@@ -17,6 +17,7 @@ import numpy as np
 from deft_jax.models import peft, presets
 from deft_jax.models.weights import CheckpointMismatchError, merge_params
 from deft_jax.tree import flatten
+from deft_jax.errors import ConfigError, MissingFileError
 
 # Buffers that HF state dicts may carry and that are not parameters.
 IGNORED_KEYS = (r".*\.position_ids",)
@@ -33,7 +34,7 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
     return p
   s = str(path_or_id)
   if s.startswith((".", "/", "~")) or s.count("/") != 1:
-    raise FileNotFoundError(f"CLIP checkpoint {s!r} does not exist (and it is not a hub id like "
+    raise MissingFileError(f"CLIP checkpoint {s!r} does not exist (and it is not a hub id like "
                             "'openai/clip-vit-base-patch16')")
   try:
     import huggingface_hub
@@ -55,17 +56,50 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
       pickled = [f.name for f in path.glob("*.bin")] + [f.name for f in path.glob("*.pt*")]
       hint = (f" It holds {pickled}: deft_jax never unpickles weights; convert them with "
               "transformers (model.save_pretrained(dir, safe_serialization=True)).") if pickled else ""
-      raise FileNotFoundError(f"no *.safetensors file in {path}.{hint}")
+      raise MissingFileError(f"no *.safetensors file in {path}.{hint}")
   out: dict[str, np.ndarray] = {}
   for f in files:
     if f.suffix != ".safetensors":
-      raise ValueError(f"{f} is not a .safetensors file; deft_jax loads safetensors only")
+      raise ConfigError(f"{f} is not a .safetensors file; deft_jax loads safetensors only")
     try:
       tensors = load_file(str(f))
     except Exception as e:  # safetensors raises its own error types for corrupt headers.
-      raise ValueError(f"cannot read {f}: {e} (corrupt or not a safetensors file?)") from e
+      raise ConfigError(f"cannot read {f}: {e} (corrupt or not a safetensors file?)") from e
     out.update(tensors)
   return out
+
+
+def _to_flax(key: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+  """One HF ``CLIPModel`` tensor as (deft_jax path, value in deft_jax's layout)."""
+  parts = key.split(".")
+  if len(parts) > 1 and parts[-2] == "patch_embedding" and parts[-1] == "weight":
+    return "/".join(parts[:-1] + ["kernel"]), value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+  leaf = parts[-1]
+  parent = parts[-2] if len(parts) > 1 else ""
+  if parent in ("token_embedding", "position_embedding") and leaf == "weight":
+    name = "embedding"
+  elif re.search(r"(layer_norm\d|layernorm|layrnorm|final_layer_norm)$", parent) and leaf == "weight":
+    name = "scale"
+  elif leaf == "weight" and value.ndim == 2:
+    name, value = "kernel", value.T
+  else:
+    name = leaf
+  path = [("layers_" + p if i > 0 and parts[i - 1] == "layers" else p) for i, p in enumerate(parts[:-1])]
+  path = [p for i, p in enumerate(path) if not (p == "layers" and i + 1 < len(path)
+                                                 and path[i + 1].startswith("layers_"))]
+  return "/".join(path + [name]), value
+
+
+def _in_file_layout(key: str, flax_shape: tuple) -> tuple:
+  """The shape a tensor of deft_jax shape ``flax_shape`` has in a HF state dict under ``key`` (the inverse of
+  the layout change of :func:`_to_flax`), so that a mismatch is reported as the file's reader sees it."""
+  parts = key.split(".")
+  if len(parts) > 1 and parts[-2] == "patch_embedding" and parts[-1] == "weight" and len(flax_shape) == 4:
+    h, w, i, o = flax_shape
+    return (o, i, h, w)
+  if parts[-1] == "weight" and len(flax_shape) == 2 and parts[-2] not in ("token_embedding", "position_embedding"):
+    return tuple(flax_shape[::-1])
+  return tuple(flax_shape)
 
 
 def hf_to_flax(state: Mapping[str, np.ndarray], *, scan: bool = False) -> dict[str, np.ndarray]:
@@ -81,25 +115,28 @@ def hf_to_flax(state: Mapping[str, np.ndarray], *, scan: bool = False) -> dict[s
     value = np.asarray(value)
     if value.dtype not in (np.float32, np.float64):
       value = value.astype(np.float32)  # fp16 / bf16 checkpoints: parameters are fp32 here.
-    parts = key.split(".")
-    if len(parts) > 1 and parts[-2] == "patch_embedding" and parts[-1] == "weight":
-      out["/".join(parts[:-1] + ["kernel"])] = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-      continue
-    leaf = parts[-1]
-    parent = parts[-2] if len(parts) > 1 else ""
-    if parent in ("token_embedding", "position_embedding") and leaf == "weight":
-      name = "embedding"
-    elif re.search(r"(layer_norm\d|layernorm|layrnorm|final_layer_norm)$", parent) and leaf == "weight":
-      name = "scale"
-    elif leaf == "weight" and value.ndim == 2:
-      name, value = "kernel", value.T
-    else:
-      name = leaf
-    path = [("layers_" + p if i > 0 and parts[i - 1] == "layers" else p) for i, p in enumerate(parts[:-1])]
-    path = [p for i, p in enumerate(path) if not (p == "layers" and i + 1 < len(path)
-                                                   and path[i + 1].startswith("layers_"))]
-    out["/".join(path + [name])] = value
+    path, value = _to_flax(key, value)
+    out[path] = value
   return stack_layers(out) if scan else out
+
+
+def _shape_errors(state: Mapping[str, np.ndarray], init_params, scan: bool, source: str) -> list[str]:
+  """Every tensor of the file whose shape this model cannot take, in the file's own names and layout."""
+  want = flatten(init_params)
+  errors = []
+  for key, value in state.items():
+    path, converted = _to_flax(key, np.asarray(value))
+    target = want.get(path)
+    if target is None and scan:  # the scanned layout stacks encoder/layers_i/x as encoder/layers/x
+      stacked = re.sub(r"/encoder/layers_\d+/", "/encoder/layers/", path)
+      target = want.get(stacked)
+      want_shape = None if target is None else tuple(target.shape[1:])
+    else:
+      want_shape = None if target is None else tuple(target.shape)
+    if want_shape is not None and tuple(converted.shape) != want_shape:
+      errors.append(f"{key}: {source} has {tuple(np.shape(value))}, this model needs "
+                    f"{_in_file_layout(key, want_shape)}")
+  return errors
 
 
 def flax_to_hf(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -147,10 +184,16 @@ def load_pretrained(
     scan: bool = False,
     dont_load: Iterable[str] = PEFT_PATTERNS,
 ) -> dict:
-  """Merges a HF CLIP checkpoint into freshly initialised parameters (strictly; see weights.merge_params)."""
+  """Merges a HF CLIP checkpoint into freshly initialised parameters (strictly; see weights.merge_params). A
+  tensor of the wrong shape is reported in the file's own names and layout."""
   ckpt = resolve_checkpoint(path_or_id)
-  loaded = hf_to_flax(read_safetensors(ckpt), scan=scan)
-  return merge_params(init_params, loaded, dont_load=dont_load, source=str(path_or_id))
+  state = read_safetensors(ckpt)
+  errors = _shape_errors(state, init_params, scan, "the file")
+  if errors:
+    shown = "\n  ".join(sorted(errors)[:40])
+    raise CheckpointMismatchError(f"cannot load {path_or_id} into this model (is it a checkpoint of another model "
+                                  f"or preset?): {len(errors)} shape mismatch(es), in the file's layout:\n  {shown}")
+  return merge_params(init_params, hf_to_flax(state, scan=scan), dont_load=dont_load, source=str(path_or_id))
 
 
 def config_from_checkpoint(path_or_id: str | Path, **overrides) -> presets.CLIPConfig:

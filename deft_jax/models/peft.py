@@ -21,6 +21,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from deft_jax.errors import ConfigError
+
 LORA_TARGETS = ("q", "k", "v", "out", "fc1", "fc2")
 SSF_SITES = ("q", "k", "v", "out", "fc1", "fc2")
 
@@ -80,16 +82,16 @@ class PEFTConfig:
 
   def __post_init__(self):
     if self.vpt not in ("none", "shallow", "deep"):
-      raise ValueError(f"peft.vpt must be 'none', 'shallow' or 'deep', got {self.vpt!r}")
+      raise ConfigError(f"peft.vpt must be 'none', 'shallow' or 'deep', got {self.vpt!r}")
     if self.vpt != "none" and self.vpt_tokens <= 0:
-      raise ValueError(f"peft.vpt_tokens must be positive with vpt={self.vpt!r}, got {self.vpt_tokens}")
+      raise ConfigError(f"peft.vpt_tokens must be positive with vpt={self.vpt!r}, got {self.vpt_tokens}")
     unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
     if unknown:
-      raise ValueError(f"unknown peft.lora_targets {unknown}; choose among {LORA_TARGETS}")
+      raise ConfigError(f"unknown peft.lora_targets {unknown}; choose among {LORA_TARGETS}")
     if self.lora_rank < 0 or self.adapter_dim < 0:
-      raise ValueError("peft.lora_rank and peft.adapter_dim must be >= 0")
+      raise ConfigError("peft.lora_rank and peft.adapter_dim must be >= 0")
     if self.partial is not None and self.partial <= 0:
-      raise ValueError(f"peft.partial must be a positive block count or None, got {self.partial}")
+      raise ConfigError(f"peft.partial must be a positive block count or None, got {self.partial}")
     object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
   @classmethod
@@ -103,7 +105,7 @@ class PEFTConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-      raise ValueError(f"unknown PEFT option(s) {unknown}; known: {sorted(known)}")
+      raise ConfigError(f"unknown PEFT option(s) {unknown}; known: {sorted(known)}")
     return cls(**d)
 
   @property

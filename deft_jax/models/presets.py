@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from deft_jax.errors import ConfigError, MissingFileError
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -88,7 +90,7 @@ HUB_IDS = {
 def get_preset(name: str, **overrides) -> CLIPConfig:
   """A preset by name, with top-level fields (dtype, remat, ...) overridden."""
   if name not in PRESETS:
-    raise ValueError(f"unknown CLIP preset {name!r}; known presets: {sorted(PRESETS)}")
+    raise ConfigError(f"unknown CLIP preset {name!r}; known presets: {sorted(PRESETS)}")
   return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 
@@ -99,15 +101,15 @@ def from_hf_config(cfg: Mapping[str, Any] | str | Path, **overrides) -> CLIPConf
     if path.is_dir():
       path = path / "config.json"
     if not path.exists():
-      raise FileNotFoundError(f"no CLIP config.json at {path}")
+      raise MissingFileError(f"no CLIP config.json at {path}")
     cfg = json.loads(path.read_text())
   if "vision_config" not in cfg or "text_config" not in cfg:
-    raise ValueError("not a CLIP config.json: it lacks vision_config / text_config "
+    raise ConfigError("not a CLIP config.json: it lacks vision_config / text_config "
                      f"(model_type={cfg.get('model_type')!r})")
   v, t = cfg["vision_config"], cfg["text_config"]
   act_v, act_t = v.get("hidden_act", "quick_gelu"), t.get("hidden_act", "quick_gelu")
   if act_v != act_t or act_v not in ("quick_gelu", "gelu"):
-    raise ValueError(f"unsupported CLIP activation(s) vision={act_v!r} text={act_t!r}")
+    raise ConfigError(f"unsupported CLIP activation(s) vision={act_v!r} text={act_t!r}")
   eos = t.get("eos_token_id", 2)
   if isinstance(eos, (list, tuple)):
     eos = eos[0]

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from deft_jax.errors import MissingFileError
+
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "clip_bpe"
 CONTEXT_LENGTH = 77
 
@@ -41,7 +43,7 @@ class Tokenizer:
     directory = Path(directory) if directory is not None else DEFAULT_DIR
     has_bpe = (directory / "vocab.json").exists() and (directory / "merges.txt").exists()
     if not (has_bpe or (fast and (directory / "tokenizer.json").exists())):
-      raise FileNotFoundError(f"no CLIP tokenizer in {directory}: it needs vocab.json and merges.txt")
+      raise MissingFileError(f"no CLIP tokenizer in {directory}: it needs vocab.json and merges.txt")
     cls = CLIPTokenizerFast if fast else CLIPTokenizer
     self._tok = cls.from_pretrained(str(directory))
     self.context_length = context_length

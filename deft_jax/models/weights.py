@@ -14,9 +14,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from deft_jax.errors import DeftError
 from deft_jax.tree import flatten, unflatten
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(DeftError, ValueError):
   """A checkpoint does not fit the model it is loaded into."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from deft_jax.data.class_names import clean_name
 from deft_jax.models import clip as clip_lib
 from deft_jax.models.tokenizer import Tokenizer
+from deft_jax.errors import ConfigError
 
 TEMPLATES = (
     "a photo of a {}.",
@@ -42,7 +43,7 @@ def templates(spec) -> tuple[str, ...]:
   if spec == "single":
     return (ZERO_SHOT_TEMPLATE,)
   if isinstance(spec, str) or not spec or not all(isinstance(t, str) and "{}" in t for t in spec):
-    raise ValueError(f"adapt.zeroshot_templates must be 'ensemble', 'single' or a list of templates with '{{}}', "
+    raise ConfigError(f"adapt.zeroshot_templates must be 'ensemble', 'single' or a list of templates with '{{}}', "
                      f"got {spec!r}")
   return tuple(spec)
 

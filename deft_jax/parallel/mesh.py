@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from deft_jax.tree import tree_paths
+from deft_jax.errors import ConfigError
 
 
 def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),), devices=None) -> Mesh:
@@ -33,13 +34,13 @@ def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),), devices=None) -
   axes = [(str(n), int(s)) for n, s in axes]
   sizes = [s for _, s in axes]
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh {axes}: at most one axis may have size -1")
+    raise ConfigError(f"mesh {axes}: at most one axis may have size -1")
   known = int(np.prod([s for s in sizes if s != -1])) if any(s != -1 for s in sizes) else 1
   if len(devices) % known:
-    raise ValueError(f"mesh {axes} does not divide the {len(devices)} available devices")
+    raise ConfigError(f"mesh {axes} does not divide the {len(devices)} available devices")
   sizes = [len(devices) // known if s == -1 else s for s in sizes]
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {axes} needs {int(np.prod(sizes))} devices, {len(devices)} are available")
+    raise ConfigError(f"mesh {axes} needs {int(np.prod(sizes))} devices, {len(devices)} are available")
   return Mesh(np.asarray(devices).reshape(sizes), tuple(n for n, _ in axes))
 
 
@@ -80,10 +81,10 @@ def shardings_for(tree, mesh: Mesh, rules: Sequence[tuple[str, str]] = ()):
     elif rule.startswith("fsdp"):
       axis = rule.split(":", 1)[1] if ":" in rule else mesh.axis_names[0]
       if axis not in mesh.axis_names:
-        raise ValueError(f"sharding rule {pattern!r}: axis {axis!r} is not in the mesh {mesh.axis_names}")
+        raise ConfigError(f"sharding rule {pattern!r}: axis {axis!r} is not in the mesh {mesh.axis_names}")
       out.append(NamedSharding(mesh, _fsdp_spec(shape, axis, mesh)))
     else:
-      raise ValueError(f"unknown sharding rule {rule!r} for {pattern!r}; use 'replicate' or 'fsdp[:axis]'")
+      raise ConfigError(f"unknown sharding rule {rule!r} for {pattern!r}; use 'replicate' or 'fsdp[:axis]'")
   return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -31,6 +31,7 @@ from deft_jax.data.config import image_spec
 from deft_jax.models import clip as clip_lib
 from deft_jax.models import clip_weights, presets, zeroshot
 from deft_jax.models.tokenizer import DEFAULT_DIR, Tokenizer
+from deft_jax.errors import ConfigError
 
 MAX_LOGIT_SCALE = float(np.log(100.0))
 
@@ -126,8 +127,15 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
     logging.info("[pretrain] complete: reusing %s", final)
     return final
   if p.split not in splits:
-    raise ValueError(f"pretrain.split={p.split!r} is not a split of this dataset (have {sorted(splits)})")
+    raise ConfigError(
+        f"pretrain.split={p.split!r} is not a split of this dataset (it has {sorted(splits)}). Give a clean "
+        "pretraining set with data.pretrain_root=<folder of class subfolders> or data.pretrain_file=<csv of "
+        "path,label> (the same class names), or set pretrain.split=train to pretrain on the labels being audited "
+        "(noisy: the CLIP then learns their errors).")
   split, test = splits[p.split], splits.get("test")
+  if p.split == "train":
+    logging.warning("[pretrain] pretraining on the train split's own labels, the ones this run audits: the CLIP "
+                    "learns their errors (data.pretrain_root / data.pretrain_file name a clean set instead)")
   cfg = presets.get_preset(p.preset, dtype=config.model.dtype)
   model = clip_lib.CLIP(cfg)
   tokenizer = Tokenizer(context_length=cfg.text.context_length)
@@ -160,7 +168,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   snapshots = {int(e) for e in (p.get("snapshot_epochs") or ())}
   bad = sorted(e for e in snapshots if not 1 <= e <= p.epochs)
   if bad:
-    raise ValueError(f"pretrain.snapshot_epochs {bad} lie outside the {p.epochs} pretraining epochs")
+    raise ConfigError(f"pretrain.snapshot_epochs {bad} lie outside the {p.epochs} pretraining epochs")
 
   def on_epoch_end(st, epoch):
     # The last epoch is evaluated once, after the loop; 0 = no periodic evaluation.

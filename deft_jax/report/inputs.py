@@ -12,10 +12,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from deft_jax.errors import DeftError
 from deft_jax.report.metrics import as_vector, check_label_range
 
 
-class ReportInputError(ValueError):
+class ReportInputError(DeftError, ValueError):
   """The arrays handed to the report stage break the detector output contract."""
 
 

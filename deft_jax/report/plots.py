@@ -14,6 +14,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from deft_jax.report.inputs import ReportInputError
+
 ImageFn = Callable[[np.ndarray], np.ndarray]  # int indices [k] -> uint8 [k, H, W, 3]
 
 _MIN_SIDE = 96  # tiny images (CIFAR 32x32) are blown up to at least this many pixels
@@ -35,11 +37,11 @@ def fetch_images(image_fn: ImageFn, indices: np.ndarray) -> np.ndarray:
   """Calls ``image_fn`` and checks it kept its side of the contract (uint8 [k, H, W, 3])."""
   images = np.asarray(image_fn(np.asarray(indices, np.int64)))
   if images.dtype != np.uint8:
-    raise ValueError(f"image_fn must return uint8 images, got dtype {images.dtype}")
+    raise ReportInputError(f"image_fn must return uint8 images, got dtype {images.dtype}")
   if images.ndim == 3:  # grayscale [k, H, W]
     images = images[..., None]
   if images.ndim != 4 or images.shape[0] != len(indices) or images.shape[-1] not in (1, 3):
-    raise ValueError(
+    raise ReportInputError(
         f"image_fn must return [k, H, W, 3] for k = {len(indices)} indices, got shape {images.shape}")
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)
@@ -71,7 +73,7 @@ def suspects_figure(table: pd.DataFrame, image_fn: ImageFn | None, *, num: int =
     ax.imshow(upsample_nearest(image), interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(f"#{rec['index']}  score {rec['label_score']:.3f}\ngiven: {_short(rec['given_name'])}\n"
-                 f"suggested: {_short(rec['suggested_name'])}",
+                 f"suggested: {_short(rec['predicted_name'])}",
                  fontsize=7, color="firebrick" if rec["is_label_issue"] else "black")
   return fig
 

@@ -6,7 +6,7 @@ Summary layout (every value JSON-native; undefined rates are ``None``)::
     detection:      {num_known, true_noise_rate, precision, recall, f1, auroc} or None
     per_class:      [{label, name, count, flagged, estimated_noise_rate[, true_noise_rate,
                       precision, recall, f1]}, ...] in label order
-    confused_pairs: [{given_label, given_name, suggested_label, suggested_name, count}, ...]
+    confused_pairs: [{given_label, given_name, predicted_label, predicted_name, count}, ...]
                     flagged examples whose suggestion differs from the given label, most frequent first
     ...             caller sections (``extra``), e.g. ``baselines: {name: {precision, recall, f1,
                     auroc}}`` (rendered as a comparison table) or ``test_accuracy``.
@@ -93,7 +93,7 @@ def _confused_pairs(inputs: ReportInputs, max_pairs: int) -> list[dict]:
   names = inputs.class_names
   return [
       {"given_label": int(code // c), "given_name": names[code // c],
-       "suggested_label": int(code % c), "suggested_name": names[code % c], "count": int(n)}
+       "predicted_label": int(code % c), "predicted_name": names[code % c], "count": int(n)}
       for code, n in zip(codes[order], counts[order])
   ]
 
@@ -113,7 +113,7 @@ def build_summary(detection: Mapping[str, np.ndarray], *, given, class_names: Se
 
 # ----------------------------------------------------------------------------- text rendering
 
-_BUILTIN = {"method", "num_examples", "num_classes", "num_flagged", "num_clean",
+_BUILTIN = {"warnings", "method", "num_examples", "num_classes", "num_flagged", "num_clean",
             "estimated_noise_rate", "detection", "per_class", "confused_pairs", "baselines"}
 
 
@@ -153,6 +153,34 @@ def _value(v) -> str:
   return v if len(v) <= 72 else v[:69] + "..."
 
 
+def vlm_warnings(given, suggested, num_classes: int, *, zero_shot=None) -> list[str]:
+  """Plain-words warnings when the vision-language model does not seem to know the classes: its zero-shot
+  predictions (``zero_shot``, else the detector's suggestions) agree with the given labels barely more than
+  chance, or one class takes almost every suggestion. A CLIP trained on other data runs to the end and gives
+  chance-level results; these say so instead of leaving a plausible-looking report."""
+  given = np.asarray(given)
+  out = []
+  if len(given) == 0 or num_classes < 2:
+    return out
+  chance = 1.0 / num_classes
+  pred = np.asarray(suggested if zero_shot is None else zero_shot)
+  agree = float(np.mean(pred == given))
+  who = "CLIP's zero-shot predictions" if zero_shot is not None else "the detector's suggested labels"
+  if agree < chance + 0.1 * (1.0 - chance):
+    out.append(f"{who} agree with the given labels on only {100 * agree:.1f}% of the examples (chance: "
+               f"{100 * chance:.1f}%): the model does not seem to know these classes (wrong checkpoint, class names "
+               "that do not match the images, or a model trained on other data), so the label scores are close to "
+               "random. Check data.class_names / the checkpoint before trusting this report.")
+  counts = np.bincount(np.asarray(suggested), minlength=num_classes)
+  top = int(counts.argmax())
+  share, given_share = counts[top] / len(given), float(np.mean(given == top))
+  if num_classes > 2 and share > 0.8 and given_share < 0.5:
+    out.append(f"one class takes {100 * share:.0f}% of the suggested labels (class {top}, which only "
+               f"{100 * given_share:.0f}% of the given labels name): the model prefers one prompt whatever the image, "
+               "a sign that it does not tell these classes apart.")
+  return out
+
+
 def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, max_pairs: int = 5,
                           max_rows: int = 6) -> str:
   """One screen (<= ~40 lines) of text: headline counts, detection quality, a baselines table,
@@ -162,6 +190,8 @@ def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, 
            f"{summary['num_examples']:,} examples, {summary['num_classes']} classes",
            f"  flagged as label issues: {summary['num_flagged']:,} "
            f"({_pct(summary['estimated_noise_rate'])})   kept as clean: {summary['num_clean']:,}"]
+  for w in summary.get("warnings") or []:
+    lines.append(f"  WARNING: {w}")
   det = summary.get("detection")
   if det:
     lines += [f"  ground truth known for {det['num_known']:,}: "
@@ -195,7 +225,7 @@ def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, 
   if pairs:
     lines += ["", "  Most frequent suggested fixes among flagged (given -> suggested):"]
     for p in pairs[:max_pairs]:
-      pair = f"{_cut(p['given_name'], 22)} -> {_cut(p['suggested_name'], 22)}"
+      pair = f"{_cut(p['given_name'], 22)} -> {_cut(p['predicted_name'], 22)}"
       lines.append(f"  {pair:<50}{p['count']:>8,}")
   others = [k for k in summary if k not in _BUILTIN]
   if others:

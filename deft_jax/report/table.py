@@ -7,10 +7,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from deft_jax.report.inputs import ReportInputs, check_inputs
+from deft_jax.report.inputs import ReportInputError, ReportInputs, check_inputs
 
 COLUMNS = (
-    "index", "id", "given_label", "given_name", "suggested_label", "suggested_name",
+    "index", "id", "given_label", "given_name", "predicted_label", "predicted_name",
     "label_score", "is_label_issue", "p_clean", "margin",
 )
 TRUTH_COLUMNS = ("true_label", "true_name")
@@ -29,8 +29,8 @@ def table_from_inputs(inputs: ReportInputs) -> pd.DataFrame:
       "id": np.asarray(ids, dtype=object),
       "given_label": inputs.given,
       "given_name": names[inputs.given],
-      "suggested_label": inputs.suggested,
-      "suggested_name": names[inputs.suggested],
+      "predicted_label": inputs.suggested,
+      "predicted_name": names[inputs.suggested],
       "label_score": inputs.label_score,
       "is_label_issue": ~inputs.is_clean,
       "p_clean": inputs.p_clean,
@@ -56,8 +56,8 @@ def label_issues_table(detection: Mapping[str, np.ndarray], *, given, class_name
     ids: optional [N] file paths or dataset ids (the ``id`` column is "" without them).
 
   Returns:
-    DataFrame with columns ``index, id, given_label, given_name, suggested_label,
-    suggested_name, label_score, is_label_issue, p_clean, margin`` (+ ``true_label, true_name``),
+    DataFrame with columns ``index, id, given_label, given_name, predicted_label,
+    predicted_name, label_score, is_label_issue, p_clean, margin`` (+ ``true_label, true_name``),
     where ``label_score`` in [0, 1] (low = likely wrong; monotone in the ranking score and free of
     the saturation of p_clean) and ``is_label_issue`` = not is_clean; rows sorted by the ranking
     score ascending, ties by index; the frame index is the rank 0..N-1.
@@ -75,7 +75,7 @@ def clean_mask_from_table(table: pd.DataFrame) -> np.ndarray:
   index = table["index"].to_numpy()
   n = len(index)
   if n and not np.array_equal(np.sort(index), np.arange(n)):
-    raise ValueError("table['index'] must be a permutation of 0..N-1 (one row per example)")
+    raise ReportInputError("table['index'] must be a permutation of 0..N-1 (one row per example)")
   mask = np.empty(n, bool)
   mask[index] = ~table["is_label_issue"].to_numpy(bool)
   return mask

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
+from deft_jax.errors import MissingFileError
 from deft_jax.report import plots
-from deft_jax.report.inputs import check_inputs
+from deft_jax.report.inputs import ReportInputError, check_inputs
 from deft_jax.report.summary import format_health_summary, summary_from_inputs, to_jsonable
 from deft_jax.report.table import clean_mask_from_table, table_from_inputs
 
@@ -31,6 +32,8 @@ TEXT_FILE = "summary.txt"
 SUSPECTS_FILE = "suspects.png"
 HIST_FILE = "p_clean_hist.png"
 CLASS_NOISE_FILE = "class_noise.png"
+PRED_PROBS_FILE = "pred_probs.npy"  # N x C, class order = label ids (cleanlab's pred_probs)
+FEATURES_FILE = "features.npy"  # N x D, L2-normalised image embeddings (cleanlab's features)
 
 
 def _siblings(final: epath.Path, kind: str) -> list[epath.Path]:
@@ -91,6 +94,7 @@ def write_report(
     text: str | None = None,
     image_fn: plots.ImageFn | None = None,
     num_suspects: int = 24,
+    arrays: Mapping[str, Any] | None = None,
 ) -> epath.Path:
   """Writes ``label_issues.csv``, ``clean_mask.npy``, ``summary.json``, ``summary.txt``,
   ``p_clean_hist.png``, ``class_noise.png`` and (with ``image_fn``) ``suspects.png`` into
@@ -103,17 +107,19 @@ def write_report(
     summary: the dict of :func:`build_summary` (plus any caller sections).
     text: the health summary text (default: ``format_health_summary(summary)``).
     image_fn: optional ``indices -> uint8 [k, H, W, 3]`` for the suspects grid.
+    arrays: optional ``{file name: [N, ...] array}`` written as ``.npy`` beside the table (``pred_probs.npy``,
+      ``features.npy``), one row per example in index order.
 
   Returns:
     The report directory.
   """
   clean_mask = np.asarray(clean_mask)
   if clean_mask.dtype != bool or clean_mask.ndim != 1:
-    raise ValueError(f"clean_mask must be a 1-D bool array, got {clean_mask.dtype} {clean_mask.shape}")
+    raise ReportInputError(f"clean_mask must be a 1-D bool array, got {clean_mask.dtype} {clean_mask.shape}")
   if clean_mask.shape[0] != len(table):
-    raise ValueError(f"clean_mask has {clean_mask.shape[0]} entries but the table has {len(table)} rows")
+    raise ReportInputError(f"clean_mask has {clean_mask.shape[0]} entries but the table has {len(table)} rows")
   if not np.array_equal(clean_mask_from_table(table), clean_mask):
-    raise ValueError(
+    raise ReportInputError(
         "clean_mask disagrees with table['is_label_issue']; were they built from the same run?")
   summary = to_jsonable(summary)
   text = format_health_summary(summary) if text is None else text
@@ -127,6 +133,11 @@ def write_report(
   staging.mkdir()
   try:
     _write_contents(staging, table, clean_mask, summary, text, image_fn, num_suspects)
+    for name, array in (arrays or {}).items():
+      if len(array) != len(table):
+        raise ReportInputError(f"{name} has {len(array)} rows, the table {len(table)}")
+      with (staging / name).open("wb") as f:
+        np.save(f, np.asarray(array))
   except BaseException:
     staging.rmtree(missing_ok=True)
     raise
@@ -139,8 +150,8 @@ def write_report(
 
 def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, given, class_names: Sequence[str],
                            clean_labels=None, ids=None, image_fn: plots.ImageFn | None = None,
-                           extra_summary: Mapping[str, Any] | None = None,
-                           method_name: str = "DEFT") -> tuple[pd.DataFrame, dict, str]:
+                           extra_summary: Mapping[str, Any] | None = None, method_name: str = "DEFT",
+                           arrays: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, dict, str]:
   """Validates the detector output, builds table + summary + text and writes the report.
 
   Returns:
@@ -151,7 +162,7 @@ def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, g
   summary = summary_from_inputs(inputs, extra=extra_summary, method_name=method_name)
   text = format_health_summary(summary)
   write_report(report_dir, table=table, clean_mask=inputs.is_clean, summary=summary, text=text,
-               image_fn=image_fn)
+               image_fn=image_fn, arrays=arrays)
   return table, summary, text
 
 
@@ -161,11 +172,11 @@ def load_report(report_dir) -> tuple[pd.DataFrame, np.ndarray, dict]:
   if not (final / SUMMARY_FILE).exists():
     backup = _siblings(final, "old")
     hint = " (an interrupted write left a backup; call recover() first)" if backup else ""
-    raise FileNotFoundError(f"no complete report in {final}: {SUMMARY_FILE} is missing{hint}")
+    raise MissingFileError(f"no complete report in {final}: {SUMMARY_FILE} is missing{hint}")
   with (final / TABLE_FILE).open("r") as f:
     # Class names such as "NA" or "null" must stay strings; only the float columns have NaN.
     table = pd.read_csv(f, keep_default_na=False, na_values={"margin": [""], "label_score": [""]},
-                        dtype={"id": str, "given_name": str, "suggested_name": str, "true_name": str})
+                        dtype={"id": str, "given_name": str, "predicted_name": str, "true_name": str})
   with (final / MASK_FILE).open("rb") as f:
     clean_mask = np.load(f)
   return table, clean_mask, json.loads((final / SUMMARY_FILE).read_text())

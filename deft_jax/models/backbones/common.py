@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deft_jax.errors import ConfigError
+
 Dtype = Any
 
 
@@ -33,7 +35,7 @@ class DropPath(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     if not 0.0 <= self.rate < 1.0:
-      raise ValueError(f"drop path rate must be in [0, 1), got {self.rate}")
+      raise ConfigError(f"drop path rate must be in [0, 1), got {self.rate}")
     if not train or self.rate == 0.0:
       return x
     keep = 1.0 - self.rate
@@ -56,8 +58,8 @@ def drop_path_rates(rate: float, depths: tuple[int, ...] | list[int]) -> list[li
 def check_images(images: jax.Array, image_size: int | None = None) -> None:
   """Raises ValueError unless ``images`` is NHWC with 3 channels (and the expected size)."""
   if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"expected NHWC images with 3 channels, got shape {tuple(images.shape)}")
+    raise ConfigError(f"expected NHWC images with 3 channels, got shape {tuple(images.shape)}")
   if image_size is not None and tuple(images.shape[1:3]) != (image_size, image_size):
-    raise ValueError(
+    raise ConfigError(
         f"this model was built for {image_size}x{image_size} images (its position embedding has that "
         f"grid), got {images.shape[1]}x{images.shape[2]}; build it with image_size={images.shape[1]}")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from deft_jax.models.backbones.common import DropPath, check_images, drop_path_rates, layer_norm
+from deft_jax.errors import ConfigError
 
 Dtype = Any
 
@@ -70,7 +71,7 @@ class ConvNeXt(nn.Module):
     """NHWC float images -> fp32 logits ``[B, num_classes]`` (and pooled features if asked)."""
     check_images(images)
     if len(self.depths) != len(self.dims):
-      raise ValueError(f"ConvNeXt depths {tuple(self.depths)} and dims {tuple(self.dims)} differ in length")
+      raise ConfigError(f"ConvNeXt depths {tuple(self.depths)} and dims {tuple(self.dims)} differ in length")
     conv = lambda f, k, name: nn.Conv(f, (k, k), strides=(k, k), padding="VALID", dtype=self.dtype,
                                       param_dtype=jnp.float32, kernel_init=_init, name=name)
     x = conv(self.dims[0], 4, "stem_conv")(images.astype(self.dtype))

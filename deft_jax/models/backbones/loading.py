@@ -20,6 +20,7 @@ from deft_jax.models.backbones import convert as convert_lib
 from deft_jax.models.backbones.registry import BackboneSpec, get_backbone
 from deft_jax.models.weights import CheckpointMismatchError, merge_params
 from deft_jax.tree import flatten
+from deft_jax.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ def _files_in_dir(d: Path) -> list[Path]:
   if not found:
     others = sorted(p.name for p in d.iterdir() if p.suffix in (".bin", ".pth", ".pt", ".ckpt"))
     hint = f" (found {others}: pickled checkpoints are refused, convert them to safetensors)" if others else ""
-    raise FileNotFoundError(f"no .safetensors file in {d}{hint}")
-  raise FileNotFoundError(
+    raise MissingFileError(f"no .safetensors file in {d}{hint}")
+  raise MissingFileError(
       f"{d} holds several .safetensors files {[p.name for p in found]} and no model.safetensors[.index.json]; "
       "pass the file itself")
 
@@ -54,18 +55,18 @@ def resolve_checkpoint(path_or_id: str | Path) -> list[Path]:
   p = Path(path_or_id).expanduser()
   if p.is_file():
     if p.suffix != ".safetensors":
-      raise ValueError(f"{p} is not a .safetensors file; pickled checkpoints are refused")
+      raise ConfigError(f"{p} is not a .safetensors file; pickled checkpoints are refused")
     return [p]
   if p.is_dir():
     return _files_in_dir(p)
   s = str(path_or_id)
   if not _HUB_ID.fullmatch(s):
-    raise FileNotFoundError(f"checkpoint {s!r}: no such file or directory, and not a hub id (owner/name)")
+    raise MissingFileError(f"checkpoint {s!r}: no such file or directory, and not a hub id (owner/name)")
   from huggingface_hub import snapshot_download  # pylint: disable=import-outside-toplevel
   try:
     local = snapshot_download(repo_id=s, allow_patterns=["*.safetensors", "*.json"])
   except Exception as e:  # offline, unknown repo, gated, ...: say what was tried
-    raise FileNotFoundError(f"checkpoint {s!r} is not a local path and downloading it from the "
+    raise MissingFileError(f"checkpoint {s!r} is not a local path and downloading it from the "
                             f"Hugging Face hub failed: {e}") from e
   return _files_in_dir(Path(local))
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from deft_jax.models.backbones.convnext import ConvNeXt
 from deft_jax.models.backbones.resnet import ResNet
 from deft_jax.models.backbones.vit import ViT
+from deft_jax.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,11 +74,11 @@ class BackboneSpec:
     """The model with a new ``num_classes`` head; ``overrides`` replace architecture fields
     (e.g. ``drop_path_rate=0.1``, ``pool="avg"``, ``attention_impl="cudnn"``)."""
     if num_classes < 1:
-      raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+      raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     fields = {f.name for f in dataclasses.fields(self.module)}
     bad = sorted(set(overrides) - fields)
     if bad:
-      raise ValueError(f"{self.name}: unknown model option(s) {bad}; {self.module.__name__} has "
+      raise ConfigError(f"{self.name}: unknown model option(s) {bad}; {self.module.__name__} has "
                        f"{sorted(fields - {'parent', 'name'})}")
     return self.module(num_classes=num_classes, dtype=dtype, **{**self.kwargs, **overrides})
 
@@ -134,4 +135,4 @@ def get_backbone(name: str) -> BackboneSpec:
   try:
     return BACKBONES[name]
   except KeyError:
-    raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
+    raise ConfigError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None

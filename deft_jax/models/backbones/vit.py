@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from deft_jax.models.backbones.common import DropPath, check_images, drop_path_rates, layer_norm
+from deft_jax.errors import ConfigError
 
 Dtype = Any
 
@@ -51,7 +52,7 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     dim = x.shape[-1]
     if dim % self.num_heads:
-      raise ValueError(f"width {dim} is not divisible by num_heads {self.num_heads}")
+      raise ConfigError(f"width {dim} is not divisible by num_heads {self.num_heads}")
     head_dim = dim // self.num_heads
     qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, param_dtype=jnp.float32,
                           kernel_init=_dense_init, name="qkv")(x)
@@ -116,9 +117,9 @@ class ViT(nn.Module):
     Training with ``drop_path_rate > 0`` needs a ``'dropout'`` rng.
     """
     if self.pool not in ("token", "avg"):
-      raise ValueError(f"ViT pool must be 'token' or 'avg', got {self.pool!r}")
+      raise ConfigError(f"ViT pool must be 'token' or 'avg', got {self.pool!r}")
     if self.image_size % self.patch_size:
-      raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+      raise ConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
     check_images(images, self.image_size)
     p = self.patch_size
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
