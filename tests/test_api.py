@@ -6,6 +6,7 @@ import pytest
 from conftest import save_tiny_clip
 from deft_jax import api
 from deft_jax.data import cifar_offline
+from deft_jax.errors import DeftError
 from deft_jax.report import label_issues_table
 
 N = 24
@@ -86,6 +87,49 @@ def test_bad_input_is_a_clear_error(ckpt, data, tmp_path, case, match):
   else:
     args = (images, labels, names)
     kw["overrides"] = {**OVERRIDES, "detect.nope": 1}
-  with pytest.raises((ValueError, FileNotFoundError), match=match):
+  with pytest.raises(DeftError, match=match):
     api.find_label_issues(*args, **kw)
   assert not (tmp_path / "detect").exists()  # nothing ran
+
+
+def _jpegs(n):
+  """The first n demo images as their original CIFAR-10 JPEG bytes."""
+  train = cifar_offline.load_demo(train_indices=f"0:{n}")["train"]
+  return [train.reader.read(i) for i in range(n)], train.labels, train.class_names
+
+
+def test_hugging_face_dataset_gives_the_table_of_the_same_files_on_disk(ckpt, tmp_path):
+  hf = pytest.importorskip("datasets")
+  blobs, labels, names = _jpegs(8)
+  features = hf.Features({"img": hf.Image(), "fine": hf.ClassLabel(names=[n.replace(" ", "_") for n in names])})
+  ds = hf.Dataset.from_dict({"img": [{"bytes": b, "path": None} for b in blobs], "fine": labels.tolist()},
+                            features=features)
+  paths = []
+  for i, b in enumerate(blobs):
+    paths.append(tmp_path / f"{i}.jpg")
+    paths[-1].write_bytes(b)
+  # Labels and class names come from the Dataset ("_" read as a space, as everywhere else).
+  a = api.find_label_issues(ds, checkpoint=ckpt, workdir=tmp_path / "hf", overrides=OVERRIDES,
+                            image_column="img", label_column="fine")
+  b = api.find_label_issues(paths, labels, names, checkpoint=ckpt, workdir=tmp_path / "files", overrides=OVERRIDES)
+  assert list(a["given_name"]) == list(b["given_name"]) and list(a["index"]) == list(b["index"])
+  np.testing.assert_array_equal(a["label_score"], b["label_score"])  # the same bytes: the same scores
+  with pytest.raises(DeftError, match="no column 'image'"):
+    api.find_label_issues(ds, checkpoint=ckpt, workdir=tmp_path / "bad", overrides=OVERRIDES)
+  assert not (tmp_path / "bad" / "detect").exists()
+
+
+def test_tfds_name_and_split_read_labels_and_class_names_from_the_dataset(ckpt, tmp_path):
+  import tensorflow_datasets as tfds
+  from deft_jax.data import tfds_sources
+  with tfds.testing.mock_data(num_examples=12):
+    want = tfds_sources.load_tfds("cifar10", split="test")
+    table = api.find_label_issues(tfds="cifar10", split="test", checkpoint=ckpt, workdir=tmp_path,
+                                  overrides=OVERRIDES)
+  assert len(table) == 12
+  by_index = table.sort_values("index")
+  np.testing.assert_array_equal(by_index["given_label"], want.labels)
+  assert list(by_index["given_name"]) == [want.class_names[i] for i in want.labels]
+  assert list(by_index["id"]) == list(want.ids)
+  with pytest.raises(DeftError, match="either tfds= or images"):
+    api.find_label_issues(np.zeros((1, 8, 8, 3), np.uint8), [0], ["a"], tfds="cifar10")
