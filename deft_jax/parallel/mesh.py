@@ -15,8 +15,6 @@ modern pjit.
 
 from __future__ import annotations
 
-import logging
-import os
 import re
 from typing import Sequence
 
@@ -87,29 +85,8 @@ def shardings_for(tree, mesh: Mesh, rules: Sequence[tuple[str, str]] = ()):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """Host-local NumPy batch -> global jax.Arrays split along the batch axis (works on one or many hosts)."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
-
-def distributed_init_if_needed() -> bool:
-  """Calls ``jax.distributed.initialize()`` on multi-host platforms (TPU pods, SLURM, explicit env)."""
-  multi = (
-      os.environ.get("JAX_COORDINATOR_ADDRESS")
-      or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-      or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-      or _tpu_multi_host()
-  )
-  if not multi:
-    return False
-  jax.distributed.initialize()
-  logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
-  return True
-
-
-def _tpu_multi_host() -> bool:
-  # Cloud TPU VMs of a multi-host slice list every worker in TPU_WORKER_HOSTNAMES.
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hosts.split(",") if h]) > 1
