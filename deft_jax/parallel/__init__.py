@@ -4,5 +4,6 @@ from deft_jax.parallel.mesh import (  # noqa: F401
     batch_sharding, make_mesh, replicated, shard_batch, shardings_for,
 )
 from deft_jax.parallel.multihost import (  # noqa: F401
-    DistributedInitError, distributed_init_if_needed, distributed_settings,
+    DistributedInitError, WorkdirNotSharedError, check_shared_workdir, distributed_init_if_needed,
+    distributed_settings, sync_processes,
 )

@@ -1,4 +1,4 @@
-"""Several processes (hosts) of one run: joining them.
+"""Several processes (hosts) of one run: joining them, waiting for each other, and checking the shared workdir.
 
 A multi-process run is one ``python -m deft_jax.main`` per host (per SLURM task, per TPU VM worker), all with the
 same arguments. They join through ``jax.distributed`` before anything else touches JAX:
@@ -13,28 +13,40 @@ all the others within ``DEFT_JAX_INIT_TIMEOUT`` seconds (default 300) stops with
 and the missing piece, and exit status 2; JAX itself would abort with a C++ stack trace (or keep waiting, for
 the coordinator). Once joined, a process that dies is noticed by the others within
 ``DEFT_JAX_HEARTBEAT_TIMEOUT`` seconds (JAX's default, 100), and they terminate instead of hanging.
+
+Files: process 0 writes the run's files (checkpoint.save_npz / write_json, the report, the pretrained CLIP),
+every process may read them afterwards, and Orbax checkpoints are written by all processes together; so every
+process must see the same workdir. :func:`check_shared_workdir` verifies that at the start of a run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Mapping, Optional
 
 import jax
+import numpy as np
 
 from deft_jax.errors import DeftError
 
 INIT_TIMEOUT_ENV = "DEFT_JAX_INIT_TIMEOUT"
 HEARTBEAT_TIMEOUT_ENV = "DEFT_JAX_HEARTBEAT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT = 300
+MARKER_PREFIX = ".deft_jax_shared_check-"
 
 
 class DistributedInitError(DeftError, RuntimeError):
   """The processes of a multi-process run cannot be joined as the environment describes them."""
+
+
+class WorkdirNotSharedError(DeftError, RuntimeError):
+  """The processes of a multi-process run do not all see the same workdir."""
 
 
 def _int_env(env: Mapping[str, str], name: str, *, minimum: int = 0) -> Optional[int]:
@@ -149,3 +161,42 @@ def distributed_init_if_needed(env: Optional[Mapping[str, str]] = None) -> bool:
                time.monotonic() - t0)
   return True
 
+
+def sync_processes(name: str) -> None:
+  """Every process waits here until all have arrived (nothing to wait for with one process). Every process must
+  call it at the same point of the program: ``name`` is compared, so diverging code paths fail loudly."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def check_shared_workdir(workdir: str | Path) -> None:
+  """Raises WorkdirNotSharedError on every process unless all processes see the same ``workdir``: process 0
+  writes a marker file with a token all processes agree on, then each looks for it. Without this a workdir on
+  each host's local disk would fail later and obscurely (a restore that finds half a checkpoint, a process
+  waiting for a file that is never written to its disk), or silently (each host resuming from different files).
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  workdir = Path(workdir)
+  token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))  # JAX's ints are 32-bit
+  marker = workdir / f"{MARKER_PREFIX}{token:08x}"
+  if jax.process_index() == 0:
+    marker.write_text(f"{token}\n")
+  sync_processes("check_shared_workdir: marker written")
+  try:
+    seen = marker.read_text().strip() == str(token)
+  except OSError:
+    seen = False
+  seen_by = np.asarray(multihost_utils.process_allgather(np.asarray([seen])), bool).reshape(-1)
+  if jax.process_index() == 0:
+    marker.unlink(missing_ok=True)
+  if not seen_by.all():
+    blind = [int(p) for p in np.flatnonzero(~seen_by)]
+    raise WorkdirNotSharedError(
+        f"the workdir {workdir} is not shared between the {jax.process_count()} processes of this run: process 0 "
+        f"wrote {marker.name} there, process(es) {blind} cannot see it. Every process must see the same workdir "
+        "(a shared file system such as NFS or Lustre mounted at the same path on every host); Orbax writes "
+        "each checkpoint from all processes together and process 0 writes the files the others read "
+        "(launch/README.md).")

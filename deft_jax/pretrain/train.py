@@ -204,14 +204,15 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
 
 def _export(directory: Path, params, cfg, info: dict) -> None:
   """An HF-format checkpoint (weights, config, tokenizer files, pretrain_info.json), written whole or not at
-  all: it is assembled in a temporary sibling that is renamed into place. Process 0 only."""
-  if jax.process_index() != 0:
-    return
-  tmp = directory.with_name(directory.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  clip_weights.save_hf_checkpoint(tmp, params, cfg)
-  for name in ("vocab.json", "merges.txt"):
-    shutil.copy(DEFAULT_DIR / name, tmp / name)
-  (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2))
-  tmp.replace(directory)
-  logging.info("[pretrain] exported %s (zero-shot %s)", directory, info.get("zero_shot_accuracy_ensemble"))
+  all: it is assembled in a temporary sibling that is renamed into place. Written by process 0; every process
+  calls it and returns once it is in place (the next stages of every process load it)."""
+  if jax.process_index() == 0:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    clip_weights.save_hf_checkpoint(tmp, params, cfg)
+    for name in ("vocab.json", "merges.txt"):
+      shutil.copy(DEFAULT_DIR / name, tmp / name)
+    (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2))
+    tmp.replace(directory)
+    logging.info("[pretrain] exported %s (zero-shot %s)", directory, info.get("zero_shot_accuracy_ensemble"))
+  parallel.sync_processes(f"exported {directory.name}")
