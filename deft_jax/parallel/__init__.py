@@ -1,7 +1,7 @@
 """The one place that builds meshes and shardings (mesh.py) and joins the processes of a run (multihost.py)."""
 
 from deft_jax.parallel.mesh import (  # noqa: F401
-    batch_sharding, make_mesh, replicated, shard_batch, shardings_for,
+    addressable, batch_sharding, make_mesh, replicated, shard_batch, shardings_for, to_host,
 )
 from deft_jax.parallel.multihost import (  # noqa: F401
     DistributedInitError, WorkdirNotSharedError, check_shared_workdir, distributed_init_if_needed,

@@ -10,7 +10,8 @@ Sharding is configuration, not code (as in big_vision):
   (ZeRO-3 style; small or indivisible arrays stay replicated).
 
 Batches are split along their leading axis over every mesh axis. ``jax.jit`` with these shardings is the
-modern pjit.
+modern pjit. Host code reads state through :func:`to_host`: with several processes an "fsdp" array lives partly
+on other processes' devices, and ``jax.device_get`` / ``np.asarray`` refuse it.
 """
 
 from __future__ import annotations
@@ -90,3 +91,23 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
+
+def addressable(tree):
+  """``tree`` with every array that lies partly on other processes' devices replicated onto all devices, so that
+  each process can read it whole; every other leaf unchanged (not copied). A collective when something must be
+  replicated: every process calls it at the same point of the program (as every process handles its stage's
+  state). With one process, or replicated state, it does nothing."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+  if spread:
+    targets = [NamedSharding(leaves[i].sharding.mesh, P()) for i in spread]
+    gathered = jax.jit(lambda xs: xs, out_shardings=targets)([leaves[i] for i in spread])
+    for i, x in zip(spread, gathered):
+      leaves[i] = x
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def to_host(tree):
+  """NumPy copies of the arrays of ``tree``, whole on every process however they are sharded (see
+  :func:`addressable`)."""
+  return jax.device_get(addressable(tree))

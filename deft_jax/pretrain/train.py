@@ -170,7 +170,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
       snap = out["snapshots"] / f"epoch_{epoch + 1:03d}"
       if not (snap / "model.safetensors").exists():
         accs = evaluate(st["params"]) if evaluate is not None else {}
-        _export(snap, jax.device_get(st["params"]), cfg, {
+        _export(snap, parallel.to_host(st["params"]), cfg, {
             "preset": p.preset, "split": split.name, "num_examples": split.num_examples, "epochs": epoch + 1,
             "of_epochs": p.epochs, "zero_shot_accuracy_ensemble": accs.get("ensemble"),
             "zero_shot_accuracy_single_template": accs.get("single"), "steps": int(st["step"])})
@@ -187,7 +187,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
     state = loop.run(loop.LoopConfig.of("pretrain", p.epochs, spe, config), state,
                      train_state.jit_step(step_fn, sh, mesh), batches, mesh=mesh, writer=writer, checkpointer=ckpt,
                      on_epoch_end=on_epoch_end)
-  params = jax.device_get(state["params"])
+  params = parallel.to_host(state["params"])
   accs = {}
   if evaluate is not None:
     accs = evaluate(state["params"])
