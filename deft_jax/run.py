@@ -53,10 +53,8 @@ def run(config, workdir: str | Path) -> dict:
   if "://" in str(workdir):  # pathlib would turn gs://b/w into a local directory "gs:/b/w", silently
     raise ConfigError(f"--workdir {workdir}: URLs are not supported as workdirs; use a directory of a file system "
                       "that every process of the run mounts at the same path (launch/README.md)")
-  workdir = Path(workdir)
   todo = check_stages(config)
-  workdir.mkdir(parents=True, exist_ok=True)
-  parallel.check_shared_workdir(workdir)  # a multi-process run: every process must see the same files
+  workdir = parallel.make_shared_workdir(workdir)  # a multi-process run: every process must see the same files
   ckpt_lib.check_workdir(workdir, config)
   mesh = parallel.make_mesh(config.mesh)
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)

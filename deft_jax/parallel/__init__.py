@@ -4,6 +4,6 @@ from deft_jax.parallel.mesh import (  # noqa: F401
     addressable, batch_sharding, make_mesh, replicated, shard_batch, shardings_for, to_host,
 )
 from deft_jax.parallel.multihost import (  # noqa: F401
-    DistributedInitError, WorkdirNotSharedError, check_shared_workdir, distributed_init_if_needed,
-    distributed_settings, sync_processes,
+    DistributedInitError, WorkdirNotSharedError, distributed_init_if_needed, distributed_settings,
+    make_shared_workdir, sync_processes,
 )

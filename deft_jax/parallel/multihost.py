@@ -16,7 +16,8 @@ the coordinator). Once joined, a process that dies is noticed by the others with
 
 Files: process 0 writes the run's files (checkpoint.save_npz / write_json, the report, the pretrained CLIP),
 every process may read them afterwards, and Orbax checkpoints are written by all processes together; so every
-process must see the same workdir. :func:`check_shared_workdir` verifies that at the start of a run.
+process must see the same workdir. :func:`make_shared_workdir` creates it and verifies that at the start of
+a run.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class DistributedInitError(DeftError, RuntimeError):
 
 
 class WorkdirNotSharedError(DeftError, RuntimeError):
-  """The processes of a multi-process run do not all see the same workdir."""
+  """The processes of a multi-process run do not all see the same workdir, or some cannot create it."""
 
 
 def _int_env(env: Mapping[str, str], name: str, *, minimum: int = 0) -> Optional[int]:
@@ -170,21 +171,42 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def check_shared_workdir(workdir: str | Path) -> None:
-  """Raises WorkdirNotSharedError on every process unless all processes see the same ``workdir``: process 0
-  writes a marker file with a token all processes agree on, then each looks for it. Without this a workdir on
-  each host's local disk would fail later and obscurely (a restore that finds half a checkpoint, a process
-  waiting for a file that is never written to its disk), or silently (each host resuming from different files).
+def make_shared_workdir(workdir: str | Path) -> Path:
+  """Creates ``workdir`` (on every process) and checks that all processes of the run see the same directory;
+  raises WorkdirNotSharedError on every process if not. With one process it only creates the directory.
+
+  A process that cannot create it (a mount missing on its host, no permission) is reported by every process,
+  naming it, instead of failing alone and leaving the others waiting for it. Then process 0 writes a marker file
+  with a token all processes agree on, and each looks for it. Without this a workdir on each host's local disk
+  would fail later and obscurely (a restore that finds half a checkpoint, a process waiting for a file that is
+  never written to its disk), or silently (each host resuming from different files).
   """
-  if jax.process_count() == 1:
-    return
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   workdir = Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    problem = ""
+  except OSError as e:
+    problem = f"{type(e).__name__}: {e}"
+  if jax.process_count() == 1:
+    if problem:
+      raise WorkdirNotSharedError(f"cannot create the workdir {workdir}: {problem}")
+    return workdir
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  count = jax.process_count()
+  fix = ("Every process must see the same workdir (a shared file system such as NFS or Lustre mounted at the same "
+         "path on every host); Orbax writes each checkpoint from all processes together and process 0 writes the "
+         "files the others read (launch/README.md).")
+  created = np.asarray(multihost_utils.process_allgather(np.asarray([not problem])), bool).reshape(-1)
+  if not created.all():
+    failed = [int(p) for p in np.flatnonzero(~created)]
+    mine = f" (here, on process {jax.process_index()}: {problem})" if problem else ""
+    raise WorkdirNotSharedError(f"the workdir {workdir} cannot be created by process(es) {failed} of the {count} "
+                                f"processes of this run{mine}. {fix}")
   token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))  # JAX's ints are 32-bit
   marker = workdir / f"{MARKER_PREFIX}{token:08x}"
   if jax.process_index() == 0:
     marker.write_text(f"{token}\n")
-  sync_processes("check_shared_workdir: marker written")
+  sync_processes("make_shared_workdir: marker written")
   try:
     seen = marker.read_text().strip() == str(token)
   except OSError:
@@ -195,8 +217,6 @@ def check_shared_workdir(workdir: str | Path) -> None:
   if not seen_by.all():
     blind = [int(p) for p in np.flatnonzero(~seen_by)]
     raise WorkdirNotSharedError(
-        f"the workdir {workdir} is not shared between the {jax.process_count()} processes of this run: process 0 "
-        f"wrote {marker.name} there, process(es) {blind} cannot see it. Every process must see the same workdir "
-        "(a shared file system such as NFS or Lustre mounted at the same path on every host); Orbax writes "
-        "each checkpoint from all processes together and process 0 writes the files the others read "
-        "(launch/README.md).")
+        f"the workdir {workdir} is not shared between the {count} processes of this run: process 0 wrote "
+        f"{marker.name} there, process(es) {blind} cannot see it. {fix}")
+  return workdir
