@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from deft_jax import stages
+from deft_jax import parallel, stages
 from deft_jax.errors import CorruptCheckpointError, WorkdirConflictError  # noqa: F401 (re-exported)
 
 # Fields that may change between a run and its resumption without changing results.
@@ -142,29 +142,33 @@ class StageCheckpointer:
 
 
 def _write_atomically(path: str | Path, suffix: str, write) -> None:
-  """``write(tmp)`` into a temporary sibling of ``path`` (ending in ``suffix``), then renamed into place; on process
-  0 only (the other processes of a multi-host run hold the same values)."""
-  if jax.process_index() != 0:
-    return
+  """``write(tmp)`` into a temporary sibling of ``path`` (ending in ``suffix``), then renamed into place, on process
+  0 only (the other processes of a multi-host run hold the same values). Collective: every process calls it, and
+  all return once the file is in place, so that any of them may read it next (e.g. phase 2 reading the prompts
+  phase 1 saved) and none reads a file that does not exist yet."""
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + suffix)
-  write(tmp)
-  tmp.replace(path)
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + suffix)
+    write(tmp)
+    tmp.replace(path)
+  parallel.sync_processes(f"wrote {path.name}")
 
 
 def save_npz(path: str | Path, arrays: dict) -> None:
-  """Writes ``arrays`` to ``path`` atomically, on process 0 only."""
+  """Writes ``arrays`` to ``path`` atomically, on process 0 only; called by every process (a barrier)."""
   _write_atomically(path, ".tmp.npz", lambda tmp: np.savez(tmp, **arrays))
 
 
 def save_npy(path: str | Path, array) -> None:
-  """Writes one array to ``path`` (.npy, memory-mappable) atomically, on process 0 only."""
+  """Writes one array to ``path`` (.npy, memory-mappable) atomically, on process 0 only; called by every process
+  (a barrier)."""
   _write_atomically(path, ".tmp.npy", lambda tmp: np.save(tmp, np.asarray(array)))
 
 
 def write_json(path: str | Path, obj, *, sort_keys: bool = False, default=None) -> None:
-  """Writes ``obj`` as indented JSON to ``path`` atomically, on process 0 only."""
+  """Writes ``obj`` as indented JSON to ``path`` atomically, on process 0 only; called by every process (a
+  barrier)."""
   _write_atomically(path, ".tmp", lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys,
                                                                         default=default)))
 

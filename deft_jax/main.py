@@ -59,12 +59,12 @@ def main(argv):
   from deft_jax import parallel, run
   from deft_jax.errors import USER_ERRORS
 
-  parallel.distributed_init_if_needed()
-  logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s", jax.__version__, jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[:8])
-  if _MALLOC_KEPT:
-    logging.info("host malloc: one heap, never trimmed (DEFT_JAX_CPU_MALLOC=%s)", cpu_memory.mode())
   try:
+    parallel.distributed_init_if_needed()  # before anything computes: a multi-process run joins its peers
+    logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s", jax.__version__, jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[:8])
+    if _MALLOC_KEPT:
+      logging.info("host malloc: one heap, never trimmed (DEFT_JAX_CPU_MALLOC=%s)", cpu_memory.mode())
     run.run(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:  # the input is wrong, not the code: one line, no traceback
     cli.fail(e)

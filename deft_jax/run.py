@@ -50,8 +50,11 @@ def check_stages(config) -> list[str]:
 def run(config, workdir: str | Path) -> dict:
   """Runs every configured stage; returns a summary dict (also in workdir/summary.json)."""
   t0 = time.time()
-  workdir = Path(workdir)
+  if "://" in str(workdir):  # pathlib would turn gs://b/w into a local directory "gs:/b/w", silently
+    raise ConfigError(f"--workdir {workdir}: URLs are not supported as workdirs; use a directory of a file system "
+                      "that every process of the run mounts at the same path (launch/README.md)")
   todo = check_stages(config)
+  workdir = parallel.make_shared_workdir(workdir)  # a multi-process run: every process must see the same files
   ckpt_lib.check_workdir(workdir, config)
   mesh = parallel.make_mesh(config.mesh)
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
@@ -61,7 +64,7 @@ def run(config, workdir: str | Path) -> dict:
   data_cfg = config.data.to_dict()
   if data_cfg.get("balanced_subset") and not data_cfg.get("balanced_subset_file"):
     data_cfg["balanced_subset_file"] = str(workdir / "balanced_subset.npz")  # drawn once, kept with the run
-  splits = datasets.get_dataset(data_cfg, noisy_labels_path=workdir / "noisy_labels.npz")
+  splits = _load_data(data_cfg, workdir)
   train = splits["train"]
   logging.info("data: %s", ", ".join(f"{k}={v.num_examples}" for k, v in splits.items()))
   if train.noise_rate() is not None:
@@ -107,6 +110,18 @@ def run(config, workdir: str | Path) -> dict:
   writer.close()
   ckpt_lib.write_json(workdir / "summary.json", summary, default=_json_default)
   return summary
+
+
+def _load_data(data_cfg: dict, workdir: Path) -> dict:
+  """The run's splits. The files a run draws once and keeps (its noisy labels, a balanced subset) are drawn by
+  process 0 alone; the other processes start after it and read them, so that all train on the same labels."""
+  lead = jax.process_index() == 0
+  if lead:
+    splits = datasets.get_dataset(data_cfg, noisy_labels_path=workdir / "noisy_labels.npz")
+  parallel.sync_processes("drew the run's data files")
+  if not lead:
+    splits = datasets.get_dataset(data_cfg, noisy_labels_path=workdir / "noisy_labels.npz")
+  return splits
 
 
 def final_lines(summary: dict, workdir: Path) -> str:
@@ -195,19 +210,23 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
   arrays = {name: np.load(files[key], mmap_mode="r") for name, key in (("pred_probs.npy", "pred_probs"),
                                                                          ("features.npy", "features"))
             if config.report.export_arrays and files[key].exists()}
+  lead = jax.process_index() == 0  # one writer; the other processes hold the same detection
   table, summary, text = build_and_write_report(
       stages.directory(workdir, "report"), detection, given=train.labels, class_names=train.class_names,
-      arrays=arrays, clean_labels=train.clean_labels, ids=train.ids, image_fn=image_fn, extra_summary=extra)
+      arrays=arrays, clean_labels=train.clean_labels, ids=train.ids, image_fn=image_fn, extra_summary=extra,
+      write=lead)
+  parallel.sync_processes("wrote the report")
   step = int(detection.get("params_step", 0))
   scalars = {f"report/{_slug(name)}/{k}": v for name, d in comparison.items() for k, v in d.items()
              if np.isfinite(v)}
   writer.write_scalars(step, scalars)
-  if image_fn is not None:
+  if image_fn is not None and lead:  # the other processes' writers only log
     grid = suspects_grid_array(table, image_fn, num=16, cols=4)
     if grid is not None:
       writer.write_images(step, {"report/suspects": grid})
   writer.write_histograms(step, {"report/p_clean": np.asarray(detection["p_clean"])})
-  print(text, flush=True)
+  if lead:
+    print(text, flush=True)
   return {"comparison": comparison, "estimated_noise_rate": float(1 - np.mean(detection["is_clean"])),
           "report": str(stages.directory(workdir, "report"))}
 

@@ -10,7 +10,8 @@ training baselines (big_vision's sequence).
   step      = jit_step(step_fn, shardings, mesh)             explicit shardings, the state donated
 
 ``init(rng) -> state`` must be a pure, jittable function of the key (random parameters, optimiser state,
-per-example records); ``load(state) -> state`` may read files and must keep every shape and dtype. The
+per-example records); ``load(state) -> state`` may read files and must keep every shape and dtype (it gets
+arrays each process can read whole, parallel.addressable). The
 optimiser is built before, from the abstract parameters (``optim.make_optimizer`` accepts them).
 """
 
@@ -51,8 +52,8 @@ def create(init: Callable[..., Any], *args, mesh, sharding_rules=(), checkpointe
     if restored is not None:
       return restored, shardings
   state = jax.jit(init, out_shardings=shardings)(*args)
-  if load is not None:
-    state = place(load(state), shardings)
+  if load is not None:  # load reads the state on the host: each process must see its arrays whole
+    state = place(load(parallel.addressable(state)), shardings)
   return state, shardings
 
 

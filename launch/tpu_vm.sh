@@ -2,8 +2,8 @@
 # Cloud TPU VM (single host or pod slice) with gcloud: create, set up, run, delete.
 #
 #   launch/tpu_vm.sh all    --name deft --zone us-central2-b --accelerator-type v4-32 \
-#                           --config configs/webvision.py --workdir gs://BUCKET/deft/webvision
-#   launch/tpu_vm.sh run    --name deft --zone us-central2-b --config ... --workdir gs://... -- --config.seed=1
+#                           --config configs/webvision.py --workdir /mnt/shared/deft/webvision
+#   launch/tpu_vm.sh run    --name deft --zone us-central2-b --config ... --workdir /mnt/shared/... -- --config.seed=1
 #   launch/tpu_vm.sh delete --name deft --zone us-central2-b
 #
 # Steps: create (the VM), setup (copy this repo to every worker, install Python >= 3.11, jax[tpu]
@@ -11,8 +11,9 @@
 # once; jax.distributed.initialize() finds the other hosts itself), all (= create, setup, run).
 # Options: --name (deft-tpu) --zone (us-central2-b) --accelerator-type (v4-8) --version (derived
 # from the accelerator) --project (gcloud default) --config (configs/demo.py) --workdir (required
-# for run; gs:// for multi-host slices) --spot --detach (run in the background on the workers,
-# log in ~/deft_run.log). Everything after "--" goes to deft_jax.main. DRY_RUN=1 prints commands.
+# for run; on multi-host slices a directory every worker mounts, see launch/README.md) --spot
+# --detach (run in the background on the workers, log in ~/deft_run.log). Everything after "--"
+# goes to deft_jax.main. DRY_RUN=1 prints commands.
 # Rerunning "run" with the same arguments resumes from the checkpoint in --workdir.
 set -euo pipefail
 
@@ -89,10 +90,16 @@ worker_setup() {  # on a worker: the TPU images ship Python 3.10, JAX needs >= 3
 }
 
 run_main() {
-  if [[ -z "${WORKDIR}" ]]; then echo "run needs --workdir (gs://... for multi-host slices)" >&2; exit 2; fi
+  if [[ -z "${WORKDIR}" ]]; then echo "run needs --workdir (a directory every worker mounts)" >&2; exit 2; fi
+  if [[ "${WORKDIR}" == *://* ]]; then
+    echo "--workdir ${WORKDIR}: deft_jax takes a directory, not a URL; mount shared storage on every worker" \
+      "(e.g. Filestore NFS) and pass its path (launch/README.md)" >&2
+    exit 2
+  fi
   local chips="${ACCEL##*-}"
-  if [[ "${WORKDIR}" != gs://* && "${chips}" =~ ^[0-9]+$ && "${chips}" -gt 8 ]]; then
-    echo "warning: ${ACCEL} spans several hosts; a local --workdir is not shared between them (use gs://)" >&2
+  if [[ "${chips}" =~ ^[0-9]+$ && "${chips}" -gt 8 ]]; then
+    echo "note: ${ACCEL} spans several hosts: ${WORKDIR} must be on storage every worker mounts at that path" \
+      "(a local disk stops the run with 'not shared', see launch/README.md)" >&2
   fi
   local cmd
   cmd="cd ~/deft_jax && ~/deft_venv/bin/python -m deft_jax.main $(printf '%q ' --config "${CONFIG}" --workdir "${WORKDIR}" ${EXTRA[@]+"${EXTRA[@]}"})"

@@ -21,8 +21,12 @@ ASSETS = REPO.parent / "shared" / "assets"
 def pytest_collection_modifyitems(config, items):
   """The real-noise tests (tests/test_real_noise.py, which share a session fixture that pretrains a CLIP) are
   the longest chain of the suite: collected first, pytest-xdist's ``--dist loadfile`` (pytest.ini) starts
-  them first, on one worker, while the other worker runs everything else module by module."""
-  items.sort(key=lambda item: "real_noise_workdir" not in item.fixturenames)
+  them first, on one worker, while the other worker runs everything else module by module.
+  tests/test_multiprocess.py is collected last: its runs are several processes at once, which keep both cores
+  busy by themselves. Run last, they fill the core that a worker with nothing left to run leaves idle at the end,
+  rather than taking CPU from the real-noise chain in the middle of the suite."""
+  items.sort(key=lambda item: ("real_noise_workdir" not in item.fixturenames,
+                               item.path.name == "test_multiprocess.py"))
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,7 @@ visit, the ranking score its logarithm.
 
 import logging
 
-import jax
-
+from deft_jax import parallel
 from deft_jax.adapt import build
 from deft_jax.baselines import _common
 
@@ -27,6 +26,6 @@ def detect(ctx):
   classifier = build.selector_classifier(ctx.config, ctx.split.class_names, **ctx.clip)
   _, state = _common.train(ctx, classifier, settings_kw=dict(
       loss_mask="small_loss", small_loss_rate=float(rate), warmup_epochs=int(b.warmup_epochs), record_online=True))
-  online = jax.device_get(state["online"])
+  online = parallel.to_host(state["online"])
   return _common.contract(p_clean=online["p_label"], is_clean=online["selected"], suggested=online["suggested"],
                           margin=online["margin"], score=online["log_p_label"])

@@ -180,17 +180,20 @@ def instance_noise(labels, images, num_classes: int, ratio: float, seed: int = 1
 
 def save_noisy_labels(path, noisy_labels, report: NoiseReport, *, clean_labels=None,
                       ids=None) -> pathlib.Path:
-  """Writes an .npz (no pickle) with the noisy labels, the report and what they belong to."""
+  """Writes an .npz (no pickle) with the noisy labels, the report and what they belong to; atomically (a
+  temporary file renamed into place), so that a reader never sees half of it."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   n = len(noisy_labels)
-  np.savez(path, noisy_labels=np.asarray(noisy_labels, np.int32),
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, noisy_labels=np.asarray(noisy_labels, np.int32),
            clean_labels=(np.full(n, -1, np.int32) if clean_labels is None
                          else np.asarray(clean_labels, np.int32)),
            ids=np.asarray([] if ids is None else ids).astype(str),
            kind=np.str_(report.kind), requested_ratio=np.float64(report.requested_ratio),
            realised_rate=np.float64(report.realised_rate), transition=report.transition,
            counts=report.counts, seed=np.int64(report.seed))
+  tmp.replace(path)
   return path
 
 

@@ -34,10 +34,12 @@ def class_balanced_subset(labels, num_classes: int, total: int, seed: int) -> np
 
 
 def save_subset(path, indices, ids) -> pathlib.Path:
-  """.npz with `indices` and the matching `ids` (so a reload can check the dataset)."""
+  """.npz with `indices` and the matching `ids` (so a reload can check the dataset), written atomically."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  np.savez(path, indices=np.asarray(indices, np.int64), ids=np.asarray(ids).astype(str))
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, indices=np.asarray(indices, np.int64), ids=np.asarray(ids).astype(str))
+  tmp.replace(path)
   return path
 
 

@@ -93,7 +93,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
                                   start_step=start, augment=config.data.train_augment, **data_kw)
 
   def on_epoch_end(st, epoch):
-    online = jax.device_get({k: v for k, v in st["online"].items() if k != "epoch_selected"})
+    online = parallel.to_host({k: v for k, v in st["online"].items() if k != "epoch_selected"})
     scalars = {"selected_fraction": float(online["selected"].mean())}
     writer.write_histograms(int(st["step"]), {"detect/p_clean": online["p_clean"]})
     if clean is not None:
@@ -105,7 +105,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
     state = det.init_state(jax.random.key(config.seed), checkpointer=ckpt)
     state = loop.run(loop.LoopConfig.of("detect", d.epochs, spe, config), state, det.jit_train_step(state),
                      batches, mesh=mesh, writer=writer, checkpointer=ckpt, on_epoch_end=on_epoch_end)
-  online = jax.device_get(state["online"])
+  online = parallel.to_host(state["online"])
   result = {"epoch_is_clean": np.asarray(online.pop("epoch_selected"))}
   result.update({"online_" + k: np.asarray(v) for k, v in online.items()})
   result["online_is_clean"] = result.pop("online_selected")
@@ -117,7 +117,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
                          data_kw=data_kw, with_embedding=export)
     arrays = {k: scored.pop(k) for k in ("pred_probs", "embedding") if k in scored}
     result.update({"pass_" + k: v for k, v in scored.items()})
-  scale = float(np.exp(np.asarray(jax.device_get(state["params"]["clip"]["logit_scale"]), np.float64)))
+  scale = float(np.exp(np.asarray(parallel.to_host(state["params"]["clip"]["logit_scale"]), np.float64)))
   for prefix in ("online_", "pass_"):
     if prefix + "margin" in result:
       result[prefix + "label_score"] = label_score(result[prefix + "margin"], scale)
@@ -139,4 +139,4 @@ def save_learned_params(path: Path, params, mask) -> None:
   """Exactly the leaves phase 1 trained (the optimiser mask: prompts, PEFT parameters, BitFit biases, anything
   ``detect.trainable`` names), for the 'no adaptation' classifier and for reuse."""
   trained = flatten(mask)
-  save_npz(path, {k: np.asarray(v) for k, v in flatten(jax.device_get(params)).items() if trained[k]})
+  save_npz(path, {k: np.asarray(v) for k, v in flatten(parallel.to_host(params)).items() if trained[k]})

@@ -1,5 +1,9 @@
-"""The one place that builds meshes and shardings: see mesh.py."""
+"""The one place that builds meshes and shardings (mesh.py) and joins the processes of a run (multihost.py)."""
 
 from deft_jax.parallel.mesh import (  # noqa: F401
-    batch_sharding, distributed_init_if_needed, make_mesh, replicated, shard_batch, shardings_for,
+    addressable, batch_sharding, make_mesh, replicated, shard_batch, shardings_for, to_host,
+)
+from deft_jax.parallel.multihost import (  # noqa: F401
+    DistributedInitError, WorkdirNotSharedError, distributed_init_if_needed, distributed_settings,
+    make_shared_workdir, sync_processes,
 )

@@ -10,13 +10,12 @@ Sharding is configuration, not code (as in big_vision):
   (ZeRO-3 style; small or indivisible arrays stay replicated).
 
 Batches are split along their leading axis over every mesh axis. ``jax.jit`` with these shardings is the
-modern pjit.
+modern pjit. Host code reads state through :func:`to_host`: with several processes an "fsdp" array lives partly
+on other processes' devices, and ``jax.device_get`` / ``np.asarray`` refuse it.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import re
 from typing import Sequence
 
@@ -88,29 +87,28 @@ def shardings_for(tree, mesh: Mesh, rules: Sequence[tuple[str, str]] = ()):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """Host-local NumPy batch -> global jax.Arrays split along the batch axis (works on one or many hosts)."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
-def distributed_init_if_needed() -> bool:
-  """Calls ``jax.distributed.initialize()`` on multi-host platforms (TPU pods, SLURM, explicit env)."""
-  multi = (
-      os.environ.get("JAX_COORDINATOR_ADDRESS")
-      or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-      or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-      or _tpu_multi_host()
-  )
-  if not multi:
-    return False
-  jax.distributed.initialize()
-  logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
-  return True
+def addressable(tree):
+  """``tree`` with every array that lies partly on other processes' devices replicated onto all devices, so that
+  each process can read it whole; every other leaf unchanged (not copied). A collective when something must be
+  replicated: every process calls it at the same point of the program (as every process handles its stage's
+  state). With one process, or replicated state, it does nothing."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+  if spread:
+    targets = [NamedSharding(leaves[i].sharding.mesh, P()) for i in spread]
+    gathered = jax.jit(lambda xs: xs, out_shardings=targets)([leaves[i] for i in spread])
+    for i, x in zip(spread, gathered):
+      leaves[i] = x
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _tpu_multi_host() -> bool:
-  # Cloud TPU VMs of a multi-host slice list every worker in TPU_WORKER_HOSTNAMES.
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hosts.split(",") if h]) > 1
+def to_host(tree):
+  """NumPy copies of the arrays of ``tree``, whole on every process however they are sharded (see
+  :func:`addressable`)."""
+  return jax.device_get(addressable(tree))

@@ -178,7 +178,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
       snap = out["snapshots"] / f"epoch_{epoch + 1:03d}"
       if not (snap / "model.safetensors").exists():
         accs = evaluate(st["params"]) if evaluate is not None else {}
-        _export(snap, jax.device_get(st["params"]), cfg, {
+        _export(snap, parallel.to_host(st["params"]), cfg, {
             "preset": p.preset, "split": split.name, "num_examples": split.num_examples, "epochs": epoch + 1,
             "of_epochs": p.epochs, "zero_shot_accuracy_ensemble": accs.get("ensemble"),
             "zero_shot_accuracy_single_template": accs.get("single"), "steps": int(st["step"])})
@@ -195,7 +195,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
     state = loop.run(loop.LoopConfig.of("pretrain", p.epochs, spe, config), state,
                      train_state.jit_step(step_fn, sh, mesh), batches, mesh=mesh, writer=writer, checkpointer=ckpt,
                      on_epoch_end=on_epoch_end)
-  params = jax.device_get(state["params"])
+  params = parallel.to_host(state["params"])
   accs = {}
   if evaluate is not None:
     accs = evaluate(state["params"])
@@ -212,14 +212,15 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
 
 def _export(directory: Path, params, cfg, info: dict) -> None:
   """An HF-format checkpoint (weights, config, tokenizer files, pretrain_info.json), written whole or not at
-  all: it is assembled in a temporary sibling that is renamed into place. Process 0 only."""
-  if jax.process_index() != 0:
-    return
-  tmp = directory.with_name(directory.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  clip_weights.save_hf_checkpoint(tmp, params, cfg)
-  for name in ("vocab.json", "merges.txt"):
-    shutil.copy(DEFAULT_DIR / name, tmp / name)
-  (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2))
-  tmp.replace(directory)
-  logging.info("[pretrain] exported %s (zero-shot %s)", directory, info.get("zero_shot_accuracy_ensemble"))
+  all: it is assembled in a temporary sibling that is renamed into place. Written by process 0; every process
+  calls it and returns once it is in place (the next stages of every process load it)."""
+  if jax.process_index() == 0:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    clip_weights.save_hf_checkpoint(tmp, params, cfg)
+    for name in ("vocab.json", "merges.txt"):
+      shutil.copy(DEFAULT_DIR / name, tmp / name)
+    (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2))
+    tmp.replace(directory)
+    logging.info("[pretrain] exported %s (zero-shot %s)", directory, info.get("zero_shot_accuracy_ensemble"))
+  parallel.sync_processes(f"exported {directory.name}")

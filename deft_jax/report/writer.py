@@ -151,8 +151,9 @@ def write_report(
 def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, given, class_names: Sequence[str],
                            clean_labels=None, ids=None, image_fn: plots.ImageFn | None = None,
                            extra_summary: Mapping[str, Any] | None = None, method_name: str = "DEFT",
-                           arrays: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, dict, str]:
-  """Validates the detector output, builds table + summary + text and writes the report.
+                           arrays: Mapping[str, Any] | None = None, write: bool = True) -> tuple[pd.DataFrame, dict, str]:
+  """Validates the detector output, builds table + summary + text and writes the report (``write=False``:
+  everything but the writing, for the processes of a multi-host run other than the one that writes).
 
   Returns:
     ``(table, summary, text)``; ``text`` is the one-screen health summary, ready to log.
@@ -161,8 +162,9 @@ def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, g
   table = table_from_inputs(inputs)
   summary = summary_from_inputs(inputs, extra=extra_summary, method_name=method_name)
   text = format_health_summary(summary)
-  write_report(report_dir, table=table, clean_mask=inputs.is_clean, summary=summary, text=text,
-               image_fn=image_fn, arrays=arrays)
+  if write:
+    write_report(report_dir, table=table, clean_mask=inputs.is_clean, summary=summary, text=text,
+                 image_fn=image_fn, arrays=arrays)
   return table, summary, text
 
 
