@@ -20,65 +20,13 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deft_jax.models import peft as peft_lib
+from deft_jax.models.attention import CUDNN_SEQ_MULTIPLE, attention, padded_attention  # noqa: F401
+from deft_jax.models.peft_layers import SSF, Adapter, LoRA, uniform_init  # noqa: F401
 from deft_jax.models.presets import CLIPConfig
 
 Array = jax.Array
-
-
-def uniform_init(bound: float):
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
-class LoRA(nn.Module):
-  """Low-rank residual B(A(x)) * scale, as the reference: A [in, rank] ~ U(-1/sqrt(rank), 1/sqrt(rank)) (what
-  PyTorch's ``kaiming_uniform_(a=sqrt(5))`` gives a tensor of that shape, whose fan-in is its second axis),
-  B [rank, out] zero-initialised, scale = alpha / rank (1 / rank by default)."""
-
-  features: int
-  rank: int
-  scale: float = 1.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    fan_in = x.shape[-1]
-    a = self.param("lora_a", uniform_init(1.0 / np.sqrt(self.rank)), (fan_in, self.rank))
-    b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features))
-    y = jnp.dot(jnp.dot(x, a.astype(self.dtype)), b.astype(self.dtype))
-    return y * jnp.asarray(self.scale, self.dtype)
-
-
-class SSF(nn.Module):
-  """Learnable per-channel scale and shift (identity at init)."""
-
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (d,))
-    shift = self.param("shift", nn.initializers.zeros, (d,))
-    return x * scale.astype(self.dtype) + shift.astype(self.dtype)
-
-
-class Adapter(nn.Module):
-  """Bottleneck MLP with its own residual; the up-projection starts at zero."""
-
-  bottleneck: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    h = nn.Dense(self.bottleneck, dtype=self.dtype, name="down")(x)
-    h = nn.relu(h)
-    h = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(h)
-    return x + h
 
 
 def _activation(name: str):
@@ -91,32 +39,6 @@ def _activation(name: str):
 
 def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
-
-
-CUDNN_SEQ_MULTIPLE = 16
-
-
-def attention(q, k, v, *, causal: bool, implementation: Optional[str]):
-  """``jax.nn.dot_product_attention`` on [B, T, heads, head_dim].
-
-  cuDNN's fused kernel rejects some sequence lengths (ViT-B/16 has 197 tokens, 217 with VPT), so with
-  ``implementation="cudnn"`` the sequence is padded to a multiple of 16 (see :func:`padded_attention`).
-  """
-  if implementation == "cudnn" and q.shape[1] % CUDNN_SEQ_MULTIPLE:
-    return padded_attention(q, k, v, causal=causal, implementation=implementation, multiple=CUDNN_SEQ_MULTIPLE)
-  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
-
-
-def padded_attention(q, k, v, *, causal: bool, implementation: Optional[str], multiple: int):
-  """The same attention with the sequence zero-padded to a multiple of ``multiple``: padded keys are masked
-  through ``key_value_seq_lengths`` and padded query rows are dropped."""
-  t = q.shape[1]
-  widths = ((0, 0), (0, (-t) % multiple), (0, 0), (0, 0))
-  q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
-  lengths = jnp.full((q.shape[0],), t, jnp.int32)
-  o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation,
-                                   query_seq_lengths=lengths, key_value_seq_lengths=lengths)
-  return o[:, :t]
 
 
 @dataclasses.dataclass(frozen=True)
