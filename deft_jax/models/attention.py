@@ -1,4 +1,4 @@
-"""Attention kernels of the CLIP towers: plain (XLA or cuDNN) and padded for cuDNN.
+"""Attention kernels of the CLIP towers: plain (XLA or cuDNN), padded for cuDNN, and prefix-continuing.
 
 Inputs are [..., T, heads, head_dim]; logits and the softmax are float32 whatever the compute dtype, as in
 ``jax.nn.dot_product_attention``.
@@ -10,6 +10,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 CUDNN_SEQ_MULTIPLE = 16
 
@@ -35,3 +36,28 @@ def padded_attention(q, k, v, *, causal: bool, implementation: Optional[str], mu
   o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation,
                                    query_seq_lengths=lengths, key_value_seq_lengths=lengths)
   return o[:, :t]
+
+
+def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal: bool = True):
+  """Attention of suffix tokens over [their group's shared prefix ; the suffix itself].
+
+  q, k, v: [G, N, S, heads, head_dim], N sequences per group that continue the group's prefix, whose keys
+  and values prefix_k, prefix_v are [G, P, heads, head_dim]. Every suffix token sees the whole prefix, and
+  (``causal``) the suffix tokens up to itself. The prefix is never broadcast to the N sequences: its logits
+  are a product against the [G, P] keys directly, so memory does not grow with N x P. Numerics follow
+  ``jax.nn.dot_product_attention``'s XLA path (float32 logits and softmax, probabilities cast back).
+  """
+  if q.ndim != 5 or prefix_k.ndim != 4:
+    raise ValueError(f"prefix_attention takes [G, N, S, H, D] and [G, P, H, D], got {q.shape}, {prefix_k.shape}")
+  p, s = prefix_k.shape[1], q.shape[2]
+  precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+  dot = dict(precision=precision, preferred_element_type=jnp.float32)
+  logits = jnp.concatenate([jnp.einsum("gnshd,gphd->gnhsp", q, prefix_k, **dot),
+                            jnp.einsum("gnshd,gnthd->gnhst", q, k, **dot)], axis=-1)
+  logits *= jnp.asarray(1.0 / np.sqrt(q.shape[-1]), jnp.float32)
+  if causal:
+    visible = np.concatenate([np.ones((s, p), bool), np.tril(np.ones((s, s), bool))], axis=1)
+    logits = jnp.where(visible, logits, jnp.asarray(-0.7 * np.finfo(np.float32).max, jnp.float32))
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return (jnp.einsum("gnhsp,gphd->gnshd", probs[..., :p], prefix_v)
+          + jnp.einsum("gnhst,gnthd->gnshd", probs[..., p:], v))

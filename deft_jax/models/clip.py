@@ -20,9 +20,10 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deft_jax.models import peft as peft_lib
-from deft_jax.models.attention import CUDNN_SEQ_MULTIPLE, attention, padded_attention  # noqa: F401
+from deft_jax.models.attention import CUDNN_SEQ_MULTIPLE, attention, padded_attention, prefix_attention  # noqa: F401
 from deft_jax.models.peft_layers import SSF, Adapter, LoRA, uniform_init  # noqa: F401
 from deft_jax.models.presets import CLIPConfig
 
@@ -74,14 +75,32 @@ class _Part(nn.Module):
 
 
 class Attention(_Part):
+  """Multi-head self-attention over [..., T, width].
+
+  ``mode`` (see :class:`Block`): "full" attends to ``x`` itself; "prefix" also returns this layer's keys and
+  values; "kv" returns only them; "suffix" lets ``x`` ([G, N, S, width]) attend to ``prefix_kv`` too.
+  """
+
+  mode: str = "full"
+
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, prefix_kv=None):
     s, p = self.spec, self.peft
-    b, t, _ = x.shape
+    *lead, t, _ = x.shape
     hd = s.width // s.heads
-    q, k, v = (_dense(x, s.width, f"{n}_proj", n, p, s.dtype).reshape(b, t, s.heads, hd) for n in "qkv")
-    o = attention(q, k, v, causal=s.causal, implementation=s.attention)
-    return _dense(o.reshape(b, t, s.width), s.width, "out_proj", "out", p, s.dtype)
+
+    def proj(n):
+      return _dense(x, s.width, f"{n}_proj", n, p, s.dtype).reshape(*lead, t, s.heads, hd)
+
+    if self.mode == "kv":
+      return proj("k"), proj("v")
+    q, k, v = proj("q"), proj("k"), proj("v")
+    if self.mode == "suffix":
+      o = prefix_attention(q, k, v, *prefix_kv, causal=s.causal)
+    else:
+      o = attention(q, k, v, causal=s.causal, implementation=s.attention)
+    out = _dense(o.reshape(*lead, t, s.width), s.width, "out_proj", "out", p, s.dtype)
+    return (out, (k, v)) if self.mode == "prefix" else out
 
 
 class MLP(_Part):
@@ -91,15 +110,30 @@ class MLP(_Part):
     return _dense(h, self.spec.width, "fc2", "fc2", self.peft, self.spec.dtype)
 
 
+BLOCK_MODES = ("full", "prefix", "kv", "suffix")
+
+
 class Block(nn.Module):
-  """Pre-norm transformer block; optionally prepends its own visual prompts (VPT)."""
+  """Pre-norm transformer block; optionally prepends its own visual prompts (VPT).
+
+  ``mode`` serves a causal tower that encodes many sequences sharing their first P tokens (text prompts with
+  one learned context): "full" is the plain block; "prefix" runs the shared tokens once and also returns the
+  layer's keys and values ([G, P, heads, head_dim] each); "kv" returns only those (the last layer's prefix
+  outputs are never read); "suffix" runs the remaining tokens of each sequence, [G, N, S, width], attending to
+  the prefix's keys and values of their group. Causality makes this exact: prefix tokens never see suffixes.
+  """
 
   spec: BlockSpec
   peft: peft_lib.BlockPEFT = peft_lib.BlockPEFT()
+  mode: str = "full"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, prefix_kv=None):
     s, p = self.spec, self.peft
+    if self.mode not in BLOCK_MODES:
+      raise ValueError(f"Block mode must be one of {BLOCK_MODES}, got {self.mode!r}")
+    if self.mode != "full" and (p.prompt != "none" or not s.causal):
+      raise ValueError("prefix sharing needs a causal block without visual prompts")
     if p.prompt != "none":
       prompts = self.param(peft_lib.VPT_PARAM, uniform_init(s.prompt_init_bound), (p.prompt_tokens, s.width))
       prompts = jnp.broadcast_to(prompts.astype(x.dtype), (x.shape[0],) + prompts.shape)
@@ -108,20 +142,29 @@ class Block(nn.Module):
       # The prompts go after the patch tokens, so the class token stays at position 0.
       x = jnp.concatenate([x, prompts], axis=1)
     h = _layer_norm(s.ln_eps, "layer_norm1")(x).astype(s.dtype)
-    x = x + Attention(s, p, name="self_attn")(h)
+    attn = Attention(s, p, self.mode, name="self_attn")
+    if self.mode == "kv":
+      return attn(h)
+    a = attn(h, prefix_kv)
+    if self.mode == "prefix":
+      a, kv = a
+    x = x + a
     h = _layer_norm(s.ln_eps, "layer_norm2")(x).astype(s.dtype)
     h = MLP(s, p, name="mlp")(h)
     if p.adapter_dim:
       h = Adapter(p.adapter_dim, s.dtype, name=peft_lib.ADAPTER)(h)
-    return x + h
+    return (x + h, kv) if self.mode == "prefix" else x + h
 
 
 class _ScanBlock(Block):
-  """Block with the (carry, xs) -> (carry, ys) signature that nn.scan needs."""
+  """Block with the (carry, xs) -> (carry, ys) signature that nn.scan needs: in "prefix" mode the ys are the
+  layer's keys and values, in "suffix" mode the xs are the prefix's."""
 
   @nn.compact
-  def __call__(self, x, _):
-    return super().__call__(x), None
+  def __call__(self, x, xs):
+    if self.mode == "prefix":
+      return super().__call__(x)
+    return super().__call__(x, xs if self.mode == "suffix" else None), None
 
 
 class Encoder(nn.Module):
@@ -131,11 +174,23 @@ class Encoder(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, prefix_kv=None, *, mode: str = "full"):
+    """``mode="full"``: [B, T, width] -> [B, T, width]. "prefix": the shared first tokens [G, P, width] ->
+    their keys and values (k, v), each [layers, G, P, heads, head_dim]. "suffix": the remaining tokens
+    [G, N, S, width] and the prefix's (k, v) -> [G, N, S, width] (see :class:`Block`)."""
     if not self.scan:
       cls = nn.remat(Block) if self.remat else Block
+      n = len(self.blocks)
+      if mode == "prefix":
+        kvs = []
+        for i, bp in enumerate(self.blocks):
+          out = cls(self.spec, bp, "kv" if i == n - 1 else "prefix", name=f"layers_{i}")(x)
+          x, kv = out if i < n - 1 else (x, out)
+          kvs.append(kv)
+        return tuple(jnp.stack(a) for a in zip(*kvs))
       for i, bp in enumerate(self.blocks):
-        x = cls(self.spec, bp, name=f"layers_{i}")(x)
+        layer_kv = None if mode == "full" else (prefix_kv[0][i], prefix_kv[1][i])
+        x = cls(self.spec, bp, mode, name=f"layers_{i}")(x, layer_kv)
       return x
     block = _scan_block_peft(self.blocks)
     if block.prompt != "none":
@@ -144,8 +199,9 @@ class Encoder(nn.Module):
     cls = nn.remat(_ScanBlock) if self.remat else _ScanBlock
     scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       length=len(self.blocks))
-    x, _ = scanned(self.spec, block, name="layers")(x, None)
-    return x
+    # In "prefix" mode every scanned layer runs in full (one body for all): the last one's outputs are unused.
+    x, ys = scanned(self.spec, block, mode, name="layers")(x, prefix_kv if mode == "suffix" else None)
+    return ys if mode == "prefix" else x
 
 
 def _scan_block_peft(blocks: Sequence[peft_lib.BlockPEFT]) -> peft_lib.BlockPEFT:
@@ -249,6 +305,28 @@ class TextTransformer(nn.Module):
     x = self.final_layer_norm(self.encoder(x))
     return jnp.take_along_axis(x, eot_positions[:, None, None].astype(jnp.int32), axis=1)[:, 0]
 
+  def encode_prefix(self, embeds):
+    """The first P token embeddings [G, P, width] that G groups of prompts share -> their keys and values at
+    every layer, (k, v) each [layers, G, P, heads, head_dim]: what :meth:`encode_suffix` continues from."""
+    p = embeds.shape[1]
+    if p > self.config.text.context_length:
+      raise ValueError(f"{p} prefix tokens exceed the context length {self.config.text.context_length}")
+    pos = self.embeddings.position_embedding.embedding[:p]
+    return self.encoder((embeds + pos[None]).astype(jnp.dtype(self.config.dtype)), mode="prefix")
+
+  def encode_suffix(self, prefix_kv, embeds, eot_positions):
+    """The rest of each prompt, [G, N, S, width] (token j sits at position P + j), after its group's prefix
+    (``prefix_kv`` from :meth:`encode_prefix`) -> pooled features [G, N, width] at ``eot_positions`` [N]
+    (indices into the suffix). Tokens after a suffix's end of text are padding: causality keeps them out of
+    every real token, and their positions are clipped to the context length."""
+    p, s = prefix_kv[0].shape[2], embeds.shape[2]
+    ctx_len = self.config.text.context_length
+    pos = self.embeddings.position_embedding.embedding[np.minimum(p + np.arange(s), ctx_len - 1)]
+    x = (embeds + pos[None, None]).astype(jnp.dtype(self.config.dtype))
+    x = self.final_layer_norm(self.encoder(x, prefix_kv, mode="suffix"))
+    idx = jnp.broadcast_to(jnp.asarray(eot_positions, jnp.int32)[None, :, None, None], x.shape[:2] + (1, 1))
+    return jnp.take_along_axis(x, idx, axis=2)[:, :, 0]
+
   def __call__(self, ids):
     return self.encode_embeds(self.embed_tokens(ids), self.eot_positions(ids))
 
@@ -289,6 +367,15 @@ class CLIP(nn.Module):
 
   def encode_text_embeds(self, embeds, eot_positions):
     pooled = self.text_model.encode_embeds(embeds, eot_positions)
+    return self.text_projection(pooled.astype(jnp.dtype(self.config.dtype))).astype(jnp.float32)
+
+  def encode_text_prefix(self, embeds):
+    """Keys and values of a prefix that groups of prompts share (see ``TextTransformer.encode_prefix``)."""
+    return self.text_model.encode_prefix(embeds)
+
+  def encode_text_suffix(self, prefix_kv, embeds, eot_positions):
+    """Projected (unnormalised, float32) features [G, N, embed_dim] of prompts continuing a shared prefix."""
+    pooled = self.text_model.encode_suffix(prefix_kv, embeds, eot_positions)
     return self.text_projection(pooled.astype(jnp.dtype(self.config.dtype))).astype(jnp.float32)
 
   def __call__(self, images, ids):
