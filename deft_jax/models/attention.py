@@ -38,25 +38,31 @@ def padded_attention(q, k, v, *, causal: bool, implementation: Optional[str], mu
   return o[:, :t]
 
 
-def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal: bool = True):
+def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal: bool = True, query_positions=None):
   """Attention of suffix tokens over [their group's shared prefix ; the suffix itself].
 
-  q, k, v: [G, N, S, heads, head_dim], N sequences per group that continue the group's prefix, whose keys
-  and values prefix_k, prefix_v are [G, P, heads, head_dim]. Every suffix token sees the whole prefix, and
-  (``causal``) the suffix tokens up to itself. The prefix is never broadcast to the N sequences: its logits
-  are a product against the [G, P] keys directly, so memory does not grow with N x P. Numerics follow
-  ``jax.nn.dot_product_attention``'s XLA path (float32 logits and softmax, probabilities cast back).
+  k, v: [G, N, S, heads, head_dim], N sequences per group that continue the group's prefix, whose keys and
+  values prefix_k, prefix_v are [G, P, heads, head_dim]; q: [G, N, Sq, heads, head_dim], the suffix's own
+  tokens (Sq = S) or, with ``query_positions`` [N, Sq], those at these positions of each suffix. Every query
+  sees the whole prefix, and (``causal``) the suffix tokens up to its own. The prefix is never broadcast to the
+  N sequences: its logits are a product against the [G, P] keys directly, so memory does not grow with N x P.
+  Numerics follow ``jax.nn.dot_product_attention``'s XLA path (float32 logits and softmax, probabilities cast
+  back).
   """
   if q.ndim != 5 or prefix_k.ndim != 4:
     raise ValueError(f"prefix_attention takes [G, N, S, H, D] and [G, P, H, D], got {q.shape}, {prefix_k.shape}")
-  p, s = prefix_k.shape[1], q.shape[2]
+  p, s = prefix_k.shape[1], k.shape[2]
   precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
   dot = dict(precision=precision, preferred_element_type=jnp.float32)
   logits = jnp.concatenate([jnp.einsum("gnshd,gphd->gnhsp", q, prefix_k, **dot),
                             jnp.einsum("gnshd,gnthd->gnhst", q, k, **dot)], axis=-1)
   logits *= jnp.asarray(1.0 / np.sqrt(q.shape[-1]), jnp.float32)
   if causal:
-    visible = np.concatenate([np.ones((s, p), bool), np.tril(np.ones((s, s), bool))], axis=1)
+    if query_positions is None:
+      visible = np.concatenate([np.ones((s, p), bool), np.tril(np.ones((s, s), bool))], axis=1)
+    else:  # [N, Sq, P + S] -> broadcast over groups and heads
+      later = jnp.arange(s)[None, None, :] > jnp.asarray(query_positions)[:, :, None]
+      visible = jnp.concatenate([jnp.ones(later.shape[:2] + (p,), bool), ~later], axis=-1)[None, :, None]
     logits = jnp.where(visible, logits, jnp.asarray(-0.7 * np.finfo(np.float32).max, jnp.float32))
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return (jnp.einsum("gnhsp,gphd->gnshd", probs[..., :p], prefix_v)

@@ -78,29 +78,37 @@ class Attention(_Part):
   """Multi-head self-attention over [..., T, width].
 
   ``mode`` (see :class:`Block`): "full" attends to ``x`` itself; "prefix" also returns this layer's keys and
-  values; "kv" returns only them; "suffix" lets ``x`` ([G, N, S, width]) attend to ``prefix_kv`` too.
+  values; "kv" returns only them; "suffix" lets ``x`` ([G, N, S, width]) attend to ``prefix_kv`` too; "pool"
+  does so for one query per sequence, the token at ``pool`` [N] (-> [G, N, 1, width]).
   """
 
   mode: str = "full"
 
   @nn.compact
-  def __call__(self, x, prefix_kv=None):
+  def __call__(self, x, prefix_kv=None, pool=None):
     s, p = self.spec, self.peft
-    *lead, t, _ = x.shape
     hd = s.width // s.heads
 
-    def proj(n):
-      return _dense(x, s.width, f"{n}_proj", n, p, s.dtype).reshape(*lead, t, s.heads, hd)
+    def proj(n, inputs):
+      return _dense(inputs, s.width, f"{n}_proj", n, p, s.dtype).reshape(*inputs.shape[:-1], s.heads, hd)
 
     if self.mode == "kv":
-      return proj("k"), proj("v")
-    q, k, v = proj("q"), proj("k"), proj("v")
-    if self.mode == "suffix":
-      o = prefix_attention(q, k, v, *prefix_kv, causal=s.causal)
+      return proj("k", x), proj("v", x)
+    q = proj("q", x if self.mode != "pool" else _take_tokens(x, pool))
+    k, v = proj("k", x), proj("v", x)
+    if self.mode in ("suffix", "pool"):
+      o = prefix_attention(q, k, v, *prefix_kv, causal=s.causal,
+                           query_positions=None if pool is None else jnp.asarray(pool)[:, None])
     else:
       o = attention(q, k, v, causal=s.causal, implementation=s.attention)
-    out = _dense(o.reshape(*lead, t, s.width), s.width, "out_proj", "out", p, s.dtype)
+    out = _dense(o.reshape(*o.shape[:-2], s.width), s.width, "out_proj", "out", p, s.dtype)
     return (out, (k, v)) if self.mode == "prefix" else out
+
+
+def _take_tokens(x, positions):
+  """x [G, N, S, width] at one position per sequence, positions [N] -> [G, N, 1, width]."""
+  idx = jnp.broadcast_to(jnp.asarray(positions, jnp.int32)[None, :, None, None], x.shape[:2] + (1, 1))
+  return jnp.take_along_axis(x, idx, axis=2)
 
 
 class MLP(_Part):
@@ -110,7 +118,7 @@ class MLP(_Part):
     return _dense(h, self.spec.width, "fc2", "fc2", self.peft, self.spec.dtype)
 
 
-BLOCK_MODES = ("full", "prefix", "kv", "suffix")
+BLOCK_MODES = ("full", "prefix", "kv", "suffix", "pool")
 
 
 class Block(nn.Module):
@@ -120,7 +128,9 @@ class Block(nn.Module):
   one learned context): "full" is the plain block; "prefix" runs the shared tokens once and also returns the
   layer's keys and values ([G, P, heads, head_dim] each); "kv" returns only those (the last layer's prefix
   outputs are never read); "suffix" runs the remaining tokens of each sequence, [G, N, S, width], attending to
-  the prefix's keys and values of their group. Causality makes this exact: prefix tokens never see suffixes.
+  the prefix's keys and values of their group; "pool" is "suffix" computed only for the token at ``pool`` [N]
+  of each sequence (-> [G, N, 1, width]): the last layer of a tower read at one token per sequence. Causality
+  makes this exact: prefix tokens never see suffixes, and no token sees those after it.
   """
 
   spec: BlockSpec
@@ -128,7 +138,7 @@ class Block(nn.Module):
   mode: str = "full"
 
   @nn.compact
-  def __call__(self, x, prefix_kv=None):
+  def __call__(self, x, prefix_kv=None, pool=None):
     s, p = self.spec, self.peft
     if self.mode not in BLOCK_MODES:
       raise ValueError(f"Block mode must be one of {BLOCK_MODES}, got {self.mode!r}")
@@ -145,10 +155,10 @@ class Block(nn.Module):
     attn = Attention(s, p, self.mode, name="self_attn")
     if self.mode == "kv":
       return attn(h)
-    a = attn(h, prefix_kv)
+    a = attn(h, prefix_kv, pool)
     if self.mode == "prefix":
       a, kv = a
-    x = x + a
+    x = (x if self.mode != "pool" else _take_tokens(x, pool)) + a
     h = _layer_norm(s.ln_eps, "layer_norm2")(x).astype(s.dtype)
     h = MLP(s, p, name="mlp")(h)
     if p.adapter_dim:
@@ -174,10 +184,11 @@ class Encoder(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, x, prefix_kv=None, *, mode: str = "full"):
+  def __call__(self, x, prefix_kv=None, *, mode: str = "full", pool=None):
     """``mode="full"``: [B, T, width] -> [B, T, width]. "prefix": the shared first tokens [G, P, width] ->
     their keys and values (k, v), each [layers, G, P, heads, head_dim]. "suffix": the remaining tokens
-    [G, N, S, width] and the prefix's (k, v) -> [G, N, S, width] (see :class:`Block`)."""
+    [G, N, S, width] and the prefix's (k, v) -> [G, N, S, width], or with ``pool`` [N] the output at those
+    positions only, [G, N, width]: then the last layer runs for them alone (see :class:`Block`)."""
     if not self.scan:
       cls = nn.remat(Block) if self.remat else Block
       n = len(self.blocks)
@@ -190,8 +201,9 @@ class Encoder(nn.Module):
         return tuple(jnp.stack(a) for a in zip(*kvs))
       for i, bp in enumerate(self.blocks):
         layer_kv = None if mode == "full" else (prefix_kv[0][i], prefix_kv[1][i])
-        x = cls(self.spec, bp, mode, name=f"layers_{i}")(x, layer_kv)
-      return x
+        last = pool is not None and i == n - 1
+        x = cls(self.spec, bp, "pool" if last else mode, name=f"layers_{i}")(x, layer_kv, pool if last else None)
+      return x[:, :, 0] if pool is not None else x
     block = _scan_block_peft(self.blocks)
     if block.prompt != "none":
       # Every scanned block replaces the last prompt tokens; give the first one zeros to replace.
@@ -201,6 +213,8 @@ class Encoder(nn.Module):
                       length=len(self.blocks))
     # In "prefix" mode every scanned layer runs in full (one body for all): the last one's outputs are unused.
     x, ys = scanned(self.spec, block, mode, name="layers")(x, prefix_kv if mode == "suffix" else None)
+    if pool is not None:  # one scanned body for all layers: the last one ran for every token
+      return _take_tokens(x, pool)[:, :, 0]
     return ys if mode == "prefix" else x
 
 
@@ -323,9 +337,7 @@ class TextTransformer(nn.Module):
     ctx_len = self.config.text.context_length
     pos = self.embeddings.position_embedding.embedding[np.minimum(p + np.arange(s), ctx_len - 1)]
     x = (embeds + pos[None, None]).astype(jnp.dtype(self.config.dtype))
-    x = self.final_layer_norm(self.encoder(x, prefix_kv, mode="suffix"))
-    idx = jnp.broadcast_to(jnp.asarray(eot_positions, jnp.int32)[None, :, None, None], x.shape[:2] + (1, 1))
-    return jnp.take_along_axis(x, idx, axis=2)[:, :, 0]
+    return self.final_layer_norm(self.encoder(x, prefix_kv, mode="suffix", pool=eot_positions))
 
   def __call__(self, ids):
     return self.encode_embeds(self.embed_tokens(ids), self.eot_positions(ids))
