@@ -63,6 +63,9 @@ class BenchConfig:
   n_ctx: int = 16
   vpt_tokens: int = 20
   lora_rank: int = 8
+  # deft_jax phase 1: the prompts' shared prefix once per context (detect.text_prefix_sharing), class chunks.
+  text_prefix_sharing: bool = True
+  text_chunk: int = 0
   warmup: int = 3
   iters: int = 10
   profile_dir: str = ""
@@ -94,6 +97,8 @@ def base_record(cfg: BenchConfig) -> dict:
     rec["n_ctx"] = cfg.n_ctx
     rec["vpt_tokens"] = cfg.vpt_tokens if cfg.step == "phase1_vpt_deep" else 0
     rec["lora_rank"] = cfg.lora_rank if cfg.step == "phase1_lora" else 0
+    if cfg.framework == "jax":
+      rec["text_prefix_sharing"], rec["text_chunk"] = cfg.text_prefix_sharing, cfg.text_chunk
   return rec
 
 

@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--n_ctx", type=int, default=16)
   p.add_argument("--vpt_tokens", type=int, default=20)
   p.add_argument("--lora_rank", type=int, default=8)
+  p.add_argument("--text_prefix_sharing", default="on",
+                 help="deft_jax phase 1: on (the shared prompt prefix once per context) or off (whole prompts)")
+  p.add_argument("--text_chunk", type=int, default=0, help="deft_jax phase 1: prompts per text-tower chunk (0: all)")
   p.add_argument("--warmup", type=int, default=None, help="untimed steps, the first included (default 3)")
   p.add_argument("--iters", type=int, default=None, help="timed steps (default 10; --quick: 3)")
   p.add_argument("--quick", action="store_true", help="CPU smoke mode: tiny preset, batch 8, few steps")
@@ -103,6 +106,9 @@ def expand(args) -> list[list[common.BenchConfig]]:
   unknown = sorted(set(steps) - set(common.STEPS))
   if unknown:
     raise SystemExit(f"unknown --steps {unknown}; choose from {common.STEPS}")
+  sharing = _bools(args.text_prefix_sharing)
+  if len(sharing) != 1:
+    raise SystemExit(f"--text_prefix_sharing takes one value (on or off), got {args.text_prefix_sharing!r}")
   fws = _csv(args.frameworks)
   if set(fws) - set(common.FRAMEWORKS):
     raise SystemExit(f"unknown --frameworks {fws}; choose from {common.FRAMEWORKS}")
@@ -126,7 +132,8 @@ def expand(args) -> list[list[common.BenchConfig]]:
               group.append(common.BenchConfig(
                   framework=fw, step=step, model=model, batch=b, dtype=dtype, image_size=args.image_size,
                   num_classes=args.num_classes, n_ctx=args.n_ctx, vpt_tokens=args.vpt_tokens,
-                  lora_rank=args.lora_rank, warmup=warmup, iters=iters,
+                  lora_rank=args.lora_rank, text_prefix_sharing=sharing[0],
+                  text_chunk=args.text_chunk, warmup=warmup, iters=iters,
                   profile_dir=os.path.abspath(args.profile) if prof else "",
                   torch_flop_count=not args.no_torch_flop_count, **v))
             groups.append(group)

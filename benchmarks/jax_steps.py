@@ -17,11 +17,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, flops
 from deft_jax import config_lib, parallel
 from deft_jax.adapt import classifier as clf_lib
 from deft_jax.adapt import trainer as trainer_lib
 from deft_jax.data.config import image_spec
+from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect.detector import Detector
 from deft_jax.models import presets
 
@@ -38,6 +39,7 @@ class BuiltStep:
   batch: dict
   config: presets.CLIPConfig
   text_len: int = 0
+  text: flops.TextPass | None = None  # phase 1's text pass, for the FLOP count
 
 
 def run_config(cfg: common.BenchConfig):
@@ -47,6 +49,8 @@ def run_config(cfg: common.BenchConfig):
                       attention=None if cfg.attention == "xla" else cfg.attention, remat=cfg.remat, scan=cfg.scan))
   c.data.image_size = 0
   c.detect.n_ctx = cfg.n_ctx
+  c.detect.text_prefix_sharing = cfg.text_prefix_sharing
+  c.detect.text_chunk = cfg.text_chunk
   if cfg.step == "phase1_vpt_deep":
     c.detect.peft.update(dict(vpt="deep", vpt_tokens=cfg.vpt_tokens, lora_rank=0))
   elif cfg.step == "phase1_lora":
@@ -87,7 +91,18 @@ def build_phase1(cfg: common.BenchConfig) -> BuiltStep:
                  checkpoint=None, steps_per_epoch=-(-NUM_EXAMPLES // cfg.batch))
   state = det.init_state(jax.random.key(0))
   return BuiltStep(det.jit_train_step(state), state, _batch(cfg, model_cfg.vision.image_size, mesh), det.model.config,
-                   text_len=int(det.template.ids.shape[1]))
+                   text_len=int(det.template.ids.shape[1]), text=text_pass(det))
+
+
+def text_pass(det: Detector) -> flops.TextPass:
+  """The text pass the Detector's step runs (its template's layout), as the FLOP counter describes it."""
+  t = det.template
+  layout = prompts_lib.text_layout(t, class_specific=bool(det.config.detect.class_specific),
+                                   share_prefix=det.settings.text_prefix_sharing)
+  p = layout.prefix
+  return flops.TextPass(length=layout.length, prefix=p, buckets=tuple((len(r), s) for r, s in layout.buckets),
+                        prefix_grad=bool((t.ctx_index[0, :p] >= 0).any()),
+                        suffix_grad=bool((t.ctx_index[:, p:] >= 0).any()), pooled=not det.model.config.scan)
 
 
 def build_phase2_fft(cfg: common.BenchConfig, *, mesh=None, trainable: str = "blocks") -> BuiltStep:

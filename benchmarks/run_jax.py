@@ -116,7 +116,8 @@ def _run(cfg: common.BenchConfig, measured_peak: float | None) -> dict:
     rec["profile"] = common.safe_profile(lambda: _profile(one_step, cfg))
 
   ops = flops.step_products(cfg.step, built.config, batch=cfg.batch, num_classes=cfg.num_classes,
-                            text_len=built.text_len, vpt_tokens=cfg.vpt_tokens, lora_rank=cfg.lora_rank)
+                            text_len=built.text_len, vpt_tokens=cfg.vpt_tokens, lora_rank=cfg.lora_rank,
+                            text=built.text)
   name = device_name()
   common.add_throughput(rec, times, batch=cfg.batch, model_flops=flops.total(ops),
                         model_flops_3x=flops.total_3x(ops), device=name, dtype=cfg.dtype,
@@ -126,6 +127,10 @@ def _run(cfg: common.BenchConfig, measured_peak: float | None) -> dict:
   rec["lowered_matmul_flops_ratio"] = lowered_flops / rec["model_flops"] if lowered_flops else None
   rec["xla_flops_ratio"] = xla_flops / rec["model_flops"] if xla_flops else None
   rec["text_len"] = built.text_len or None
+  if built.text is not None:  # tokens per context through the text tower: shared prefix + padded suffixes
+    rec["text_prefix_len"] = built.text.prefix
+    rec["text_tokens"] = (built.text.prefix + sum(n * s for n, s in built.text.buckets) if built.text.prefix
+                          else built.text.length * cfg.num_classes)
   rec["peak_memory_bytes"] = peak_memory()
   dev = jax.devices()[0]
   rec["device"] = name

@@ -29,8 +29,11 @@ import orbax.checkpoint as ocp
 from deft_jax import parallel, stages
 from deft_jax.errors import CorruptCheckpointError, WorkdirConflictError  # noqa: F401 (re-exported)
 
-# Fields that may change between a run and its resumption without changing results.
-RESUMABLE_FIELDS = ("stages", "log_every_steps", "checkpoint_every_steps", "report", "mesh", "sharding_rules")
+# Fields (config sections, or dotted fields) that may change between a run and its resumption without changing
+# results: the phase-1 text path's chunking and prefix sharing give the same features to rounding (and a run
+# recorded before prefix sharing existed resumes with it).
+RESUMABLE_FIELDS = ("stages", "log_every_steps", "checkpoint_every_steps", "report", "mesh", "sharding_rules",
+                    "detect.text_chunk", "detect.text_prefix_sharing")
 CONFIG_FILE = "config.json"
 
 
@@ -64,7 +67,7 @@ def check_workdir(workdir: str | Path, config) -> None:
                                  "or is damaged. Use a new --workdir.") from e
     a, b = _flatten(old), _flatten(new)
     diffs = [k for k in sorted(set(a) | set(b))
-             if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_FIELDS]
+             if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_FIELDS and k not in RESUMABLE_FIELDS]
     extra = _recorded_reads(workdir)
     affected = sorted({o for k in diffs for o in stages.stale_outputs(k.split(".")[0], extra)})
     existing = [o for o in affected if (workdir / o).exists() and any((workdir / o).iterdir())]

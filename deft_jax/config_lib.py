@@ -66,7 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
       peft=peft_config(vpt="deep", vpt_tokens=20),
       trainable=config_dict.placeholder(list),
       strict_selection=False, warmup_loss="ce", pseudo_labels_from_epoch=config_dict.placeholder(int),
-      final_mask="online", scoring_pass=True, text_chunk=0))
+      # text_chunk > 0: at most that many prompts through the text tower at a time (rematerialised: memory flat in
+      # C). text_prefix_sharing: the prompts' shared prefix once per context, then the class suffixes (exact).
+      final_mask="online", scoring_pass=True, text_chunk=0, text_prefix_sharing=True))
 
   # Phase 2 (method.md): FFT of the visual blocks + a new linear head on ln_post(CLS), CE on the clean
   # subset, SGD momentum 0.9, lr 5e-4, wd 5e-4, cosine over 10 epochs stepped per epoch, batch 64 (real-world

@@ -31,16 +31,20 @@ BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "deft_jax.data.pipeline",
 
 
 # ------------------------------------------------------------------------------------------ FLOP counting
-@pytest.mark.parametrize("step", common.STEPS)
-def test_analytic_flops_equal_the_matmul_flops_of_the_lowered_step(step):
+@pytest.mark.parametrize("step, sharing", [(s, True) for s in common.STEPS] + [("phase1_vpt_deep", False)])
+def test_analytic_flops_equal_the_matmul_flops_of_the_lowered_step(step, sharing):
   from benchmarks import jax_steps
 
+  # Phase 1's text pass: the shared prompt prefix once per context plus suffix buckets, or (sharing off) whole
+  # prompts. The class names give suffixes of 3 and 4 tokens: two buckets.
   cfg = common.BenchConfig(framework="jax", step=step, model="tiny", batch=4, dtype="float32", num_classes=10,
-                           n_ctx=4, vpt_tokens=5, lora_rank=2)
+                           n_ctx=4, vpt_tokens=5, lora_rank=2, text_prefix_sharing=sharing)
   built = jax_steps.build(cfg)
+  if step.startswith("phase1"):
+    assert (built.text.prefix, len(built.text.buckets)) == ((5, 2) if sharing else (0, 0))
   lowered = built.step.lower(built.state, built.batch)
   ops = flops.step_products(step, built.config, batch=4, num_classes=10, text_len=built.text_len, vpt_tokens=5,
-                            lora_rank=2)
+                            lora_rank=2, text=built.text)
   assert flops.lowered_matmul_flops(lowered.as_text()) == flops.total(ops)
 
 
@@ -102,7 +106,10 @@ def _run_cli(tmp_path, *args, timeout=900):
 
 def test_quick_run_of_both_frameworks_prints_complete_records_with_consistent_flops(tmp_path):
   fws = "jax,torch" if HAS_TORCH else "jax"
-  recs, _ = _run_cli(tmp_path, "--quick", "--frameworks", fws, "--steps", "phase2_fft,phase1_vpt_deep", "--iters", "2")
+  # The torch peer encodes every prompt whole: deft_jax does the same work with prefix sharing off (sharing on
+  # is counted against the lowered step in the test above).
+  recs, _ = _run_cli(tmp_path, "--quick", "--frameworks", fws, "--steps", "phase2_fft,phase1_vpt_deep", "--iters", "2",
+                     "--text_prefix_sharing", "off")
   want = [("jax", "phase2_fft"), ("torch", "phase2_fft"), ("jax", "phase1_vpt_deep"), ("torch", "phase1_vpt_deep")]
   assert [(r["framework"], r["step"]) for r in recs] == [w for w in want if w[0] in fws]
   for r in recs:

@@ -74,7 +74,8 @@ def prompt_classifier(config, class_names, *, mesh, checkpoint: Optional[str], r
   def features(model, params):
     template = prompts_lib.build_template(class_names, _tokenizer(checkpoint, model), n_ctx=d.n_ctx,
                                           ctx_init=d.ctx_init, position=d.class_token_position)
-    pos, _ = prompts_lib.text_features(model, params, ctx, template, chunk=int(d.text_chunk))
+    pos, _ = prompts_lib.text_features(model, params, ctx, template, chunk=int(d.text_chunk),
+                                       share_prefix=bool(d.get("text_prefix_sharing", True)))
     return pos
 
   return clf.text_classifier(
@@ -134,7 +135,7 @@ def vlpt_classifier(config, class_names, *, mesh, checkpoint: Optional[str], rng
       tokenizer=Tokenizer.for_checkpoint(checkpoint, context_length=model_cfg.text.context_length), mesh=mesh,
       rng=rng, checkpoint=checkpoint, inputs=clip_inputs(config, checkpoint), peft=peft, n_ctx=int(d.n_ctx),
       ctx_init=d.ctx_init, class_token_position=d.class_token_position, text_chunk=int(d.text_chunk),
-      sharding_rules=config.sharding_rules)
+      text_prefix_sharing=bool(d.get("text_prefix_sharing", True)), sharding_rules=config.sharding_rules)
 
 
 def selector_classifier(config, class_names, *, mesh, checkpoint: Optional[str], rng) -> clf.Classifier:

@@ -260,7 +260,7 @@ def _replaced(params, extra_params: dict):
 
 def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, rng, checkpoint: Optional[str],
                     inputs: ImageSpec, peft: Optional[PEFTConfig] = None, n_ctx: int = 16, ctx_init: str = "",
-                    class_token_position: str = "end", text_chunk: int = 0,
+                    class_token_position: str = "end", text_chunk: int = 0, text_prefix_sharing: bool = True,
                     sharding_rules: Sequence = ()) -> Classifier:
   """VLPT: image features (with ``peft``, VPT-deep in the paper) against the text features of C class prompts
   whose context vectors are learned (CoOp, one unified context), logits exp(logit_scale) * cosine. Parameters
@@ -293,7 +293,8 @@ def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, r
   def apply(variables, images, *, train: bool = False, rng=None):
     del train, rng
     p = variables["params"]
-    (text,) = prompts_lib.context_features(model, p["clip"], [p["prompts"]["ctx"]], template, chunk=text_chunk)
+    (text,) = prompts_lib.context_features(model, p["clip"], [p["prompts"]["ctx"]], template, chunk=text_chunk,
+                                           share_prefix=text_prefix_sharing)
     return zeroshot.zero_shot_logits(model, p["clip"], images, text), {}
 
   return Classifier(name="vlpt", apply=apply, init=init, rules=rules, inputs=inputs, mesh=mesh,

@@ -51,7 +51,8 @@ class Detector:
         steps_per_epoch=steps_per_epoch, warmup_epochs=warm,
         pseudo_label_start_epoch=warm if pseudo is None else _first_epoch_index(pseudo),
         strict=bool(d.strict_selection),
-        warmup_loss=d.warmup_loss, text_chunk=int(d.text_chunk))
+        warmup_loss=d.warmup_loss, text_chunk=int(d.text_chunk),
+        text_prefix_sharing=bool(d.get("text_prefix_sharing", True)))
     self.rules = [tuple(r) for r in d.trainable] if d.trainable else default_rules(self.peft)
     self.sharding_rules = [tuple(r) for r in config.sharding_rules]
     self.tx, self.schedules = optim.make_optimizer(
@@ -105,6 +106,7 @@ class Detector:
   def jit_score(self, params, *, with_embedding: bool = False):
     fn = lambda p, b: step_lib.score_batch(self.model, p, b, self.template,  # noqa: E731
                                            strict=self.settings.strict, text_chunk=self.settings.text_chunk,
+                                           text_prefix_sharing=self.settings.text_prefix_sharing,
                                            with_embedding=with_embedding)
     return jax.jit(fn, in_shardings=(self.state_shardings(params), parallel.batch_sharding(self.mesh)),
                    out_shardings=parallel.replicated(self.mesh))

@@ -7,7 +7,8 @@ placeholder tokens, so the end-of-text position (the pooling position) does not 
 
 Everything static about the prompts (token ids, where the context goes, the end-of-text positions, the
 context length actually needed) is computed once on the host by :class:`PromptTemplate`; the per-step
-work is a gather and one pass of the text tower over 2C sequences, optionally in class chunks.
+work is a gather and one pass of the text tower: the prompts' shared prefix once per context, then every
+class's suffix (deft_jax/models/text_prefix.py), optionally in class chunks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax.models import clip as clip_lib
+from deft_jax.models import text_prefix
 from deft_jax.models.tokenizer import Tokenizer
 from deft_jax.errors import ConfigError
 
@@ -125,48 +127,65 @@ def init_prompts(rng, template: PromptTemplate, width: int, *, class_specific: b
 
 def prompt_embeddings(token_embeds: jax.Array, ctx: jax.Array, template: PromptTemplate) -> jax.Array:
   """[C, T, width]: word embeddings with the context vectors in place of the placeholders."""
-  idx = jnp.asarray(template.ctx_index)
+  c, t = template.ids.shape
+  return _with_context(token_embeds, ctx, template.ctx_index, np.arange(c))
+
+
+def _with_context(token_embeds, ctx, ctx_index: np.ndarray, rows: np.ndarray):
+  """token_embeds [n, m, width] of the prompt grid's ``rows`` (and some columns, whose context indices are
+  ``ctx_index`` [n, m]) with the context vectors in place of the placeholders. Without any placeholder (a
+  suffix after the context) they are the word embeddings alone: no gradient path to the context then."""
+  if not (np.asarray(ctx_index) >= 0).any():
+    return token_embeds
+  idx = jnp.asarray(ctx_index)
   j = jnp.maximum(idx, 0)
   if ctx.ndim == 2:
-    ctx_full = ctx[j]  # [C, T, width]
+    ctx_full = ctx[j]  # [n, m, width]
   else:
-    ctx_full = jnp.take_along_axis(ctx, j[..., None], axis=1)
+    ctx_full = jnp.take_along_axis(ctx[jnp.asarray(rows)], j[..., None], axis=1)
   return jnp.where((idx >= 0)[..., None], ctx_full.astype(token_embeds.dtype), token_embeds)
 
 
+def text_layout(template: PromptTemplate, *, class_specific: bool = False, share_prefix: bool = True,
+                max_groups: Optional[int] = None) -> text_prefix.TextLayout:
+  """How the text tower runs the template's prompts (see deft_jax/models/text_prefix.py): with one unified
+  context and the name at the end, the prefix [SOS, ctx_1 .. ctx_n] once per context and the classes'
+  suffixes by length; "middle" shares [SOS] and the first half of the context; class-specific contexts and
+  "front" share the start token only. ``share_prefix=False``: every prompt whole (the reference's path)."""
+  ctx = template.ctx_index
+  if class_specific:  # a class's own context vectors are never the same input as another class's
+    rows = np.arange(ctx.shape[0])[:, None]
+    ctx = np.where(ctx >= 0, ctx + template.n_ctx * (rows + 1), -1)
+  return text_prefix.plan(np.stack([template.ids, ctx], axis=-1), template.eot, share=share_prefix,
+                          max_groups=max_groups)
+
+
 def text_features(model: clip_lib.CLIP, clip_params, prompts: dict, template: PromptTemplate, *,
-                  chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+                  chunk: int = 0, share_prefix: bool = True) -> tuple[jax.Array, jax.Array]:
   """L2-normalised positive and negative text features, each [C, embed_dim] (float32).
 
   ``chunk`` > 0 runs the text tower over at most ``chunk`` prompts at a time, rematerialised, so that
-  memory stays bounded for datasets with up to thousands of classes.
+  memory stays bounded for datasets with up to thousands of classes. ``share_prefix``: see :func:`text_layout`.
   """
-  pos, neg = context_features(model, clip_params, [prompts["pos_ctx"], prompts["neg_ctx"]], template, chunk=chunk)
+  pos, neg = context_features(model, clip_params, [prompts["pos_ctx"], prompts["neg_ctx"]], template, chunk=chunk,
+                              share_prefix=share_prefix)
   return pos, neg
 
 
 def context_features(model: clip_lib.CLIP, clip_params, contexts: Sequence[jax.Array], template: PromptTemplate,
-                     *, chunk: int = 0) -> list[jax.Array]:
+                     *, chunk: int = 0, share_prefix: bool = True) -> list[jax.Array]:
   """For each context (CoOp's learned vectors), the L2-normalised [C, embed_dim] features of the C class prompts
-  built with it; all of them in one pass of the text tower (see :func:`text_features` for ``chunk``)."""
-  ids = jnp.asarray(template.ids)
-  eot = jnp.asarray(template.eot)
+  built with it; all of them in one pass of the text tower (see :func:`text_features`)."""
+  if len({c.ndim for c in contexts}) != 1:
+    raise ValueError("the contexts must be all unified or all class-specific")
+  layout = text_layout(template, class_specific=contexts[0].ndim == 3, share_prefix=share_prefix)
   variables = {"params": clip_params}
-  tok = model.apply(variables, ids, method=clip_lib.CLIP.embed_tokens)
-  embeds = jnp.concatenate([prompt_embeddings(tok, ctx, template) for ctx in contexts])
-  eot_all = jnp.concatenate([eot] * len(contexts))
 
-  def encode(e, p):
-    return model.apply(variables, e, p, method=clip_lib.CLIP.encode_text_embeds)
+  def embed(rows, cols):
+    ids = template.ids[np.ix_(rows, cols)]
+    tok = model.apply(variables, jnp.asarray(ids), method=clip_lib.CLIP.embed_tokens)
+    ctx_index = template.ctx_index[np.ix_(rows, cols)]
+    return jnp.stack([_with_context(tok, ctx, ctx_index, rows) for ctx in contexts])
 
-  n = embeds.shape[0]
-  if chunk and chunk < n:
-    pad = (-n) % chunk
-    e = jnp.pad(embeds, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, *embeds.shape[1:])
-    p = jnp.pad(eot_all, (0, pad)).reshape(-1, chunk)
-    feats = jax.lax.map(jax.checkpoint(lambda a: encode(*a)), (e, p)).reshape(-1, model.config.embed_dim)[:n]
-  else:
-    feats = encode(embeds, eot_all)
-  feats = clip_lib.normalize(feats)
-  c = template.num_classes
-  return [feats[i * c:(i + 1) * c] for i in range(len(contexts))]
+  feats = clip_lib.normalize(text_prefix.encode(model, clip_params, layout, embed, chunk=chunk))
+  return [feats[i] for i in range(len(contexts))]

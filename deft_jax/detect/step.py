@@ -35,12 +35,15 @@ class DetectSettings:
   strict: bool = False
   warmup_loss: str = "ce"
   text_chunk: int = 0
+  # The prompts' shared prefix once per context, then the class suffixes (exact; see detect/prompts.py).
+  text_prefix_sharing: bool = True
 
 
 def logits(model: clip_lib.CLIP, params, images, template: PromptTemplate, *, text_chunk: int = 0,
-           return_features: bool = False):
+           text_prefix_sharing: bool = True, return_features: bool = False):
   """(s_pos, s_neg) [B, C]; s_neg uses stop-gradient image features so only negative prompts learn from it."""
-  pos, neg = text_features(model, params["clip"], params["prompts"], template, chunk=text_chunk)
+  pos, neg = text_features(model, params["clip"], params["prompts"], template, chunk=text_chunk,
+                           share_prefix=text_prefix_sharing)
   feats = model.apply({"params": params["clip"]}, images, method=clip_lib.CLIP.encode_image)
   img = clip_lib.normalize(feats)
   scale = jnp.exp(params["clip"]["logit_scale"].astype(jnp.float32))
@@ -52,7 +55,8 @@ def logits(model: clip_lib.CLIP, params, images, template: PromptTemplate, *, te
 def loss_fn(params, batch, rng, step, *, model, template: PromptTemplate, settings: DetectSettings):
   """(total loss, aux) for one batch at optimiser step ``step``."""
   epoch = step // settings.steps_per_epoch
-  s_pos, s_neg = logits(model, params, batch["image"], template, text_chunk=settings.text_chunk)
+  s_pos, s_neg = logits(model, params, batch["image"], template, text_chunk=settings.text_chunk,
+                        text_prefix_sharing=settings.text_prefix_sharing)
   return losses.deft_loss(
       s_pos, s_neg, batch["label"], batch["mask"], rng,
       warmup=epoch < settings.warmup_epochs, pseudo_labels=epoch >= settings.pseudo_label_start_epoch,
@@ -109,12 +113,12 @@ def _batch_metrics(loss, aux, batch) -> dict:
 
 
 def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool = False, text_chunk: int = 0,
-                with_embedding: bool = False) -> dict:
+                text_prefix_sharing: bool = True, with_embedding: bool = False) -> dict:
   """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin; with
   ``with_embedding`` also ``embedding`` (the L2-normalised image features) and ``pred_probs`` (the softmax over
   the positive prompts' logits, [B, C]: the detector's class probabilities, cleanlab's pred_probs)."""
   s_pos, s_neg, img = logits(model, params, batch["image"], template, text_chunk=text_chunk,
-                             return_features=True)
+                             text_prefix_sharing=text_prefix_sharing, return_features=True)
   py = losses.p_yes(s_pos, s_neg)
   p_clean, selected = losses.select_clean(py, batch["label"], strict=strict)
   lab = batch["label"][:, None]

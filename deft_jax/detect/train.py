@@ -8,7 +8,7 @@ prompts + the PEFT parameters, everything pretrained frozen), ``strict_selection
 ``pseudo_labels_from_epoch`` (the first epoch whose L_neg uses pseudo-labels, counted from 1 as the progress
 lines count; None = the first epoch after warm-up; the real-world datasets use 2), ``final_mask`` ("online":
 the selection made during the last epoch, the method's definition; "scoring_pass": a final pass without
-augmentation), ``scoring_pass``, ``text_chunk``.
+augmentation), ``scoring_pass``, ``text_chunk``, ``text_prefix_sharing``.
 """
 
 from __future__ import annotations

@@ -23,63 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax.models import peft as peft_lib
+from deft_jax.models.attention import CUDNN_SEQ_MULTIPLE, attention, padded_attention, prefix_attention  # noqa: F401
+from deft_jax.models.peft_layers import SSF, Adapter, LoRA, uniform_init  # noqa: F401
 from deft_jax.models.presets import CLIPConfig
 from deft_jax.errors import ConfigError
 
 Array = jax.Array
-
-
-def uniform_init(bound: float):
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
-class LoRA(nn.Module):
-  """Low-rank residual B(A(x)) * scale, as the reference: A [in, rank] ~ U(-1/sqrt(rank), 1/sqrt(rank)) (what
-  PyTorch's ``kaiming_uniform_(a=sqrt(5))`` gives a tensor of that shape, whose fan-in is its second axis),
-  B [rank, out] zero-initialised, scale = alpha / rank (1 / rank by default)."""
-
-  features: int
-  rank: int
-  scale: float = 1.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    fan_in = x.shape[-1]
-    a = self.param("lora_a", uniform_init(1.0 / np.sqrt(self.rank)), (fan_in, self.rank))
-    b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features))
-    y = jnp.dot(jnp.dot(x, a.astype(self.dtype)), b.astype(self.dtype))
-    return y * jnp.asarray(self.scale, self.dtype)
-
-
-class SSF(nn.Module):
-  """Learnable per-channel scale and shift (identity at init)."""
-
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (d,))
-    shift = self.param("shift", nn.initializers.zeros, (d,))
-    return x * scale.astype(self.dtype) + shift.astype(self.dtype)
-
-
-class Adapter(nn.Module):
-  """Bottleneck MLP with its own residual; the up-projection starts at zero."""
-
-  bottleneck: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    h = nn.Dense(self.bottleneck, dtype=self.dtype, name="down")(x)
-    h = nn.relu(h)
-    h = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(h)
-    return x + h
 
 
 def _activation(name: str):
@@ -92,32 +41,6 @@ def _activation(name: str):
 
 def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
-
-
-CUDNN_SEQ_MULTIPLE = 16
-
-
-def attention(q, k, v, *, causal: bool, implementation: Optional[str]):
-  """``jax.nn.dot_product_attention`` on [B, T, heads, head_dim].
-
-  cuDNN's fused kernel rejects some sequence lengths (ViT-B/16 has 197 tokens, 217 with VPT), so with
-  ``implementation="cudnn"`` the sequence is padded to a multiple of 16 (see :func:`padded_attention`).
-  """
-  if implementation == "cudnn" and q.shape[1] % CUDNN_SEQ_MULTIPLE:
-    return padded_attention(q, k, v, causal=causal, implementation=implementation, multiple=CUDNN_SEQ_MULTIPLE)
-  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
-
-
-def padded_attention(q, k, v, *, causal: bool, implementation: Optional[str], multiple: int):
-  """The same attention with the sequence zero-padded to a multiple of ``multiple``: padded keys are masked
-  through ``key_value_seq_lengths`` and padded query rows are dropped."""
-  t = q.shape[1]
-  widths = ((0, 0), (0, (-t) % multiple), (0, 0), (0, 0))
-  q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
-  lengths = jnp.full((q.shape[0],), t, jnp.int32)
-  o = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation,
-                                   query_seq_lengths=lengths, key_value_seq_lengths=lengths)
-  return o[:, :t]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,14 +76,40 @@ class _Part(nn.Module):
 
 
 class Attention(_Part):
+  """Multi-head self-attention over [..., T, width].
+
+  ``mode`` (see :class:`Block`): "full" attends to ``x`` itself; "prefix" also returns this layer's keys and
+  values; "kv" returns only them; "suffix" lets ``x`` ([G, N, S, width]) attend to ``prefix_kv`` too; "pool"
+  does so for one query per sequence, the token at ``pool`` [N] (-> [G, N, 1, width]).
+  """
+
+  mode: str = "full"
+
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, prefix_kv=None, pool=None):
     s, p = self.spec, self.peft
-    b, t, _ = x.shape
     hd = s.width // s.heads
-    q, k, v = (_dense(x, s.width, f"{n}_proj", n, p, s.dtype).reshape(b, t, s.heads, hd) for n in "qkv")
-    o = attention(q, k, v, causal=s.causal, implementation=s.attention)
-    return _dense(o.reshape(b, t, s.width), s.width, "out_proj", "out", p, s.dtype)
+
+    def proj(n, inputs):
+      return _dense(inputs, s.width, f"{n}_proj", n, p, s.dtype).reshape(*inputs.shape[:-1], s.heads, hd)
+
+    if self.mode == "kv":
+      return proj("k", x), proj("v", x)
+    q = proj("q", x if self.mode != "pool" else _take_tokens(x, pool))
+    k, v = proj("k", x), proj("v", x)
+    if self.mode in ("suffix", "pool"):
+      o = prefix_attention(q, k, v, *prefix_kv, causal=s.causal,
+                           query_positions=None if pool is None else jnp.asarray(pool)[:, None])
+    else:
+      o = attention(q, k, v, causal=s.causal, implementation=s.attention)
+    out = _dense(o.reshape(*o.shape[:-2], s.width), s.width, "out_proj", "out", p, s.dtype)
+    return (out, (k, v)) if self.mode == "prefix" else out
+
+
+def _take_tokens(x, positions):
+  """x [G, N, S, width] at one position per sequence, positions [N] -> [G, N, 1, width]."""
+  idx = jnp.broadcast_to(jnp.asarray(positions, jnp.int32)[None, :, None, None], x.shape[:2] + (1, 1))
+  return jnp.take_along_axis(x, idx, axis=2)
 
 
 class MLP(_Part):
@@ -170,15 +119,32 @@ class MLP(_Part):
     return _dense(h, self.spec.width, "fc2", "fc2", self.peft, self.spec.dtype)
 
 
+BLOCK_MODES = ("full", "prefix", "kv", "suffix", "pool")
+
+
 class Block(nn.Module):
-  """Pre-norm transformer block; optionally prepends its own visual prompts (VPT)."""
+  """Pre-norm transformer block; optionally prepends its own visual prompts (VPT).
+
+  ``mode`` serves a causal tower that encodes many sequences sharing their first P tokens (text prompts with
+  one learned context): "full" is the plain block; "prefix" runs the shared tokens once and also returns the
+  layer's keys and values ([G, P, heads, head_dim] each); "kv" returns only those (the last layer's prefix
+  outputs are never read); "suffix" runs the remaining tokens of each sequence, [G, N, S, width], attending to
+  the prefix's keys and values of their group; "pool" is "suffix" computed only for the token at ``pool`` [N]
+  of each sequence (-> [G, N, 1, width]): the last layer of a tower read at one token per sequence. Causality
+  makes this exact: prefix tokens never see suffixes, and no token sees those after it.
+  """
 
   spec: BlockSpec
   peft: peft_lib.BlockPEFT = peft_lib.BlockPEFT()
+  mode: str = "full"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, prefix_kv=None, pool=None):
     s, p = self.spec, self.peft
+    if self.mode not in BLOCK_MODES:
+      raise ValueError(f"Block mode must be one of {BLOCK_MODES}, got {self.mode!r}")
+    if self.mode != "full" and (p.prompt != "none" or not s.causal):
+      raise ValueError("prefix sharing needs a causal block without visual prompts")
     if p.prompt != "none":
       prompts = self.param(peft_lib.VPT_PARAM, uniform_init(s.prompt_init_bound), (p.prompt_tokens, s.width))
       prompts = jnp.broadcast_to(prompts.astype(x.dtype), (x.shape[0],) + prompts.shape)
@@ -187,20 +153,29 @@ class Block(nn.Module):
       # The prompts go after the patch tokens, so the class token stays at position 0.
       x = jnp.concatenate([x, prompts], axis=1)
     h = _layer_norm(s.ln_eps, "layer_norm1")(x).astype(s.dtype)
-    x = x + Attention(s, p, name="self_attn")(h)
+    attn = Attention(s, p, self.mode, name="self_attn")
+    if self.mode == "kv":
+      return attn(h)
+    a = attn(h, prefix_kv, pool)
+    if self.mode == "prefix":
+      a, kv = a
+    x = (x if self.mode != "pool" else _take_tokens(x, pool)) + a
     h = _layer_norm(s.ln_eps, "layer_norm2")(x).astype(s.dtype)
     h = MLP(s, p, name="mlp")(h)
     if p.adapter_dim:
       h = Adapter(p.adapter_dim, s.dtype, name=peft_lib.ADAPTER)(h)
-    return x + h
+    return (x + h, kv) if self.mode == "prefix" else x + h
 
 
 class _ScanBlock(Block):
-  """Block with the (carry, xs) -> (carry, ys) signature that nn.scan needs."""
+  """Block with the (carry, xs) -> (carry, ys) signature that nn.scan needs: in "prefix" mode the ys are the
+  layer's keys and values, in "suffix" mode the xs are the prefix's."""
 
   @nn.compact
-  def __call__(self, x, _):
-    return super().__call__(x), None
+  def __call__(self, x, xs):
+    if self.mode == "prefix":
+      return super().__call__(x)
+    return super().__call__(x, xs if self.mode == "suffix" else None), None
 
 
 class Encoder(nn.Module):
@@ -210,12 +185,26 @@ class Encoder(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, prefix_kv=None, *, mode: str = "full", pool=None):
+    """``mode="full"``: [B, T, width] -> [B, T, width]. "prefix": the shared first tokens [G, P, width] ->
+    their keys and values (k, v), each [layers, G, P, heads, head_dim]. "suffix": the remaining tokens
+    [G, N, S, width] and the prefix's (k, v) -> [G, N, S, width], or with ``pool`` [N] the output at those
+    positions only, [G, N, width]: then the last layer runs for them alone (see :class:`Block`)."""
     if not self.scan:
       cls = nn.remat(Block) if self.remat else Block
+      n = len(self.blocks)
+      if mode == "prefix":
+        kvs = []
+        for i, bp in enumerate(self.blocks):
+          out = cls(self.spec, bp, "kv" if i == n - 1 else "prefix", name=f"layers_{i}")(x)
+          x, kv = out if i < n - 1 else (x, out)
+          kvs.append(kv)
+        return tuple(jnp.stack(a) for a in zip(*kvs))
       for i, bp in enumerate(self.blocks):
-        x = cls(self.spec, bp, name=f"layers_{i}")(x)
-      return x
+        layer_kv = None if mode == "full" else (prefix_kv[0][i], prefix_kv[1][i])
+        last = pool is not None and i == n - 1
+        x = cls(self.spec, bp, "pool" if last else mode, name=f"layers_{i}")(x, layer_kv, pool if last else None)
+      return x[:, :, 0] if pool is not None else x
     block = _scan_block_peft(self.blocks)
     if block.prompt != "none":
       # Every scanned block replaces the last prompt tokens; give the first one zeros to replace.
@@ -223,8 +212,11 @@ class Encoder(nn.Module):
     cls = nn.remat(_ScanBlock) if self.remat else _ScanBlock
     scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       length=len(self.blocks))
-    x, _ = scanned(self.spec, block, name="layers")(x, None)
-    return x
+    # In "prefix" mode every scanned layer runs in full (one body for all): the last one's outputs are unused.
+    x, ys = scanned(self.spec, block, mode, name="layers")(x, prefix_kv if mode == "suffix" else None)
+    if pool is not None:  # one scanned body for all layers: the last one ran for every token
+      return _take_tokens(x, pool)[:, :, 0]
+    return ys if mode == "prefix" else x
 
 
 def _scan_block_peft(blocks: Sequence[peft_lib.BlockPEFT]) -> peft_lib.BlockPEFT:
@@ -328,6 +320,26 @@ class TextTransformer(nn.Module):
     x = self.final_layer_norm(self.encoder(x))
     return jnp.take_along_axis(x, eot_positions[:, None, None].astype(jnp.int32), axis=1)[:, 0]
 
+  def encode_prefix(self, embeds):
+    """The first P token embeddings [G, P, width] that G groups of prompts share -> their keys and values at
+    every layer, (k, v) each [layers, G, P, heads, head_dim]: what :meth:`encode_suffix` continues from."""
+    p = embeds.shape[1]
+    if p > self.config.text.context_length:
+      raise ValueError(f"{p} prefix tokens exceed the context length {self.config.text.context_length}")
+    pos = self.embeddings.position_embedding.embedding[:p]
+    return self.encoder((embeds + pos[None]).astype(jnp.dtype(self.config.dtype)), mode="prefix")
+
+  def encode_suffix(self, prefix_kv, embeds, eot_positions):
+    """The rest of each prompt, [G, N, S, width] (token j sits at position P + j), after its group's prefix
+    (``prefix_kv`` from :meth:`encode_prefix`) -> pooled features [G, N, width] at ``eot_positions`` [N]
+    (indices into the suffix). Tokens after a suffix's end of text are padding: causality keeps them out of
+    every real token, and their positions are clipped to the context length."""
+    p, s = prefix_kv[0].shape[2], embeds.shape[2]
+    ctx_len = self.config.text.context_length
+    pos = self.embeddings.position_embedding.embedding[np.minimum(p + np.arange(s), ctx_len - 1)]
+    x = (embeds + pos[None, None]).astype(jnp.dtype(self.config.dtype))
+    return self.final_layer_norm(self.encoder(x, prefix_kv, mode="suffix", pool=eot_positions))
+
   def __call__(self, ids):
     return self.encode_embeds(self.embed_tokens(ids), self.eot_positions(ids))
 
@@ -368,6 +380,15 @@ class CLIP(nn.Module):
 
   def encode_text_embeds(self, embeds, eot_positions):
     pooled = self.text_model.encode_embeds(embeds, eot_positions)
+    return self.text_projection(pooled.astype(jnp.dtype(self.config.dtype))).astype(jnp.float32)
+
+  def encode_text_prefix(self, embeds):
+    """Keys and values of a prefix that groups of prompts share (see ``TextTransformer.encode_prefix``)."""
+    return self.text_model.encode_prefix(embeds)
+
+  def encode_text_suffix(self, prefix_kv, embeds, eot_positions):
+    """Projected (unnormalised, float32) features [G, N, embed_dim] of prompts continuing a shared prefix."""
+    pooled = self.text_model.encode_suffix(prefix_kv, embeds, eot_positions)
     return self.text_projection(pooled.astype(jnp.dtype(self.config.dtype))).astype(jnp.float32)
 
   def __call__(self, images, ids):

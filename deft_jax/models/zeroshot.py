@@ -14,6 +14,7 @@ import numpy as np
 
 from deft_jax.data.class_names import clean_name
 from deft_jax.models import clip as clip_lib
+from deft_jax.models import text_prefix
 from deft_jax.models.tokenizer import Tokenizer
 from deft_jax.errors import ConfigError
 
@@ -49,19 +50,24 @@ def templates(spec) -> tuple[str, ...]:
 
 
 def class_text_features(model: clip_lib.CLIP, params, class_names: Sequence[str], tokenizer: Tokenizer,
-                        templates: Sequence[str], *, chunk: int = 256) -> jax.Array:
-  """[C, embed_dim] L2-normalised class features, averaged over templates (prompt ensembling)."""
+                        templates: Sequence[str], *, chunk: int = 256, share_prefix: bool = True) -> jax.Array:
+  """[C, embed_dim] L2-normalised class features, averaged over templates (prompt ensembling).
+
+  The captions go through phase 1's text path (deft_jax/models/text_prefix.py): what all of them share (the
+  start token; a single template's words before the name) runs once, the rest in suffix-length buckets of at
+  most ``chunk`` captions, all in one compiled program.
+  """
   names = [clean_name(n) for n in class_names]
-  ids = np.concatenate([tokenizer([t.format(n) for n in names]) for t in templates])  # [T*C, L]
-  ids = tokenizer.trim_padding(ids)
-  enc = jax.jit(lambda p, x: clip_lib.normalize(model.apply({"params": p}, x, method=clip_lib.CLIP.encode_text)))
-  feats = []
-  for i in range(0, len(ids), chunk):
-    part = ids[i:i + chunk]
-    pad = chunk - len(part) if len(ids) > chunk else 0
-    out = enc(params, np.pad(part, ((0, pad), (0, 0)), constant_values=tokenizer.pad_id))
-    feats.append(np.asarray(out)[: len(part)])
-  feats = np.concatenate(feats).reshape(len(templates), len(names), -1)
+  ids = tokenizer.trim_padding(np.concatenate([tokenizer([t.format(n) for n in names]) for t in templates]))
+  eot = np.asarray(model.apply({"params": params}, jnp.asarray(ids), method=clip_lib.CLIP.eot_positions))
+  layout = text_prefix.plan(ids, eot, share=share_prefix)
+
+  def features(p):
+    def embed(rows, cols):
+      return model.apply({"params": p}, jnp.asarray(ids[np.ix_(rows, cols)]), method=clip_lib.CLIP.embed_tokens)[None]
+    return clip_lib.normalize(text_prefix.encode(model, p, layout, embed, chunk=chunk)[0])
+
+  feats = np.asarray(jax.jit(features)(params)).reshape(len(templates), len(names), -1)
   return clip_lib.normalize(jnp.asarray(feats.mean(0)))
 
 
