@@ -151,7 +151,8 @@ def write_report(
 def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, given, class_names: Sequence[str],
                            clean_labels=None, ids=None, image_fn: plots.ImageFn | None = None,
                            extra_summary: Mapping[str, Any] | None = None, method_name: str = "DEFT",
-                           arrays: Mapping[str, Any] | None = None, write: bool = True) -> tuple[pd.DataFrame, dict, str]:
+                           arrays: Mapping[str, Any] | None = None,
+                           write: bool = True) -> tuple[pd.DataFrame, dict, str]:
   """Validates the detector output, builds table + summary + text and writes the report (``write=False``:
   everything but the writing, for the processes of a multi-host run other than the one that writes).
 
