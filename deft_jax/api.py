@@ -36,14 +36,13 @@ def _split_from_arrays(images, labels, class_names, clean_labels=None, ids=None)
       raise ConfigError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
     if len(images) != len(labels):
       raise ConfigError(f"{len(images)} images but {len(labels)} labels")
-    chunks, offsets = [], [0]
+    encoded = []
     for im in images:  # PNG keeps the pixels exact; the pipeline decodes any format
       buf = io.BytesIO()
       Image.fromarray(im).save(buf, format="PNG", compress_level=1)
-      chunks.append(np.frombuffer(buf.getvalue(), np.uint8))
-      offsets.append(offsets[-1] + len(chunks[-1]))
+      encoded.append(buf.getvalue())
     names = ids if ids is not None else [f"image_{i}" for i in range(len(images))]
-    reader = BytesReader(np.concatenate(chunks), np.asarray(offsets), names)
+    reader = BytesReader.from_encoded(encoded, names)
   else:
     paths = [str(p) for p in images]
     missing = [p for p in paths if not Path(p).exists()]
@@ -86,7 +85,7 @@ def _split_from_hf(dataset, labels, class_names, *, image_column: str, label_col
   import datasets as hf_datasets  # pylint: disable=g-import-not-at-top
 
   raw = dataset.cast_column(image_column, hf_datasets.Image(decode=False))
-  chunks, offsets = [], [0]
+  encoded = []
   for i, item in enumerate(raw[image_column]):
     data = item.get("bytes") if item else None
     if data is None and item and item.get("path"):
@@ -96,15 +95,14 @@ def _split_from_hf(dataset, labels, class_names, *, image_column: str, label_col
       data = path.read_bytes()
     if not data:
       raise ConfigError(f"image {i} of the dataset is empty")
-    chunks.append(np.frombuffer(data, np.uint8))
-    offsets.append(offsets[-1] + len(data))
+    encoded.append(data)
   labels = np.asarray(labels)
-  if len(labels) != len(chunks):
-    raise ConfigError(f"{len(chunks)} images but {len(labels)} labels")
+  if len(labels) != len(encoded):
+    raise ConfigError(f"{len(encoded)} images but {len(labels)} labels")
   names = ids if ids is not None else [f"{getattr(dataset, 'split', None) or 'dataset'}/{i}"
-                                       for i in range(len(chunks))]
+                                       for i in range(len(encoded))]
   return LabeledSplit(name="api/train", class_names=list(class_names), labels=labels, clean_labels=clean_labels,
-                      ids=np.asarray(names), reader=BytesReader(np.concatenate(chunks), np.asarray(offsets), names))
+                      ids=np.asarray(names), reader=BytesReader.from_encoded(encoded, names))
 
 
 def find_label_issues(

@@ -74,6 +74,13 @@ class BytesReader(Reader):
       raise ValueError(f"{len(self._names)} names for {len(self._rows)} images")
     self._table = None
 
+  @classmethod
+  def from_encoded(cls, images: Sequence[bytes], names: Sequence[str]) -> "BytesReader":
+    """One reader over a list of encoded images (PNG / JPEG / ... bytes), packed into one buffer."""
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in images], dtype=np.int64)])
+    buffer = np.frombuffer(b"".join(images), np.uint8)
+    return cls(buffer, offsets, names)
+
   def __len__(self):
     return len(self._rows)
 

@@ -32,8 +32,6 @@ TEXT_FILE = "summary.txt"
 SUSPECTS_FILE = "suspects.png"
 HIST_FILE = "p_clean_hist.png"
 CLASS_NOISE_FILE = "class_noise.png"
-PRED_PROBS_FILE = "pred_probs.npy"  # N x C, class order = label ids (cleanlab's pred_probs)
-FEATURES_FILE = "features.npy"  # N x D, L2-normalised image embeddings (cleanlab's features)
 
 
 def _siblings(final: epath.Path, kind: str) -> list[epath.Path]:
