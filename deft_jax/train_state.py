@@ -36,9 +36,22 @@ def with_shardings(abstract, shardings):
 
 
 def place(tree, shardings):
-  """Host or device arrays moved onto ``shardings`` (a matching tree)."""
-  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, s),
-                      tree, shardings)
+  """Host or device arrays moved onto ``shardings`` (a matching tree), each leaf its own buffer.
+
+  A tree may hold one array under two names (a ``load`` that starts two parameters from the same values);
+  the step donates the state, and XLA refuses a buffer donated twice, so a repeated array is copied.
+  """
+  seen = set()
+
+  def put(x, s):
+    if isinstance(x, jax.Array):
+      if id(x) in seen:
+        x = np.array(x)  # a host copy: device_put makes it a new buffer
+      else:
+        seen.add(id(x))
+    return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x), s)
+
+  return jax.tree.map(put, tree, shardings)
 
 
 def create(init: Callable[..., Any], *args, mesh, sharding_rules=(), checkpointer=None,

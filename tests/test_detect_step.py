@@ -200,3 +200,27 @@ def test_padding_rows_never_write_online_records(mesh1):
   visited = np.zeros(N, bool)
   visited[batch["index"][:5]] = True
   assert (online["p_clean"][~visited] == 0).all() and (online["p_clean"][visited] > 0).all()
+
+
+def test_ctx_init_starts_both_contexts_at_the_words_and_then_trains_them_apart(mesh1, tiny_clip):
+  """CoOp's ctx_init: both contexts are the word embeddings of the text (so p_yes = 1/2 for every class at
+  step 0), held in two buffers: the step donates the state, and one buffer under two names cannot be."""
+  c = _config()
+  c.detect.ctx_init = "a photo of a"
+  c.model.checkpoint = tiny_clip
+  det = Detector(c, class_names=[f"class {i}" for i in range(C)], num_examples=N, mesh=mesh1,
+                 checkpoint=tiny_clip, steps_per_epoch=2)
+  state = det.init_state(jax.random.key(0))
+  words = np.asarray(state["params"]["clip"]["text_model"]["embeddings"]["token_embedding"]["embedding"])[
+      np.asarray(det.template.init_ids)]
+  assert det.template.n_ctx == len(det.template.init_ids) == 4
+  for name in ("pos_ctx", "neg_ctx"):
+    np.testing.assert_array_equal(np.asarray(state["params"]["prompts"][name]), words)
+  scores = jax.device_get(det.jit_score(state["params"])(state["params"], parallel.shard_batch(_batch(0), mesh1)))
+  np.testing.assert_allclose(scores["p_clean"], 0.5, atol=1e-6)
+  train_step = det.jit_train_step(state)
+  for i in range(3):
+    state, metrics = train_step(state, parallel.shard_batch(_batch(i), mesh1))
+  pos, neg = (np.asarray(state["params"]["prompts"][k]) for k in ("pos_ctx", "neg_ctx"))
+  assert np.isfinite(metrics["loss"])
+  assert not np.array_equal(pos, words) and not np.array_equal(neg, words) and not np.array_equal(pos, neg)
