@@ -333,3 +333,44 @@ def test_profile_summary_splits_device_time_by_kernel_category():
   s = profile_summary.summarize(jax_trace, steps=1)
   assert s["kernels_per_step"] == 1 and s["share_by_category"] == {"gemm": 1.0}
   assert "note" in profile_summary.summarize([{"ph": "X", "name": "host only", "ts": 0, "dur": 1}])
+
+
+def _strength_row(acc, label_set, method, f1, auroc, *, checkpoint=None, flagged=0.2):
+  return {"zero_shot_acc": acc, "checkpoint": checkpoint or f"snap{acc}", "label_set": label_set, "method": method,
+          "precision": 0.9, "recall": 0.9, "f1": f1, "auroc": auroc, "flagged_fraction": flagged,
+          "noise_rate": 0.25, "num_examples": 1000, "fnr_at_noise_budget": None if auroc is None else 0.3,
+          "test_top1": None, "command": "x"}
+
+
+def test_strength_table_takes_the_last_row_per_cell_and_measures_deft_against_the_best_baseline(tmp_path):
+  from benchmarks.experiments import strong_vlm_table as table
+  w = "worse_label"
+  rows = [_strength_row(0.5, w, "deft", 0.70, 0.80), _strength_row(0.5, w, "small_loss", 0.75, 0.85),
+          _strength_row(0.5, w, "keep_all", 0.60, None), _strength_row(0.5, w, "label_match", 0.65, 0.90),
+          _strength_row(0.8, w, "deft", 0.50, 0.50),  # replaced by the next row
+          _strength_row(0.8, w, "deft", 0.90, 0.95), _strength_row(0.8, w, "small_loss", 0.80, 0.85),
+          _strength_row(0.8, w, "keep_all", 0.60, None)]
+  f = tmp_path / "r.jsonl"
+  f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  loaded = table.load([f])
+  assert len(loaded) == 7
+  cells = table._cells(loaded)["worse_label"]
+  assert list(cells) == [0.5, 0.8]
+  assert table.margins(cells[0.5]) == {"f1": (pytest.approx(-0.05), "small_loss"),
+                                       "auroc": (pytest.approx(-0.10), "label_match")}
+  assert table.margins(cells[0.8]) == {"f1": (pytest.approx(0.10), "small_loss"),
+                                       "auroc": (pytest.approx(0.10), "small_loss")}
+  md = table.markdown(loaded)
+  assert ("| 80.0 % | 90.0 / 0.950 |  | 80.0 / 0.850 | 60.0 / – "
+          "| +10.0 (small-loss) / +0.100 (small-loss) |") in md
+  assert ("| 50.0 % | 70.0 / 0.800 | 65.0 / 0.900 | 75.0 / 0.850 | 60.0 / – "
+          "| -5.0 (small-loss) / -0.100 (label-match) |") in md
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{table.BEGIN}\nold\n{table.END}\nrest\n")
+  table.plot(loaded, tmp_path / "p.png")
+  assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+  readme.write_text(table.replace_block(readme.read_text(), md))
+  text = readme.read_text()
+  assert text.startswith("intro\n") and text.endswith(f"{table.END}\nrest\n") and "old" not in text and md in text
+  with pytest.raises(ValueError, match="no <!-- strong-vlm:begin -->"):
+    table.replace_block("no markers", md)
