@@ -11,10 +11,12 @@ accuracy on the 10,000 test images comes from their pretrain_info.json.
       --label_sets worse_label,aggre_label,random_label1 --results benchmarks/results/detection_strong_vlm.jsonl
 
 Each row: zero_shot_acc, checkpoint, label_set, method (deft, deft_scoring_pass, label_match, small_loss, gmm,
-cleanlab_cl, cleanlab_datalab, keep_all), precision, recall, f1, auroc (null for keep_all), flagged_fraction,
+cleanlab_cl, cleanlab_datalab, keep_all; and deft_label_probability, a ranking only, with null precision,
+recall, f1 and flagged_fraction: DEFT's scoring-pass softmax over its positive prompts, read at the given
+label), precision, recall, f1, auroc (null for keep_all), flagged_fraction,
 noise_rate, num_examples, fnr_at_noise_budget (the share of the truly noisy examples a method misses when it
 flags exactly round(noise_rate * N) examples, its lowest-ranked ones; null for keep_all), test_top1 (where the
-method's own model classifies), command.
+method's own model classifies), command. ``--rows_only`` scores workdirs a sweep left, without running anything.
 """
 
 from __future__ import annotations
@@ -69,14 +71,20 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
       b = dict(np.load(f))
       methods[name] = (b["is_clean"], b["score"], float(b["test_top1"]) if "test_top1" in b else None)
   methods["keep_all"] = (np.ones(len(given), bool), None, None)
+  probs = workdir / "detect" / "pred_probs.npy"
+  if probs.exists():  # a ranking only: DEFT's positive-prompt softmax probability of the given label
+    p = np.load(probs)
+    methods["deft_label_probability"] = (None, np.log(np.maximum(p[np.arange(len(given)), given], 1e-30)), None)
   out = []
   for name, (is_clean, score, test_top1) in methods.items():
-    m = detection_metrics(is_clean, given, truth)
+    m = (dict(precision=None, recall=None, f1=None) if is_clean is None
+         else detection_metrics(is_clean, given, truth))
     out.append({
         "zero_shot_acc": zero_shot, "checkpoint": checkpoint, "label_set": label_set, "method": name,
         "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
         "auroc": None if score is None else auroc(score, clean),
-        "flagged_fraction": float(1 - is_clean.mean()), "noise_rate": float(1 - clean.mean()),
+        "flagged_fraction": None if is_clean is None else float(1 - is_clean.mean()),
+        "noise_rate": float(1 - clean.mean()),
         "num_examples": int(len(given)),
         "fnr_at_noise_budget": None if score is None else fnr_at_budget(score, ~clean),
         "test_top1": test_top1, "command": cmd})
@@ -92,6 +100,7 @@ def main():
   p.add_argument("--label_sets", default="worse_label,aggre_label,random_label1")
   p.add_argument("--methods", default=",".join(BASELINES))
   p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "detection_strong_vlm.jsonl"))
+  p.add_argument("--rows_only", action="store_true", help="only score the existing workdirs (nothing runs)")
   p.add_argument("extra", nargs="*", help="more --config.* overrides")
   args = p.parse_args()
   pretrain = Path(args.pretrain)
@@ -104,16 +113,17 @@ def main():
       cmd = command(args, ckpt, label_set, workdir)
       shown = " ".join(shlex.quote(c) for c in cmd[1:])
       print("$ python", shown, flush=True)
-      subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+      if not args.rows_only:
+        subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
       new = rows(workdir, zero_shot=info["zero_shot_accuracy_ensemble"], checkpoint=f"{snap} ({info['epochs']} epochs)",
                  label_set=label_set, cmd="python " + shown)
       with open(args.results, "a") as f:
         for r in new:
           f.write(json.dumps(r) + "\n")
       for r in new:
-        auroc = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"
-        print(f"  {r['method']:<18} F1 {r['f1']:.3f}  AUROC {auroc}"
-              f"  flagged {r['flagged_fraction']:.3f} (noise {r['noise_rate']:.3f})", flush=True)
+        f1, auroc, flagged = ("-" if r[k] is None else f"{r[k]:.3f}" for k in ("f1", "auroc", "flagged_fraction"))
+        print(f"  {r['method']:<22} F1 {f1}  AUROC {auroc}  flagged {flagged} (noise {r['noise_rate']:.3f})",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ import argparse
 import json
 from pathlib import Path
 
-METHODS = ("deft", "deft_scoring_pass", "label_match", "small_loss", "gmm", "cleanlab_cl", "cleanlab_datalab",
-           "keep_all")
-DISPLAY = {"deft": "DEFT", "deft_scoring_pass": "DEFT scoring pass", "label_match": "label-match",
+METHODS = ("deft", "deft_scoring_pass", "deft_label_probability", "label_match", "small_loss", "gmm", "cleanlab_cl",
+           "cleanlab_datalab", "keep_all")
+DISPLAY = {"deft": "DEFT", "deft_scoring_pass": "DEFT scoring pass", "deft_label_probability": "DEFT p+(label)",
+           "label_match": "label-match",
            "small_loss": "small-loss", "gmm": "GMM", "cleanlab_cl": "cleanlab CL", "cleanlab_datalab": "Datalab",
            "keep_all": "keep all"}
 BASELINES = ("label_match", "small_loss", "gmm", "cleanlab_cl", "cleanlab_datalab")
@@ -85,7 +86,8 @@ def markdown(rows) -> str:
               "| zero-shot | " + " | ".join(DISPLAY[m] for m in present) + " | DEFT − best baseline (F1 / AUROC) |",
               "|---" * (len(present) + 2) + "|"]
     for acc, cell in by_strength.items():
-      vals = [f"{_pct(cell[m]['f1'])} / {_auc(cell[m]['auroc'])}" if m in cell else "" for m in present]
+      vals = [(f"{_pct(cell[m]['f1'])} / {_auc(cell[m]['auroc'])}" if cell[m]["f1"] is not None
+               else _auc(cell[m]["auroc"])) if m in cell else "" for m in present]
       mg = margins(cell)
       f1m = f"{100 * mg['f1'][0]:+.1f} ({DISPLAY[mg['f1'][1]]})" if "f1" in mg else "–"
       aum = f"{mg['auroc'][0]:+.3f} ({DISPLAY[mg['auroc'][1]]})" if "auroc" in mg else "–"
