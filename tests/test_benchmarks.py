@@ -374,3 +374,37 @@ def test_strength_table_takes_the_last_row_per_cell_and_measures_deft_against_th
   assert text.startswith("intro\n") and text.endswith(f"{table.END}\nrest\n") and "old" not in text and md in text
   with pytest.raises(ValueError, match="no <!-- strong-vlm:begin -->"):
     table.replace_block("no markers", md)
+
+
+def test_sweep_rows_score_every_method_against_the_truth_and_deft_probability_as_a_ranking(tmp_path, monkeypatch):
+  from types import SimpleNamespace
+
+  from benchmarks.experiments import strong_vlm_sweep as sweep
+  from deft_jax.data import cifar_offline
+  truth = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+  given = np.array([0, 1, 2, 0, 1, 2, 1, 0], np.int32)  # the last two are wrong
+  monkeypatch.setattr(cifar_offline, "load_cifar10n_offline", lambda *a, **k: {
+      "train": SimpleNamespace(labels=given, clean_labels=truth)})
+  (tmp_path / "detect").mkdir()
+  (tmp_path / "baselines" / "label_match").mkdir(parents=True)
+  (tmp_path / "config.json").write_text(json.dumps({"data": {"root": "r", "train_indices": "0:8",
+                                                             "pretrain_indices": ""}}))
+  keep = np.array([1, 1, 1, 1, 0, 1, 1, 0], bool)  # flags one clean and one noisy example
+  margin = np.array([5, 4, 3, 2, 1, 6, 0, -1], np.float32)  # ranks the two noisy ones lowest
+  np.savez(tmp_path / "detect" / "detection.npz", is_clean=keep, score=margin, pass_is_clean=keep,
+           pass_score=margin[::-1].copy())
+  probs = np.full((8, 3), 0.1, np.float32)
+  probs[np.arange(8), truth] = 0.8
+  np.save(tmp_path / "detect" / "pred_probs.npy", probs)
+  np.savez(tmp_path / "baselines" / "label_match" / "detection.npz", is_clean=given == truth,
+           score=(given == truth).astype(np.float32))
+  rows = {r["method"]: r for r in sweep.rows(tmp_path, zero_shot=0.5, checkpoint="c", label_set="s", cmd="x")}
+  assert set(rows) == {"deft", "deft_scoring_pass", "label_match", "keep_all", "deft_label_probability"}
+  d = rows["deft"]
+  assert (d["precision"], d["recall"], d["auroc"], d["flagged_fraction"]) == (5 / 6, 5 / 6, 1.0, 0.25)
+  assert d["noise_rate"] == 0.25 and d["fnr_at_noise_budget"] == 0.0
+  reverse = rows["deft_scoring_pass"]
+  assert reverse["auroc"] == pytest.approx(1 / 6) and reverse["fnr_at_noise_budget"] == 1.0
+  assert rows["label_match"]["f1"] == 1.0 and rows["keep_all"]["recall"] == 1.0 and rows["keep_all"]["auroc"] is None
+  p = rows["deft_label_probability"]
+  assert p["f1"] is None and p["flagged_fraction"] is None and p["auroc"] == 1.0 and p["fnr_at_noise_budget"] == 0.0
