@@ -408,3 +408,15 @@ def test_sweep_rows_score_every_method_against_the_truth_and_deft_probability_as
   assert rows["label_match"]["f1"] == 1.0 and rows["keep_all"]["recall"] == 1.0 and rows["keep_all"]["auroc"] is None
   p = rows["deft_label_probability"]
   assert p["f1"] is None and p["flagged_fraction"] is None and p["auroc"] == 1.0 and p["fnr_at_noise_budget"] == 0.0
+
+
+def test_noise_kinds_split_the_mislabelled_examples_by_their_most_frequent_pairs():
+  from benchmarks.experiments import ranking_by_noise_kind as kinds
+  truth = np.array([0, 0, 0, 1, 2, 2, 1, 1], np.int32)
+  given = np.array([1, 1, 2, 1, 2, 0, 1, 1], np.int32)  # (0 -> 1) twice, (0 -> 2) and (2 -> 0) once
+  confusable, other = kinds.noise_kinds(given, truth, pairs=1)
+  np.testing.assert_array_equal(confusable, [1, 1, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(other, [0, 0, 1, 0, 0, 1, 0, 0])
+  score = np.array([0, 0, 5, 3, 4, 1, 6, 7], np.float64)  # ranks the confusable ones lowest, one other one high
+  a = kinds.split_auroc(score, given, truth, pairs=1)
+  assert a["confusable"] == 1.0 and a["other"] == 0.75 and a["all"] == 0.875
