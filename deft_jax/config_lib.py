@@ -68,7 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
       strict_selection=False, warmup_loss="ce", pseudo_labels_from_epoch=config_dict.placeholder(int),
       # text_chunk > 0: at most that many prompts through the text tower at a time (rematerialised: memory flat in
       # C). text_prefix_sharing: the prompts' shared prefix once per context, then the class suffixes (exact).
-      final_mask="online", scoring_pass=True, text_chunk=0, text_prefix_sharing=True))
+      final_mask="online", scoring_pass=True, text_chunk=0, text_prefix_sharing=True,
+      # The report's ranking (``score``): "margin" (s+_y - s-_y, whose sign is the paper's mask) or
+      # "label_probability" (the scoring pass's softmax over the positive prompts at the given label; the mask
+      # stays DEFT's). BENCHMARKS.md "Detection by VLM strength" measures both.
+      ranking="margin"))
 
   # Phase 2 (method.md): FFT of the visual blocks + a new linear head on ln_post(CLS), CE on the clean
   # subset, SGD momentum 0.9, lr 5e-4, wd 5e-4, cosine over 10 epochs stepped per epoch, batch 64 (real-world

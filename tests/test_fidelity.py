@@ -21,7 +21,7 @@ from deft_jax.data import cifar_offline, preprocess
 from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect import train as detect_train
 from deft_jax.detect.detector import Detector
-from deft_jax.errors import DivergedError
+from deft_jax.errors import ConfigError, DivergedError
 from deft_jax.models import clip as clip_lib
 from deft_jax.models import peft as peft_lib
 from deft_jax.models.tokenizer import Tokenizer
@@ -350,3 +350,50 @@ def test_best_accuracy_over_epochs_and_every_epochs_clean_mask_are_kept(tiny_cli
   per_epoch = detection["epoch_is_clean"]
   assert per_epoch.shape == (3, N_TRAIN) and per_epoch.dtype == bool
   np.testing.assert_array_equal(per_epoch[-1], detection["online_is_clean"])
+
+
+def test_label_probability_ranking_keeps_deft_mask_and_ranks_by_the_positive_prompts(tiny_clip, splits, mesh1,
+                                                                                      tmp_path):
+  """detect.ranking: "margin" (s+_y - s-_y) or "label_probability" (the scoring pass's softmax over the
+  positive prompts at the given label); the same training gives the same mask either way."""
+  train = splits["train"]
+  out = {}
+  for ranking in ("margin", "label_probability"):
+    c = tiny_config(tiny_clip, detect=dict(epochs=1, ranking=ranking))
+    c.report.export_arrays = False  # the label probability needs no export to be computed
+    out[ranking] = detect_train.run(c, tmp_path / ranking, train_split=train, mesh=mesh1,
+                                    writer=metric_writers.LoggingWriter(), checkpoint=tiny_clip)
+  m, p = out["margin"], out["label_probability"]
+  for k in ("is_clean", "online_is_clean", "pass_is_clean", "suggested", "p_clean"):
+    np.testing.assert_array_equal(m[k], p[k], err_msg=k)
+  np.testing.assert_array_equal(m["score"], m["margin"])
+  assert not (tmp_path / "label_probability" / "detect" / "pred_probs.npy").exists()
+  # Recompute the probability from the learned prompts: a scoring pass of the finished detector.
+  d = Detector(tiny_config(tiny_clip, detect=dict(epochs=1)), class_names=train.class_names,
+               num_examples=train.num_examples, mesh=mesh1, checkpoint=tiny_clip, steps_per_epoch=1)
+  params = d.init_state(jax.random.key(0))["params"]
+  learned = dict(np.load(tmp_path / "label_probability" / "detect" / "learned_params.npz"))
+  params = {**params, "prompts": {k: learned[f"prompts/{k}"] for k in ("pos_ctx", "neg_ctx")}}
+  clip = jax.tree.map(np.asarray, params["clip"])
+  for key, value in learned.items():
+    if key.startswith("clip/"):
+      node = clip
+      *path, last = key.split("/")[1:]
+      for q in path:
+        node = node[q]
+      node[last] = value
+  from deft_jax.data.config import image_spec
+  scored = detect_train.score_split(d, {**params, "clip": clip}, train, batch_size=8, with_embedding=True,
+                                    data_kw=image_spec(d.config.data, d.model.config.vision.image_size).pipeline_kw())
+  want = scored["pred_probs"][np.arange(train.num_examples), train.labels]
+  np.testing.assert_allclose(p["label_score"], want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(p["score"], np.log(want), rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(p["pass_score"], p["score"])  # the scoring pass is where it comes from
+  np.testing.assert_array_equal(p["online_score"], m["online_margin"])  # the online records have no softmax
+  with pytest.raises(ConfigError, match="ranking must be one of"):
+    detect_train.run(tiny_config(tiny_clip, detect=dict(ranking="loss")), tmp_path / "bad", train_split=train,
+                     mesh=mesh1, writer=metric_writers.LoggingWriter(), checkpoint=tiny_clip)
+  with pytest.raises(ConfigError, match="set detect.scoring_pass=True"):
+    detect_train.run(tiny_config(tiny_clip, detect=dict(ranking="label_probability", scoring_pass=False)),
+                     tmp_path / "bad2", train_split=train, mesh=mesh1, writer=metric_writers.LoggingWriter(),
+                     checkpoint=tiny_clip)

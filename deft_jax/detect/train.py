@@ -46,6 +46,9 @@ def check_finite_outputs(result: dict, stage: str) -> None:
           "or set grad_clip_norm, and start again in a new --workdir.")
 
 
+RANKINGS = ("margin", "label_probability")
+
+
 def label_score(margin, logit_scale: float) -> np.ndarray:
   """sigma(margin / exp(logit_scale)) = sigma(cos(x, pos_y) - cos(x, neg_y)): the two-way probability at unit
   temperature. p_clean = sigma(margin) saturates to exactly 0 or 1 in float32 once |margin| > ~17 (a real
@@ -82,6 +85,12 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
     logging.info("[detect] complete: reusing %s", out_file)
     return load_npz(out_file)
   d = config.detect
+  ranking = d.get("ranking", "margin")
+  if ranking not in RANKINGS:
+    raise ConfigError(f"detect.ranking must be one of {RANKINGS}, got {ranking!r}")
+  if ranking == "label_probability" and not (d.scoring_pass or d.final_mask == "scoring_pass"):
+    raise ConfigError("detect.ranking='label_probability' reads the scoring pass's class probabilities: "
+                      "set detect.scoring_pass=True")
   spe = pipeline.steps_per_epoch(train_split, d.batch_size)
   det = detector_lib.Detector(config, class_names=train_split.class_names, num_examples=train_split.num_examples,
                               mesh=mesh, checkpoint=checkpoint, steps_per_epoch=spe)
@@ -114,7 +123,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   export = bool(config.report.get("export_arrays", True))
   if d.scoring_pass or d.final_mask == "scoring_pass" or export:
     scored = score_split(det, state["params"], train_split, batch_size=d.eval_batch_size or d.batch_size,
-                         data_kw=data_kw, with_embedding=export)
+                         data_kw=data_kw, with_embedding=export or ranking == "label_probability")
     arrays = {k: scored.pop(k) for k in ("pred_probs", "embedding") if k in scored}
     result.update({"pass_" + k: v for k, v in scored.items()})
   scale = float(np.exp(np.asarray(parallel.to_host(state["params"]["clip"]["logit_scale"]), np.float64)))
@@ -125,6 +134,10 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   src = "pass_" if d.final_mask == "scoring_pass" else "online_"
   for k in ("p_clean", "is_clean", "suggested", "margin", "label_score", "score"):
     result[k] = result[src + k]
+  if ranking == "label_probability":  # the mask stays DEFT's; the ranking is its classifier's p(given label)
+    p = np.asarray(arrays["pred_probs"], np.float64)[np.arange(train_split.num_examples), train_split.labels]
+    result["label_score"] = result["pass_label_score"] = p.astype(np.float32)
+    result["score"] = result["pass_score"] = np.log(np.maximum(p, 1e-30)).astype(np.float32)
   result["params_step"] = np.asarray(int(state["step"]))
   check_finite_outputs(result, "detect")
   if export:  # the scoring pass's class probabilities and image embeddings, for cleanlab and notebooks
