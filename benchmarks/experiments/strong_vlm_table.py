@@ -114,9 +114,11 @@ def plot(rows, path) -> None:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   cells = _cells(rows)
-  fig = Figure(figsize=(4.2 * len(cells), 7.0))
+  fig = Figure(figsize=(4.2 * len(cells), 7.6))
   FigureCanvasAgg(fig)
   axes = fig.subplots(2, len(cells), squeeze=False)
+  colors = {m: f"C{i}" for i, m in enumerate(METHODS)}  # one colour per method in every panel
+  handles = {}
   for j, (label_set, by_strength) in enumerate(cells.items()):
     for i, key in enumerate(("f1", "auroc")):
       ax = axes[i][j]
@@ -125,15 +127,18 @@ def plot(rows, path) -> None:
         if pts:
           xs, ys = zip(*pts)
           style = "-" if m.startswith("deft") else ("--" if m == "keep_all" else ":")
-          ax.plot(xs, [100 * y if key == "f1" else y for y in ys], style, marker="o", ms=4, label=DISPLAY[m],
-                  lw=2.2 if m == "deft" else 1.3)
+          (line,) = ax.plot(xs, [100 * y if key == "f1" else y for y in ys], style, marker="o", ms=4,
+                            color=colors[m], label=DISPLAY[m], lw=2.2 if m == "deft" else 1.3)
+          handles.setdefault(m, line)
       noise = next(iter(next(iter(by_strength.values())).values()))["noise_rate"]
       ax.set_title(f"{label_set} ({100 * noise:.1f} % noise)", fontsize=10)
       ax.set_xlabel("VLM zero-shot accuracy (%)")
       ax.set_ylabel("F1 of the clean selection (%)" if key == "f1" else "AUROC (given label is right)")
       ax.grid(alpha=0.3)
-  axes[0][-1].legend(fontsize=8, loc="lower right")
-  fig.tight_layout()
+  shown = [m for m in METHODS if m in handles]
+  fig.legend([handles[m] for m in shown], [DISPLAY[m] for m in shown], loc="lower center", ncol=min(5, len(shown)),
+             fontsize=8, frameon=False)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
 
