@@ -373,17 +373,12 @@ def test_label_probability_ranking_keeps_deft_mask_and_ranks_by_the_positive_pro
                num_examples=train.num_examples, mesh=mesh1, checkpoint=tiny_clip, steps_per_epoch=1)
   params = d.init_state(jax.random.key(0))["params"]
   learned = dict(np.load(tmp_path / "label_probability" / "detect" / "learned_params.npz"))
-  params = {**params, "prompts": {k: learned[f"prompts/{k}"] for k in ("pos_ctx", "neg_ctx")}}
-  clip = jax.tree.map(np.asarray, params["clip"])
-  for key, value in learned.items():
-    if key.startswith("clip/"):
-      node = clip
-      *path, last = key.split("/")[1:]
-      for q in path:
-        node = node[q]
-      node[last] = value
+  trained = detect_train.with_learned_params(params, learned)
+  np.testing.assert_array_equal(trained["prompts"]["pos_ctx"], learned["prompts/pos_ctx"])
+  with pytest.raises(ConfigError, match="not parameters of this detector"):
+    detect_train.with_learned_params(params, {**learned, "clip/other": np.zeros(1)})
   from deft_jax.data.config import image_spec
-  scored = detect_train.score_split(d, {**params, "clip": clip}, train, batch_size=8, with_embedding=True,
+  scored = detect_train.score_split(d, trained, train, batch_size=8, with_embedding=True,
                                     data_kw=image_spec(d.config.data, d.model.config.vision.image_size).pipeline_kw())
   want = scored["pred_probs"][np.arange(train.num_examples), train.labels]
   np.testing.assert_allclose(p["label_score"], want, rtol=1e-4, atol=1e-6)

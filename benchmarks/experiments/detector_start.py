@@ -120,15 +120,8 @@ def main():
     if name in dets:  # the learned prompts (and PEFT parameters) in place of the step-0 ones
       detector, params = dets[name]
       learned = dict(np.load(Path(workdir) / "detect" / "learned_params.npz"))
-      clip_params = jax.tree.map(np.asarray, params["clip"])
-      for key, value in learned.items():
-        if key.startswith("clip/"):
-          node = clip_params
-          *path, last = key.split("/")[1:]
-          for p_ in path:
-            node = node[p_]
-          node[last] = value
-      prompts = {k: learned[f"prompts/{k}"] for k in ("pos_ctx", "neg_ctx")}
+      trained = detect_train.with_learned_params(params, learned)
+      clip_params, prompts = trained["clip"], trained["prompts"]
       results[f"{name}/trained"].update(text_geometry(detector, clip_params, prompts, split.class_names))
     results[f"{name}/trained_online"] = quality(det["online_suggested"], det["online_margin"], given, truth)
     print(name, "trained:", results[f"{name}/trained"], flush=True)

@@ -28,7 +28,7 @@ from deft_jax.detect import detector as detector_lib
 from deft_jax.detect import step as step_lib
 from deft_jax.errors import ConfigError, DivergedError
 from deft_jax.report import metrics as report_metrics
-from deft_jax.tree import flatten
+from deft_jax.tree import flatten, unflatten
 
 OUTPUT_FILE = "detection.npz"
 LEARNED_PARAMS_FILE = "learned_params.npz"
@@ -146,6 +146,20 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   save_npz(out_file, result)
   save_learned_params(out["learned_params"], state["params"], det.mask)
   return result
+
+
+def with_learned_params(params, learned: dict) -> dict:
+  """``params`` ({"clip", "prompts"}, e.g. a fresh detector's) with the leaves of a ``learned_params`` file in
+  place (host arrays): the trained detector again, for scoring outside the detect stage."""
+  flat = {k: np.asarray(v) for k, v in flatten(parallel.to_host(params)).items()}
+  unknown = sorted(set(learned) - set(flat))
+  if unknown:
+    raise ConfigError(f"learned parameters {unknown[:5]} are not parameters of this detector (another config?)")
+  for k, v in learned.items():
+    if np.shape(v) != flat[k].shape:
+      raise ConfigError(f"learned parameter {k} has shape {np.shape(v)}, the detector's is {flat[k].shape}")
+    flat[k] = np.asarray(v, flat[k].dtype)
+  return unflatten(flat)
 
 
 def save_learned_params(path: Path, params, mask) -> None:
