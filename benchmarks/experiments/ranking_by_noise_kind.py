@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from deft_jax.data import cifar_offline  # noqa: E402
+from benchmarks.experiments import strong_vlm_sweep  # noqa: E402
+from deft_jax.detect.train import label_probability  # noqa: E402
 from deft_jax.report import auroc  # noqa: E402
 
 
@@ -53,19 +53,14 @@ def main():
   p.add_argument("--pairs", type=int, default=10, help="how many of the most frequent (true, given) pairs")
   args = p.parse_args()
   w = Path(args.workdir)
-  data = json.loads((w / "config.json").read_text())["data"]
-  split = cifar_offline.load_cifar10n_offline(data["root"], label_set=args.label_set,
-                                              train_indices=data["train_indices"],
-                                              pretrain_indices=data["pretrain_indices"], test_size=1)["train"]
-  given, truth = np.asarray(split.labels), np.asarray(split.clean_labels)
+  given, truth = strong_vlm_sweep.given_and_true_labels(w, args.label_set)
   confusable, other = noise_kinds(given, truth, args.pairs)
   print(f"{len(given)} examples: {int(confusable.sum())} confusable-pair noisy, {int(other.sum())} other noisy")
   scores = {}
   det = dict(np.load(w / "detect" / "detection.npz"))
   scores["DEFT margin (scoring pass)"] = det["pass_margin"]
   if (w / "detect" / "pred_probs.npy").exists():
-    probs = np.load(w / "detect" / "pred_probs.npy")
-    scores["DEFT p+(given label)"] = np.log(np.maximum(probs[np.arange(len(given)), given], 1e-30))
+    scores["DEFT p+(given label)"] = label_probability(np.load(w / "detect" / "pred_probs.npy"), given)[1]
   for f in sorted((w / "baselines").glob("*/detection.npz")):
     scores[f.parent.name] = np.asarray(np.load(f)["score"])
   print(f"{'score':<28} {'all':>6} {'confusable':>11} {'other':>6}")

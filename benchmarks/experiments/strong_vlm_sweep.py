@@ -51,17 +51,24 @@ def fnr_at_budget(score: np.ndarray, truly_noisy: np.ndarray) -> float:
   return float(1.0 - (flagged & truly_noisy).sum() / max(truly_noisy.sum(), 1))
 
 
-def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cmd: str) -> list[dict]:
+def given_and_true_labels(workdir: Path, label_set: str) -> tuple[np.ndarray, np.ndarray]:
+  """The detection split's given (``label_set``) and true labels of a sweep workdir, from its config.json."""
   sys.path.insert(0, str(REPO))
-  from deft_jax.report import auroc, detection_metrics  # pylint: disable=g-import-not-at-top
-
   from deft_jax.data import cifar_offline  # pylint: disable=g-import-not-at-top
 
-  det = dict(np.load(workdir / "detect" / "detection.npz"))
   data = json.loads((workdir / "config.json").read_text())["data"]
   split = cifar_offline.load_cifar10n_offline(data["root"], label_set=label_set, train_indices=data["train_indices"],
                                               pretrain_indices=data["pretrain_indices"], test_size=1)["train"]
-  given, truth = split.labels, split.clean_labels
+  return np.asarray(split.labels), np.asarray(split.clean_labels)
+
+
+def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cmd: str) -> list[dict]:
+  sys.path.insert(0, str(REPO))
+  from deft_jax.detect.train import label_probability  # pylint: disable=g-import-not-at-top
+  from deft_jax.report import auroc, detection_metrics  # pylint: disable=g-import-not-at-top
+
+  det = dict(np.load(workdir / "detect" / "detection.npz"))
+  given, truth = given_and_true_labels(workdir, label_set)
   clean = given == truth
   methods = {"deft": (det["is_clean"], det["score"], None),
              "deft_scoring_pass": (det["pass_is_clean"], det["pass_score"], None)}
@@ -73,8 +80,7 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
   methods["keep_all"] = (np.ones(len(given), bool), None, None)
   probs = workdir / "detect" / "pred_probs.npy"
   if probs.exists():  # a ranking only: DEFT's positive-prompt softmax probability of the given label
-    p = np.load(probs)
-    methods["deft_label_probability"] = (None, np.log(np.maximum(p[np.arange(len(given)), given], 1e-30)), None)
+    methods["deft_label_probability"] = (None, label_probability(np.load(probs), given)[1], None)
   out = []
   for name, (is_clean, score, test_top1) in methods.items():
     m = (dict(precision=None, recall=None, f1=None) if is_clean is None

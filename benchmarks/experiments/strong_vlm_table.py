@@ -53,6 +53,11 @@ def _cells(rows):
   return {s: dict(sorted(out[s].items())) for s in order}
 
 
+def _any_row(by_strength: dict) -> dict:
+  """A row of a label set's cells (its noise rate and size are the same in all)."""
+  return next(iter(next(iter(by_strength.values())).values()))
+
+
 def _pct(x):
   return "–" if x is None else f"{100 * x:.1f}"
 
@@ -80,8 +85,7 @@ def markdown(rows) -> str:
   present = [m for m in METHODS if any(m in c for s in cells.values() for c in s.values())]
   lines = []
   for label_set, by_strength in cells.items():
-    noise = next(iter(next(iter(by_strength.values())).values()))["noise_rate"]
-    n = next(iter(next(iter(by_strength.values())).values()))["num_examples"]
+    noise, n = _any_row(by_strength)["noise_rate"], _any_row(by_strength)["num_examples"]
     lines += [f"**`{label_set}`** ({100 * noise:.1f} % noise, {n:,} images): F1 / AUROC", "",
               "| zero-shot | " + " | ".join(DISPLAY[m] for m in present) + " | DEFT − best baseline (F1 / AUROC) |",
               "|---" * (len(present) + 2) + "|"]
@@ -130,7 +134,7 @@ def plot(rows, path) -> None:
           (line,) = ax.plot(xs, [100 * y if key == "f1" else y for y in ys], style, marker="o", ms=4,
                             color=colors[m], label=DISPLAY[m], lw=2.2 if m == "deft" else 1.3)
           handles.setdefault(m, line)
-      noise = next(iter(next(iter(by_strength.values())).values()))["noise_rate"]
+      noise = _any_row(by_strength)["noise_rate"]
       ax.set_title(f"{label_set} ({100 * noise:.1f} % noise)", fontsize=10)
       ax.set_xlabel("VLM zero-shot accuracy (%)")
       ax.set_ylabel("F1 of the clean selection (%)" if key == "f1" else "AUROC (given label is right)")

@@ -49,6 +49,13 @@ def check_finite_outputs(result: dict, stage: str) -> None:
 RANKINGS = ("margin", "label_probability")
 
 
+def label_probability(pred_probs, labels) -> tuple[np.ndarray, np.ndarray]:
+  """(p, log p) of the given label from [N, C] class probabilities, in their dtype (the log floored at
+  1e-30): the ``label_probability`` ranking's label score and score."""
+  p = np.asarray(pred_probs)[np.arange(len(labels)), np.asarray(labels)]
+  return p, np.log(np.maximum(p, 1e-30))
+
+
 def label_score(margin, logit_scale: float) -> np.ndarray:
   """sigma(margin / exp(logit_scale)) = sigma(cos(x, pos_y) - cos(x, neg_y)): the two-way probability at unit
   temperature. p_clean = sigma(margin) saturates to exactly 0 or 1 in float32 once |margin| > ~17 (a real
@@ -135,9 +142,9 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   for k in ("p_clean", "is_clean", "suggested", "margin", "label_score", "score"):
     result[k] = result[src + k]
   if ranking == "label_probability":  # the mask stays DEFT's; the ranking is its classifier's p(given label)
-    p = np.asarray(arrays["pred_probs"], np.float64)[np.arange(train_split.num_examples), train_split.labels]
+    p, log_p = label_probability(np.asarray(arrays["pred_probs"], np.float64), train_split.labels)
     result["label_score"] = result["pass_label_score"] = p.astype(np.float32)
-    result["score"] = result["pass_score"] = np.log(np.maximum(p, 1e-30)).astype(np.float32)
+    result["score"] = result["pass_score"] = log_p.astype(np.float32)
   result["params_step"] = np.asarray(int(state["step"]))
   check_finite_outputs(result, "detect")
   if export:  # the scoring pass's class probabilities and image embeddings, for cleanlab and notebooks
