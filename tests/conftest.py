@@ -6,6 +6,15 @@ from pathlib import Path
 # Multi-device behaviour is simulated on the CPU; must be set before jax initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache for the whole test run: made once by the pytest process that imports this
+# file first (the controller, under pytest-xdist), inherited by both workers and by every `python -m
+# deft_jax.main` the tests start. Most of those runs' CPU time on 2 cores is compiling the same few programs.
+# A fresh directory per run, so that a run's time never depends on an earlier one. (JAX's
+# jax_share_binary_between_hosts, which would also spare process 1 of a 2-process run compiling what process 0
+# compiles, breaks gloo's collectives in JAX 0.10.2: its first collective times out.)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="deft_jax_test_xla_cache_")
 
 from deft_jax import cpu_memory  # noqa: E402
 
@@ -46,6 +55,18 @@ def save_tiny_clip(directory, seed: int) -> str:
   cfg = presets.get_preset("tiny")
   params = jax.device_get(clip_lib.init_params(clip_lib.CLIP(cfg), jax.random.key(seed)))
   return str(clip_weights.save_hf_checkpoint(directory, params, cfg))
+
+
+# The demo shrunk for the tests that check plumbing (resume, multi-process, faults), not quality: the unit tests'
+# "tiny" CLIP, 256 training images (also the pretraining split), 128 test images, pretrain 1 epoch (4 steps),
+# detect 2 epochs (16 steps, no scoring pass), no baseline, adapt 1 epoch (8 steps). Seconds per run.
+SHRUNK_DEMO = "configs/demo.py:runlocal"
+SHRUNK_OVERRIDES = (
+    "--config.data.train_indices=0:256", "--config.data.test_size=128", "--config.pretrain.split=train",
+    "--config.pretrain.batch_size=64", "--config.detect.epochs=2", "--config.detect.batch_size=32",
+    "--config.detect.scoring_pass=False", "--config.baselines.methods=()", "--config.report.write_images=False",
+    "--config.adapt.epochs=1", "--config.adapt.batch_size=32", "--config.checkpoint_every_steps=4",
+    "--config.model.preset=tiny", "--config.pretrain.preset=tiny")
 
 
 def main_env() -> dict:

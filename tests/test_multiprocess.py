@@ -7,9 +7,7 @@ The 1 x 4 reference is started by launch/single_gpu.sh and the 2 x 2 run by laun
 SIGKILL run sets the explicit variables (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) instead,
 so both ways of joining the processes run.
 
-The demo is shrunk so that these tests fit the suite's budget on 2 cores: the unit tests' "tiny" CLIP, 256
-training images (also the pretraining split), 128 test images, pretrain 1 epoch (4 steps), detect 2 epochs (16
-steps, no scoring pass), no baseline, adapt 1 epoch (8 steps).
+The demo is shrunk (conftest.SHRUNK_DEMO) so that these tests fit the suite's budget on 2 cores.
 1 x 4 and 2 x 2 run the same partitioned program, but their cross-device sums differ (XLA's in-process
 all-reduce vs gloo between the processes) in float32 rounding: the clean mask, every integer column of the
 report, its ranking and the test top-1 must be identical; the float columns agree within FLOAT_TOL.
@@ -28,14 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, main_command, main_env
+from conftest import REPO, SHRUNK_DEMO, SHRUNK_OVERRIDES, main_command, main_env
 
-CONFIG = "configs/demo.py:runlocal"
-OVERRIDES = ("--config.data.train_indices=0:256", "--config.data.test_size=128", "--config.pretrain.split=train",
-             "--config.pretrain.batch_size=64", "--config.detect.epochs=2", "--config.detect.batch_size=32",
-             "--config.detect.scoring_pass=False", "--config.baselines.methods=()",
-             "--config.report.write_images=False", "--config.adapt.epochs=1", "--config.adapt.batch_size=32",
-             "--config.checkpoint_every_steps=4", "--config.model.preset=tiny", "--config.pretrain.preset=tiny")
+CONFIG, OVERRIDES = SHRUNK_DEMO, SHRUNK_OVERRIDES
 KILL_AT_STEP = 4  # of detect's 16: the first checkpoint from this step on, in the middle of the first epoch
 # Measured max |1x4 - 2x2| on this configuration: 5.8e-6 (p_clean), 3.1e-5 (margin, up to ~15 in magnitude),
 # 5.4e-7 (label_score), 4.8e-7 (phase 2's test logits); the tolerance leaves room for other CPUs' float codegen.
@@ -108,14 +101,6 @@ def _kill(procs) -> None:
       pass
 
 
-def _compile_once(root: Path) -> dict:
-  """A persistent compilation cache shared by this module's 2-process runs: the SIGKILL run and its rerun load the
-  executables the 2 x 2 run compiled. Compilation is most of these runs' CPU time on the 2-core CI machine, and
-  none of it is what they check. (jax_share_binary_between_hosts, which would also spare process 1 compiling
-  what process 0 compiles, breaks gloo's collectives in JAX 0.10.2: its first collective times out.)"""
-  return {"JAX_COMPILATION_CACHE_DIR": root / "jax_cache"}
-
-
 def _fake_venv(root: Path) -> Path:
   """A "virtualenv" whose python is this interpreter, marked as installed, so that the launch scripts skip
   pip and run deft_jax.main."""
@@ -160,7 +145,7 @@ def runs(tmp_path_factory):
   job = _free_port(SLURM_PORT_BASE, 65535) - SLURM_PORT_BASE
   slurm_env = _env(2, VENV=venv, JAX_PLATFORMS="cpu", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                    SLURM_JOB_ID=job, SLURM_JOB_NUM_NODES=2, SLURM_NTASKS=2, SLURM_JOB_NODELIST="localhost",
-                   SLURM_SUBMIT_DIR=REPO, FAKE_SRUN_LOG_DIR=logs, **_compile_once(root))
+                   SLURM_SUBMIT_DIR=REPO, FAKE_SRUN_LOG_DIR=logs)
   slurm = _popen(["bash", str(REPO / "launch" / "slurm_gpu.sbatch"), CONFIG, str(two), "--", *OVERRIDES],
                  env=slurm_env, stdout=open(logs / "slurm.out", "w"), stderr=open(logs / "slurm.err", "w"))
   seconds = {}
@@ -250,8 +235,7 @@ def test_sigkill_of_one_process_mid_detection_then_rerun_gives_the_same_result(r
   overrides = (*OVERRIDES, stages)
   ckpts = killed / "detect" / "checkpoints"
   t0 = time.time()
-  procs = _start_processes(killed, *overrides, log_dir=tmp_path, tag="killed", DEFT_JAX_HEARTBEAT_TIMEOUT=10,
-                           **_compile_once(runs["root"]))
+  procs = _start_processes(killed, *overrides, log_dir=tmp_path, tag="killed", DEFT_JAX_HEARTBEAT_TIMEOUT=10)
   saved = lambda: [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []  # noqa: E731
   try:
     while time.time() < t0 + RUN_TIMEOUT and all(p.poll() is None for p in procs):
@@ -273,7 +257,7 @@ def test_sigkill_of_one_process_mid_detection_then_rerun_gives_the_same_result(r
   assert procs[1].returncode != 0
   assert not (killed / "detect" / "detection.npz").exists()
   t1 = time.time()
-  procs = _start_processes(killed, *overrides, log_dir=tmp_path, tag="rerun", **_compile_once(runs["root"]))
+  procs = _start_processes(killed, *overrides, log_dir=tmp_path, tag="rerun")
   try:
     codes = _wait(procs, RUN_TIMEOUT)
   finally:
