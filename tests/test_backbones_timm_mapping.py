@@ -4,8 +4,9 @@ The HF layout is pinned to the PyTorch models by test_backbones_hf_parity.py; he
 the same random tensors into timm's state-dict names (timm's resnet.py, convnext.py and
 vision_transformer.py: ``layer{i}.{j}.conv1``, ``stages.{i}.blocks.{j}.conv_dw``, fused
 ``blocks.{i}.attn.qkv``, ...) and checks that both files load to identical variable trees, so every
-timm tensor reaches the parameter its HF twin reaches. Parity with timm's own models:
-test_backbones_timm_parity.py (where timm is installed).
+timm tensor reaches the parameter its HF twin reaches. Parity with timm's own models is not tested: timm needs
+torchvision, and PyPI's torchvision does not import beside the CPU build of torch that requirements-test.txt pins
+(``operator torchvision::nms does not exist``); the one torchvision that does is a 5.5 GB CUDA build.
 """
 
 import re
