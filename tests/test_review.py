@@ -226,6 +226,33 @@ def _table(n: int, c: int = 4, seed: int = 0) -> pd.DataFrame:
   return df
 
 
+def test_each_class_pair_and_class_filter_shows_exactly_its_rows(browser, tmp_path):
+  """On a table where a given class has several suggestions (the shrunk demo's CLIP suggests one class for all)."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import Select
+
+  from deft_jax import api
+  driver, _ = browser
+  table = _table(80, c=3, seed=1)
+  _open(driver, api.review(table, None, tmp_path / "review.html"))
+  pairs = driver.find_elements(By.CSS_SELECTOR, "#pairs tr.pair")
+  flagged = table[table.is_label_issue & (table.given_label != table.predicted_label)]
+  assert len(pairs) == len(flagged.groupby(["given_label", "predicted_label"])) == 6
+  for k in range(len(pairs)):
+    pair = driver.find_elements(By.CSS_SELECTOR, "#pairs tr.pair")[k]
+    g, s = int(pair.get_attribute("data-g")), int(pair.get_attribute("data-s"))
+    assert int(pair.find_elements(By.TAG_NAME, "td")[1].text) == int(
+        ((flagged.given_label == g) & (flagged.predicted_label == s)).sum())
+    pair.click()
+    want = table[(table.given_label == g) & (table.predicted_label == s)]["index"].tolist()
+    assert [i for i, _, _ in _visible(driver)] == want
+  driver.find_element(By.ID, "clear").click()
+  Select(driver.find_element(By.ID, "f-sugg")).select_by_value("2")
+  assert [i for i, _, _ in _visible(driver)] == table[table.predicted_label == 2]["index"].tolist()
+  Select(driver.find_element(By.ID, "sort")).select_by_value("desc")
+  assert [i for i, _, _ in _visible(driver)] == table[table.predicted_label == 2]["index"].tolist()[::-1]
+
+
 def test_missing_or_corrupt_thumbnail_sources_show_placeholders_and_the_page_still_works(browser, tmp_path):
   from selenium.webdriver.common.action_chains import ActionChains
   from selenium.webdriver.common.by import By
