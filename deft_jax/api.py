@@ -3,6 +3,7 @@
     import deft_jax.api as deft
     issues = deft.find_label_issues(images, labels, class_names)        # pandas DataFrame, worst first
     issues[issues.is_label_issue].head(20)
+    deft.review(issues, images, "review.html")   # the page where a person decides, image by image
 
 ``images`` is a uint8 array [N, H, W, 3], a list of image file paths, or a Hugging Face ``datasets.Dataset``
 (image and label columns; class names from its ``ClassLabel``); ``tfds="name"`` with ``split=`` reads a TFDS
@@ -196,3 +197,50 @@ def find_label_issues(
     return table, build_summary(detection, given=split.labels, class_names=split.class_names,
                                 clean_labels=split.clean_labels)
   return table
+
+
+def _image_fn(images):
+  """``indices -> uint8 [k, H, W, 3]`` over a uint8 array or a list of paths (a path that cannot be read raises,
+  which the review page turns into a placeholder tile)."""
+  if images is None:
+    return None
+  if isinstance(images, np.ndarray):
+    if images.ndim not in (3, 4) or images.dtype != np.uint8:
+      raise ConfigError(f"images must be uint8 [N, H, W, 3] or N paths, got {images.dtype} {images.shape}")
+    return lambda idx: images[np.asarray(idx)]
+  paths = [str(p) for p in images]
+
+  def load(idx):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    out = []
+    for i in np.asarray(idx):
+      with Image.open(paths[int(i)]) as im:
+        out.append(np.asarray(im.convert("RGB")))
+    return out
+
+  return load
+
+
+def review(issues, images=None, path: str | Path = "review.html", *, class_names: Optional[Sequence[str]] = None,
+           top_k: int = 1000, title: Optional[str] = None) -> Path:
+  """Writes the review page (the run's ``report/review.html``) for the table of :func:`find_label_issues`.
+
+  Args:
+    issues: the DataFrame of :func:`find_label_issues` (or a run's ``label_issues.csv`` read with pandas).
+    images: what ``find_label_issues`` was given, indexed by the table's ``index`` column: uint8 [N, H, W, 3]
+      or N image paths (an image that cannot be read shows a placeholder); None: placeholders only.
+    path: the page to write (a directory gets ``review.html``).
+    class_names: every class name, for the "relabel to" list (default: those the table names).
+    top_k: how many of the most suspect rows the page shows (all when the table is smaller).
+    title: the page's heading.
+
+  Returns:
+    The written page; open it in a browser, decide, and "export" saves ``corrections.csv`` for
+    ``--config.data.corrections``.
+  """
+  from deft_jax.report import review as review_lib
+
+  if images is not None and not isinstance(images, np.ndarray) and len(images) < len(issues):
+    raise ConfigError(f"{len(images)} images for a table of {len(issues)} rows")
+  return review_lib.write_review(path, issues, image_fn=_image_fn(images), class_names=class_names, top_k=top_k,
+                                 title=title)

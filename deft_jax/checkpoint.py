@@ -53,8 +53,9 @@ def config_to_dict(config) -> dict:
   return json.loads(json.dumps(d, default=str))
 
 
-def check_workdir(workdir: str | Path, config) -> None:
-  """Records the config in a new workdir; refuses a workdir whose recorded config differs."""
+def check_workdir(workdir: str | Path, config, *, record: bool = True) -> None:
+  """Records the config in a new workdir (``record=False``: later, by :func:`record_config`); refuses a workdir
+  whose recorded config differs."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / CONFIG_FILE
@@ -79,7 +80,13 @@ def check_workdir(workdir: str | Path, config) -> None:
           "Use a new --workdir (or delete this one) to start a different run.")
     if diffs:
       logging.info("config changes affect only stages without outputs yet: %s", ", ".join(diffs))
-  write_json(path, new, sort_keys=True)
+  if record:
+    record_config(workdir, config)
+
+
+def record_config(workdir: str | Path, config) -> None:
+  """Writes the run's config into its workdir (what :func:`check_workdir` compares the next run with)."""
+  write_json(Path(workdir) / CONFIG_FILE, config_to_dict(config), sort_keys=True)
 
 
 def _recorded_reads(workdir: Path) -> dict[str, set]:

@@ -114,7 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200
   # export_arrays: pred_probs.npy and features.npy beside label_issues.csv (for cleanlab and notebooks).
-  c.report = ml_collections.ConfigDict(dict(num_suspects=24, write_images=True, export_arrays=True))
+  # review: review.html, the page where a person decides on the top review_top_k suspects (report/review.py).
+  c.report = ml_collections.ConfigDict(dict(num_suspects=24, write_images=True, export_arrays=True, review=True,
+                                            review_top_k=1000))
   return c
 
 

@@ -54,23 +54,31 @@ def run(config, workdir: str | Path) -> dict:
     raise ConfigError(f"--workdir {workdir}: URLs are not supported as workdirs; use a directory of a file system "
                       "that every process of the run mounts at the same path (launch/README.md)")
   todo = check_stages(config)
+  if config.data.corrections:  # its form before anything is written; its rows are checked against the data
+    from deft_jax.data import corrections
+    corrections.read(config.data.corrections)
   workdir = parallel.make_shared_workdir(workdir)  # a multi-process run: every process must see the same files
-  ckpt_lib.check_workdir(workdir, config)
+  # The config is recorded once the data has loaded: a corrections file that does not fit the data stops the run
+  # with nothing written.
+  ckpt_lib.check_workdir(workdir, config, record=False)
   mesh = parallel.make_mesh(config.mesh)
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
-  writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
-  writer.write_hparams(_hparams(config))
 
   data_cfg = config.data.to_dict()
   if data_cfg.get("balanced_subset") and not data_cfg.get("balanced_subset_file"):
     data_cfg["balanced_subset_file"] = str(workdir / "balanced_subset.npz")  # drawn once, kept with the run
   splits = _load_data(data_cfg, workdir)
+  ckpt_lib.record_config(workdir, config)
+  writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
+  writer.write_hparams(_hparams(config))
   train = splits["train"]
   logging.info("data: %s", ", ".join(f"{k}={v.num_examples}" for k, v in splits.items()))
   if train.noise_rate() is not None:
     logging.info("train split: %d classes, true noise rate %.4f", train.num_classes, train.noise_rate())
 
   summary: dict[str, Any] = {"workdir": str(workdir), "stages": todo}
+  if train.corrections is not None:
+    summary["corrections"] = train.corrections
   from deft_jax.pretrain import train as pretrain
   checkpoint = config.model.checkpoint or None
   if checkpoint == "pretrain":  # the CLIP this run's pretrain stage makes
@@ -193,6 +201,8 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
         comparison[baselines.display_name(k)]["test_top1"] = float(v["test_top1"])
     comparison["keep every label"] = quality(np.ones(train.num_examples, bool))
   extra = {"baselines": comparison} if comparison else {}
+  if train.corrections is not None:
+    extra["corrections"] = train.corrections
   if train.noise_report is not None and hasattr(train.noise_report, "summary"):
     extra["noise"] = train.noise_report.summary()
   zero_shot = compared["label_match"]["suggested"] if "label_match" in compared else None
@@ -213,7 +223,7 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
   table, summary, text = build_and_write_report(
       stages.directory(workdir, "report"), detection, given=train.labels, class_names=train.class_names,
       arrays=arrays, clean_labels=train.clean_labels, ids=train.ids, image_fn=image_fn, extra_summary=extra,
-      write=lead)
+      review_top_k=config.report.review_top_k if config.report.review else None, write=lead)
   parallel.sync_processes("wrote the report")
   step = int(detection.get("params_step", 0))
   scalars = {f"report/{_slug(name)}/{k}": v for name, d in comparison.items() for k, v in d.items()

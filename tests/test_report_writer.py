@@ -35,9 +35,29 @@ def test_report_directory_holds_every_artifact(tmp_path):
   _write(tmp_path / "report", image_fn=_images, extra_summary={"test_accuracy": 0.5})
   files = {p.name for p in (tmp_path / "report").iterdir()}
   assert files == {"label_issues.csv", "clean_mask.npy", "summary.json", "summary.txt", "suspects.png",
-                   "p_clean_hist.png", "class_noise.png"}
+                   "p_clean_hist.png", "class_noise.png", "review.html"}
   assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no staging or backup left behind
   assert json.loads((tmp_path / "report" / "summary.json").read_text())["test_accuracy"] == 0.5
+
+
+def _page_data(path) -> dict:
+  text = path.read_text()
+  start = text.index('<script type="application/json" id="review-data">') + len(
+      '<script type="application/json" id="review-data">')
+  return json.loads(text[start:text.index("</script>", start)])
+
+
+def test_review_page_holds_the_top_k_rows_of_the_table_and_no_page_without_k(tmp_path):
+  table, summary, _ = _write(tmp_path / "r", image_fn=_images, review_top_k=3)
+  data = _page_data(tmp_path / "r" / "review.html")
+  assert [r["i"] for r in data["rows"]] == table["index"].tolist()[:3]
+  assert [r["g"] for r in data["rows"]] == table["given_label"].tolist()[:3]
+  assert all(r["t"].startswith("data:image/jpeg;base64,") for r in data["rows"])
+  assert data["class_names"] == list(NAMES)
+  assert [(p["g"], p["s"], p["n"]) for p in data["pairs"]] == [
+      (p["given_label"], p["predicted_label"], p["count"]) for p in summary["confused_pairs"]]
+  _write(tmp_path / "none", review_top_k=None)
+  assert not (tmp_path / "none" / "review.html").exists()
 
 
 def test_csv_is_ranked_worst_first_with_expected_columns(tmp_path):

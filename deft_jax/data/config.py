@@ -40,6 +40,8 @@ Fields of the data ConfigDict (default_data_config() holds them all):
                  draw a class-balanced train subset of this size once (Clothing1M:
                  1000 x batch); the file (default: balanced_subset.npz beside the
                  run's noisy labels) is reused if present, else written.
+  corrections    a reviewer's corrections.csv (report/review.html's export): relabel / drop train examples
+                 before detection ("" = none); see data/corrections.py.
   noise.type     none | sym | pair | asym (= pair with class_map) | idn
   noise.ratio, noise.seed, noise.another_class (sym), noise.class_map (pair:
                  "next" or "cifar10"), noise.idn_image_size (0 = 32 px for CIFAR-like
@@ -104,7 +106,7 @@ def default_data_config():
       "test_size": 0,
       "train_file": "", "test_file": "", "class_names": (), "class_names_file": "",
       "num_classes": 0, "webvision_subset": "google", "imagenet_val": True,
-      "skip_corrupt": False,
+      "skip_corrupt": False, "corrections": "",
       "balanced_subset": 0, "balanced_subset_seed": 0, "balanced_subset_file": "",
       "noise": {"type": "none", "ratio": 0.0, "seed": 1, "another_class": False,
                 "class_map": "next", "idn_image_size": 0, "file": ""},

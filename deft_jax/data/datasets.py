@@ -12,7 +12,8 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from deft_jax.data import cifar_offline, folders, noise, sampling, sources, tfds_sources  # noqa: F401 (registering)
+from deft_jax.data import (cifar_offline, corrections, folders, noise, sampling, sources,  # noqa: F401 (registering)
+                           tfds_sources)
 from deft_jax.data.config import default_data_config
 from deft_jax.data.splits import LabeledSplit, drop_corrupt
 from deft_jax.data.errors import ClassNamesError, DataError
@@ -146,12 +147,17 @@ def get_dataset(config, *, noisy_labels_path=None) -> dict[str, LabeledSplit]:
   if cfg.balanced_subset:
     run_dir = pathlib.Path(noisy_labels_path).parent if noisy_labels_path else None
     splits["train"] = _balanced(splits["train"], cfg, run_dir)
+  # A reviewer's decisions are checked before the run writes any file, applied to the labels it trains on.
+  todo = corrections.plan(splits["train"], cfg.corrections) if cfg.corrections else None
   train = apply_noise(splits["train"], cfg.noise, source=cfg.source, path=noisy_labels_path)
   if train.noise_report is None and train.clean_labels is not None:
     known = train.clean_labels >= 0
     if known.any() and (train.labels[known] != train.clean_labels[known]).any():
       train = dataclasses.replace(train, noise_report=noise.noise_report(
           train.clean_labels, train.labels, train.num_classes, kind="given"))
+  if todo is not None:
+    train = corrections.apply(train, todo)
+    logging.info("%s: applied %s", cfg.corrections, train.corrections)
   splits["train"] = train
   for split in splits.values():
     logging.info("%s", split.summary())

@@ -149,6 +149,7 @@ class LabeledSplit:
     skipped: ids of unreadable images dropped at load time (skip_corrupt=True).
     noise_report: the NoiseReport of synthetic noise applied to `labels`, if any.
     parent_indices: for a subset, each example's index in the split it was cut from.
+    corrections: what a reviewer's corrections file (data.corrections) changed, if one was applied.
   """
 
   name: str
@@ -160,6 +161,7 @@ class LabeledSplit:
   skipped: tuple[str, ...] = ()
   noise_report: Any = None
   parent_indices: np.ndarray | None = None
+  corrections: dict | None = None
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)  # frozen dataclass

@@ -8,6 +8,8 @@ Summary layout (every value JSON-native; undefined rates are ``None``)::
                       precision, recall, f1]}, ...] in label order
     confused_pairs: [{given_label, given_name, predicted_label, predicted_name, count}, ...]
                     flagged examples whose suggestion differs from the given label, most frequent first
+    corrections:    what a reviewer's corrections file changed (rows, applied, relabeled, changed, dropped,
+                    kept), when the run applied one (data.corrections)
     ...             caller sections (``extra``), e.g. ``baselines: {name: {precision, recall, f1,
                     auroc}}`` (rendered as a comparison table) or ``test_accuracy``.
 """
@@ -113,7 +115,7 @@ def build_summary(detection: Mapping[str, np.ndarray], *, given, class_names: Se
 
 # ----------------------------------------------------------------------------- text rendering
 
-_BUILTIN = {"warnings", "method", "num_examples", "num_classes", "num_flagged", "num_clean",
+_BUILTIN = {"warnings", "corrections", "method", "num_examples", "num_classes", "num_flagged", "num_clean",
             "estimated_noise_rate", "detection", "per_class", "confused_pairs", "baselines"}
 
 
@@ -190,6 +192,10 @@ def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, 
            f"{summary['num_examples']:,} examples, {summary['num_classes']} classes",
            f"  flagged as label issues: {summary['num_flagged']:,} "
            f"({_pct(summary['estimated_noise_rate'])})   kept as clean: {summary['num_clean']:,}"]
+  fixes = summary.get("corrections")
+  if fixes:
+    lines.append(f"  corrections applied: {fixes['applied']:,} rows of {fixes['file']} ({fixes['relabeled']:,} "
+                 f"relabeled, {fixes['dropped']:,} dropped, {fixes['kept']:,} kept)")
   for w in summary.get("warnings") or []:
     lines.append(f"  WARNING: {w}")
   det = summary.get("detection")

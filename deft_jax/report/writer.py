@@ -20,7 +20,7 @@ import pandas as pd
 from etils import epath
 
 from deft_jax.errors import MissingFileError
-from deft_jax.report import plots
+from deft_jax.report import plots, review
 from deft_jax.report.inputs import ReportInputError, check_inputs
 from deft_jax.report.summary import format_health_summary, summary_from_inputs, to_jsonable
 from deft_jax.report.table import clean_mask_from_table, table_from_inputs
@@ -61,7 +61,8 @@ def _save_figure(fig, path: epath.Path) -> None:
 
 
 def _write_contents(out: epath.Path, table: pd.DataFrame, clean_mask: np.ndarray, summary: dict,
-                    text: str, image_fn, num_suspects: int) -> None:
+                    text: str, image_fn, num_suspects: int, review_top_k: int | None,
+                    class_names: Sequence[str] | None) -> None:
   with (out / TABLE_FILE).open("w") as f:
     table.to_csv(f, index=False)
   with (out / MASK_FILE).open("wb") as f:
@@ -81,6 +82,9 @@ def _write_contents(out: epath.Path, table: pd.DataFrame, clean_mask: np.ndarray
   suspects = plots.suspects_figure(table, image_fn, num=num_suspects)
   if suspects is not None:
     _save_figure(suspects, out / SUSPECTS_FILE)
+  if review_top_k:
+    (out / review.FILE).write_text(review.page_html(table, image_fn=image_fn, class_names=class_names,
+                                                    top_k=review_top_k))
 
 
 def write_report(
@@ -93,10 +97,13 @@ def write_report(
     image_fn: plots.ImageFn | None = None,
     num_suspects: int = 24,
     arrays: Mapping[str, Any] | None = None,
+    review_top_k: int | None = review.DEFAULT_TOP_K,
+    class_names: Sequence[str] | None = None,
 ) -> epath.Path:
   """Writes ``label_issues.csv``, ``clean_mask.npy``, ``summary.json``, ``summary.txt``,
-  ``p_clean_hist.png``, ``class_noise.png`` and (with ``image_fn``) ``suspects.png`` into
-  ``report_dir``, replacing a previous report only once the new one is complete.
+  ``p_clean_hist.png``, ``class_noise.png``, (with ``image_fn``) ``suspects.png`` and (unless
+  ``review_top_k`` is None) ``review.html`` into ``report_dir``, replacing a previous report only once the
+  new one is complete.
 
   Args:
     report_dir: local path or ``gs://`` URL; its parent is created if needed.
@@ -107,6 +114,8 @@ def write_report(
     image_fn: optional ``indices -> uint8 [k, H, W, 3]`` for the suspects grid.
     arrays: optional ``{file name: [N, ...] array}`` written as ``.npy`` beside the table (``pred_probs.npy``,
       ``features.npy``), one row per example in index order.
+    review_top_k: the review page's number of suspects (None: no page; see report/review.py).
+    class_names: every class name, for the review page's "relabel to" list (default: those the table names).
 
   Returns:
     The report directory.
@@ -130,7 +139,7 @@ def write_report(
   backup = final.parent / f".{final.name}.old-{token}"
   staging.mkdir()
   try:
-    _write_contents(staging, table, clean_mask, summary, text, image_fn, num_suspects)
+    _write_contents(staging, table, clean_mask, summary, text, image_fn, num_suspects, review_top_k, class_names)
     for name, array in (arrays or {}).items():
       if len(array) != len(table):
         raise ReportInputError(f"{name} has {len(array)} rows, the table {len(table)}")
@@ -150,6 +159,7 @@ def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, g
                            clean_labels=None, ids=None, image_fn: plots.ImageFn | None = None,
                            extra_summary: Mapping[str, Any] | None = None, method_name: str = "DEFT",
                            arrays: Mapping[str, Any] | None = None,
+                           review_top_k: int | None = review.DEFAULT_TOP_K,
                            write: bool = True) -> tuple[pd.DataFrame, dict, str]:
   """Validates the detector output, builds table + summary + text and writes the report (``write=False``:
   everything but the writing, for the processes of a multi-host run other than the one that writes).
@@ -163,7 +173,7 @@ def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, g
   text = format_health_summary(summary)
   if write:
     write_report(report_dir, table=table, clean_mask=inputs.is_clean, summary=summary, text=text,
-                 image_fn=image_fn, arrays=arrays)
+                 image_fn=image_fn, arrays=arrays, review_top_k=review_top_k, class_names=inputs.class_names)
   return table, summary, text
 
 
