@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +29,7 @@ import orbax.checkpoint as ocp
 
 from deft_jax import parallel, stages
 from deft_jax.errors import CorruptCheckpointError, WorkdirConflictError  # noqa: F401 (re-exported)
+from deft_jax.errors import DiskFullError, writing
 
 # Fields (config sections, or dotted fields) that may change between a run and its resumption without changing
 # results: the phase-1 text path's chunking and prefix sharing give the same features to rounding (and a run
@@ -134,21 +136,47 @@ class StageCheckpointer:
     """Whether :meth:`save` at ``step`` (not forced) would write a checkpoint."""
     return self._mngr.should_save(step)
 
+  # A full disk: a save is refused before Orbax starts writing when the state's bytes exceed the free space (a
+  # DiskFullError naming the directory, and Orbax's threads never fail); one that fills the disk anyway surfaces
+  # in that save, or (asynchronous saves) in the next save or the wait, as the same error. Orbax writes each step
+  # into a temporary directory renamed only when complete, so the previous checkpoints stay whole.
   def save(self, step: int, state, *, force: bool = False) -> bool:
-    return self._mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+    if force or self._mngr.should_save(step):
+      self.wait()  # Orbax would wait for the previous save here too; its bytes are then on the disk
+      _check_free_space(self.directory, _nbytes(state), f"the step-{step} checkpoint in")
+    with writing(self.directory, "a checkpoint in"):
+      return self._mngr.save(step, args=ocp.args.StandardSave(state), force=force)
 
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    with writing(self.directory, "a checkpoint in"):
+      self._mngr.wait_until_finished()
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    try:
+      self.wait()
+    finally:
+      self._mngr.close()
 
   def __enter__(self) -> "StageCheckpointer":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()  # also when training stops with an error: pending saves complete, threads end
+
+
+def _nbytes(tree) -> int:
+  """The bytes of the arrays of ``tree`` (uncompressed: about what a checkpoint of random weights takes)."""
+  return int(sum(int(getattr(x, "nbytes", 0) or 0) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _check_free_space(directory: Path, needed: int, what: str) -> None:
+  """DiskFullError when the file system of ``directory`` has fewer than ``needed`` bytes free."""
+  existing = next(p for p in (directory, *directory.parents) if p.exists())
+  free = shutil.disk_usage(existing).free
+  if free < needed:
+    raise DiskFullError(f"no space left on device for {what} {directory}: it needs about {needed / 2**20:.1f} MiB, "
+                        f"{free / 2**20:.1f} MiB are free. Free some space and rerun the same command (it resumes "
+                        "from the last complete checkpoint; the files written before are unchanged)")
 
 
 def _write_atomically(path: str | Path, suffix: str, write) -> None:
@@ -160,8 +188,12 @@ def _write_atomically(path: str | Path, suffix: str, write) -> None:
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + suffix)
-    write(tmp)
-    tmp.replace(path)
+    try:
+      with writing(path):
+        write(tmp)
+        tmp.replace(path)
+    finally:
+      tmp.unlink(missing_ok=True)  # a write that failed half-way leaves nothing behind
   parallel.sync_processes(f"wrote {path.name}")
 
 

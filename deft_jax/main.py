@@ -57,7 +57,7 @@ def main(argv):
   import jax  # after flag parsing, so that --help is fast
 
   from deft_jax import parallel, run
-  from deft_jax.errors import USER_ERRORS
+  from deft_jax.errors import USER_ERRORS, is_disk_full
 
   try:
     parallel.distributed_init_if_needed()  # before anything computes: a multi-process run joins its peers
@@ -68,6 +68,11 @@ def main(argv):
     run.run(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:  # the input is wrong, not the code: one line, no traceback
     cli.fail(e)
+  except Exception as e:  # noqa: BLE001 -- a full disk met by a writer without its own DiskFullError
+    if not is_disk_full(e):
+      raise
+    cli.fail(f"no space left on device ({type(e).__name__}: {str(e).strip().splitlines()[0]}): free some space "
+             "and rerun the same command (it resumes)")
 
 
 if __name__ == "__main__":

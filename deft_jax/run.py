@@ -19,7 +19,7 @@ import numpy as np
 from clu import metric_writers
 
 from deft_jax import checkpoint as ckpt_lib
-from deft_jax import parallel, stages
+from deft_jax import config_check, parallel, stages
 from deft_jax.data import datasets
 from deft_jax.errors import ConfigError, MissingFileError
 
@@ -53,6 +53,7 @@ def run(config, workdir: str | Path) -> dict:
   if "://" in str(workdir):  # pathlib would turn gs://b/w into a local directory "gs:/b/w", silently
     raise ConfigError(f"--workdir {workdir}: URLs are not supported as workdirs; use a directory of a file system "
                       "that every process of the run mounts at the same path (launch/README.md)")
+  config_check.check(config, process_count=jax.process_count())  # before any stage, before the workdir is touched
   todo = check_stages(config)
   if config.data.corrections:  # its form before anything is written; its rows are checked against the data
     from deft_jax.data import corrections

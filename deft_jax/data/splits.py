@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -271,7 +272,7 @@ class LabeledSplit:
         except (tf.errors.OpError, OSError, ValueError) as e:
           err = e
       if err is not None:
-        msg = (getattr(err, "message", None) or str(err)).strip().splitlines()[0]
+        msg = decoder_words(getattr(err, "message", None) or str(err))
         if decoder_said:
           msg += f" (the JPEG decoder: {'; '.join(decoder_said[:3])})"
         bad.append((int(i), self.reader.describe(int(i)), msg))
@@ -282,6 +283,17 @@ class LabeledSplit:
     return (f"{self.name}: {self.num_examples} examples, {self.num_classes} classes"
             + (f", label noise {100 * rate:.2f}%" if rate is not None else "")
             + (f", {len(self.skipped)} unreadable skipped" if self.skipped else ""))
+
+
+# TensorFlow's decoration of an op's error: "{{function_node __wrapped__DecodeJpeg_device_/job:...}} " before the
+# decoder's words, " [Op:DecodeJpeg] name: " after them.
+_TF_DECORATION = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\](\s*name:\s*\S*)?")
+
+
+def decoder_words(message: str) -> str:
+  """The first line of a decoding error without TensorFlow's internals: the decoder's own words."""
+  lines = str(message).strip().splitlines() or [""]
+  return _TF_DECORATION.sub("", lines[0]).strip().rstrip(".")
 
 
 def raise_corrupt(split: LabeledSplit, candidates, error: Exception):

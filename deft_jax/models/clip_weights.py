@@ -40,7 +40,19 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
     import huggingface_hub
   except ImportError as e:  # pragma: no cover - huggingface_hub comes with transformers
     raise ImportError("downloading from the hub needs huggingface_hub (pip install huggingface_hub)") from e
-  return Path(huggingface_hub.snapshot_download(s, allow_patterns=_HUB_FILES))
+  from huggingface_hub import constants, errors as hub_errors  # pylint: disable=g-import-not-at-top
+  try:
+    return Path(huggingface_hub.snapshot_download(s, allow_patterns=_HUB_FILES))
+  except (hub_errors.LocalEntryNotFoundError, OSError) as e:  # offline, or the hub is not reachable
+    raise MissingFileError(
+        f"CLIP checkpoint {s!r} is neither in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+        f"nor reachable on the hub ({type(e).__name__}). Either set model.checkpoint to a local directory "
+        "holding its config.json and *.safetensors (e.g. downloaded elsewhere with `hf download "
+        f"{s}`), or set model.checkpoint=pretrain, with 'pretrain' in config.stages and a clean pretraining set "
+        "(data.pretrain_root or data.pretrain_file), to pretrain a small CLIP offline") from None
+  except hub_errors.HfHubHTTPError as e:  # reachable, but no such repository, gated, ...
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise MissingFileError(f"CLIP checkpoint {s!r}: the Hugging Face hub refused it ({first})") from None
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:

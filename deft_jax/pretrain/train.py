@@ -31,7 +31,7 @@ from deft_jax.data.config import image_spec
 from deft_jax.models import clip as clip_lib
 from deft_jax.models import clip_weights, presets, zeroshot
 from deft_jax.models.tokenizer import DEFAULT_DIR, Tokenizer
-from deft_jax.errors import ConfigError
+from deft_jax.errors import ConfigError, writing
 
 MAX_LOGIT_SCALE = float(np.log(100.0))
 
@@ -217,10 +217,14 @@ def _export(directory: Path, params, cfg, info: dict) -> None:
   if jax.process_index() == 0:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    clip_weights.save_hf_checkpoint(tmp, params, cfg)
-    for name in ("vocab.json", "merges.txt"):
-      shutil.copy(DEFAULT_DIR / name, tmp / name)
-    (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2))
-    tmp.replace(directory)
+    try:
+      with writing(directory, "the pretrained CLIP"):
+        clip_weights.save_hf_checkpoint(tmp, params, cfg)
+        for name in ("vocab.json", "merges.txt"):
+          shutil.copy(DEFAULT_DIR / name, tmp / name)
+        (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=2))
+        tmp.replace(directory)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
     logging.info("[pretrain] exported %s (zero-shot %s)", directory, info.get("zero_shot_accuracy_ensemble"))
   parallel.sync_processes(f"exported {directory.name}")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from etils import epath
 
-from deft_jax.errors import MissingFileError
+from deft_jax.errors import MissingFileError, writing
 from deft_jax.report import plots, review
 from deft_jax.report.inputs import ReportInputError, check_inputs
 from deft_jax.report.summary import format_health_summary, summary_from_inputs, to_jsonable
@@ -137,14 +137,15 @@ def write_report(
   token = uuid.uuid4().hex[:12]
   staging = final.parent / f".{final.name}.tmp-{token}"
   backup = final.parent / f".{final.name}.old-{token}"
-  staging.mkdir()
   try:
-    _write_contents(staging, table, clean_mask, summary, text, image_fn, num_suspects, review_top_k, class_names)
-    for name, array in (arrays or {}).items():
-      if len(array) != len(table):
-        raise ReportInputError(f"{name} has {len(array)} rows, the table {len(table)}")
-      with (staging / name).open("wb") as f:
-        np.save(f, np.asarray(array))
+    with writing(final, "the report"):  # a full disk: the staging goes, the previous report stays
+      staging.mkdir()
+      _write_contents(staging, table, clean_mask, summary, text, image_fn, num_suspects, review_top_k, class_names)
+      for name, array in (arrays or {}).items():
+        if len(array) != len(table):
+          raise ReportInputError(f"{name} has {len(array)} rows, the table {len(table)}")
+        with (staging / name).open("wb") as f:
+          np.save(f, np.asarray(array))
   except BaseException:
     staging.rmtree(missing_ok=True)
     raise
