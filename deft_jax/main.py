@@ -54,9 +54,11 @@ def main(argv):
   if not FLAGS.library_logs:
     for handler in logging.getLogger().handlers:
       handler.addFilter(_LibraryInfoFilter())
-  import jax  # after flag parsing, so that --help is fast
+  from deft_jax import native_stderr
+  with native_stderr.without_startup_notes():  # TensorFlow's native start-up notes (oneDNN), not for the user
+    import jax  # after flag parsing, so that --help is fast
 
-  from deft_jax import parallel, run
+    from deft_jax import parallel, run
   from deft_jax.errors import USER_ERRORS, is_disk_full
 
   try:
