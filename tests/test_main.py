@@ -1,6 +1,10 @@
-"""End to end: `python -m deft_jax.main --config configs/demo.py:runlocal`, resume after SIGKILL, bad input."""
+"""End to end through `python -m deft_jax.main`: the README's runlocal demo once, then the plumbing (reuse, resume
+after SIGKILL in pretraining and in detection, workdir refusal, corrupt checkpoint, divergence, bad input) on the
+shrunk demo of tests/conftest.py, whose runs take seconds."""
 
+import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -11,20 +15,58 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, main_command, main_env, run_main
+from conftest import REPO, SHRUNK_DEMO, SHRUNK_OVERRIDES, main_command, main_env, run_main
 
 DEMO = "configs/demo.py:runlocal"
+# The shrunk demo with 6 detection epochs (48 steps, a checkpoint every 4), so that a run can be killed between
+# two checkpoints of detection with time to spare.
+SHRUNK = (*SHRUNK_OVERRIDES, "--config.detect.epochs=6")
 
 
-def _main(workdir, *extra, config=DEMO, timeout=900, check=True):
+def _main(workdir, *extra, config=SHRUNK_DEMO, timeout=900, check=True):
   return run_main(workdir, *extra, config=config, timeout=timeout, check=check)
 
+
+def _one_error(proc) -> str:
+  """The single `deft_jax: error:` line of a run that the user's input stopped (exit 2, no traceback)."""
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("deft_jax: error: ")]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  return errors[0]
+
+
+def _digests(root: Path, skip=("tensorboard",)) -> dict[str, str]:
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] not in skip}
+
+
+def _kill_after_first_checkpoint(workdir: Path, stage: str, *overrides) -> int:
+  """Starts a run, SIGKILLs it as soon as ``stage`` has saved a checkpoint, and returns the latest step saved
+  when it died."""
+  proc = subprocess.Popen(main_command(workdir, *overrides, config=SHRUNK_DEMO), cwd=REPO, env=main_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = workdir / stage / "checkpoints"
+  saved = lambda: [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []  # noqa: E731
+  deadline = time.time() + 600
+  try:
+    while time.time() < deadline and proc.poll() is None and not saved():
+      time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed mid-{stage}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return max(saved())
+
+
+# ---------------------------------------------------------------------------------------- the README's demo
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo") / "run"
   t0 = time.time()
-  proc = _main(workdir)
+  proc = run_main(workdir, config=DEMO, timeout=1800)
   return workdir, proc, time.time() - t0
 
 
@@ -43,6 +85,7 @@ def _tags(event_dir: Path) -> set[str]:
 
 def test_demo_runlocal_produces_report_tensorboard_and_checkpoints(demo_run):
   workdir, proc, seconds = demo_run
+  print(f"configs/demo.py:runlocal took {seconds:.0f} s")
   report = workdir / "report"
   for name in ("label_issues.csv", "clean_mask.npy", "summary.json", "suspects.png", "p_clean_hist.png"):
     assert (report / name).is_file(), name
@@ -62,10 +105,12 @@ def test_demo_runlocal_produces_report_tensorboard_and_checkpoints(demo_run):
     assert noise not in proc.stderr, noise
   for stage in ("pretrain", "detect", "adapt"):
     assert any((workdir / stage / "checkpoints").iterdir()), stage
-  # Phase 2 trained on DEFT's clean subset and was evaluated on the test split.
+  # Phase 2 trained on DEFT's clean subset and was evaluated on the 500 test images: top-1 is a count of right
+  # answers over them, printed as the report says.
   adapt = json.loads((workdir / "adapt" / "results.json").read_text())
   assert adapt["train_on"] == "deft" and adapt["num_selected"] == int(mask.sum())
-  assert adapt["test"]["count"] == 500 and 0 <= adapt["test"]["top1"] <= 1
+  right = adapt["test"]["top1"] * 500
+  assert adapt["test"]["count"] == 500 and right == pytest.approx(round(right), abs=1e-6)
   assert f"test top-1 {100 * adapt['test']['top1']:.2f}%" in proc.stdout
   assert "CLIP label-match" in proc.stdout  # the baseline beside DEFT
   tags = _tags(workdir / "tensorboard")
@@ -74,104 +119,12 @@ def test_demo_runlocal_produces_report_tensorboard_and_checkpoints(demo_run):
               "pretrain/zero_shot_accuracy", "report/suspects", "report/p_clean", "steps_per_sec", "adapt/loss",
               "adapt/test_top1", "report/clip_label_match/f1"):
     assert tag in tags, f"{tag} not in {sorted(tags)}"
-  assert seconds < 600
-
-
-def test_rerun_of_a_finished_run_reuses_every_stage(demo_run, tmp_path):
-  workdir, _, _ = demo_run
-  copy = tmp_path / "again"
-  shutil.copytree(workdir, copy)
-  before = np.load(copy / "report" / "clean_mask.npy")
-  t0 = time.time()
-  proc = _main(copy)
-  assert "complete: reusing" in proc.stderr
-  np.testing.assert_array_equal(np.load(copy / "report" / "clean_mask.npy"), before)
-  assert time.time() - t0 < 120
-
-
-def test_sigkill_mid_detection_then_rerun_gives_the_same_clean_mask(demo_run, tmp_path):
-  workdir, _, _ = demo_run
-  killed = tmp_path / "killed"
-  killed.mkdir()
-  shutil.copytree(workdir / "pretrain", killed / "pretrain")  # same pretrained CLIP, skip that stage
-  shutil.copy(workdir / "config.json", killed / "config.json")
-  # Only the stages up to detection (config.stages does not change results, so the workdir guard accepts it).
-  stages = "--config.stages=('pretrain','detect')"
-  proc = subprocess.Popen(main_command(killed, stages, config=DEMO), cwd=REPO, env=main_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpts = killed / "detect" / "checkpoints"
-  deadline = time.time() + 600
-  while time.time() < deadline and proc.poll() is None:
-    steps = [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
-    if steps:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run ended before it could be killed mid-detection"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "detect" / "detection.npz").exists()
-  _main(killed, stages)
-  a = np.load(workdir / "detect" / "detection.npz")
-  b = np.load(killed / "detect" / "detection.npz")
-  np.testing.assert_array_equal(a["is_clean"], b["is_clean"])
-  np.testing.assert_array_equal(a["suggested"], b["suggested"])
-  np.testing.assert_allclose(a["p_clean"], b["p_clean"], rtol=0, atol=1e-6)
-
-
-def test_unknown_config_field_is_refused_before_anything_runs(tmp_path):
-  proc = _main(tmp_path / "w", "--config.detect.epochz=3", check=False, timeout=300)
-  assert proc.returncode != 0
-  assert "epochz" in proc.stderr
-  assert not (tmp_path / "w").exists()
-
-
-def test_workdir_of_another_run_is_refused_and_left_intact(demo_run, tmp_path):
-  workdir, _, _ = demo_run
-  copy = tmp_path / "other"
-  shutil.copytree(workdir, copy)
-  before = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
-  proc = _main(copy, "--config.detect.epochs=5", check=False, timeout=300)
-  assert proc.returncode == 2
-  assert "different configuration" in proc.stderr and "detect.epochs: 3 -> 5" in proc.stderr
-  after = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
-  assert after == before
-
-
-def test_corrupt_checkpoint_is_reported_and_nothing_is_deleted(demo_run, tmp_path):
-  workdir, _, _ = demo_run
-  copy = tmp_path / "corrupt"
-  shutil.copytree(workdir, copy)
-  (copy / "detect" / "detection.npz").unlink()  # force the detect stage to restore its checkpoint
-  ckpt_files = sorted(p for p in (copy / "detect" / "checkpoints").rglob("*") if p.is_file())
-  for p in ckpt_files:
-    if p.stat().st_size > 1000:
-      p.write_bytes(b"\0" * p.stat().st_size)
-  before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
-  proc = _main(copy, check=False, timeout=300)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "cannot restore checkpoint" in proc.stderr
-  # Every file written before is still there, byte for byte (the new run may only add TensorBoard events).
-  after = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
-  assert {p: after.get(p) for p in before} == before
-  assert all(p.parent.name == "tensorboard" for p in set(after) - set(before)), set(after) - set(before)
-
-
-def test_class_names_that_do_not_match_the_folders_are_an_error(tmp_path):
-  from PIL import Image
-  root = tmp_path / "images"
-  for c in ("cat", "dog"):
-    (root / c).mkdir(parents=True)
-    for i in range(3):
-      Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
-  names = tmp_path / "names.txt"
-  names.write_text("cat\ndog\nbird\n")
-  proc = _main(tmp_path / "w", f"--config.data.class_names_file={names}",
-               config=f"configs/image_folder.py:root={root},runlocal", check=False, timeout=300)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "3" in proc.stderr and "2" in proc.stderr and "class" in proc.stderr.lower()
 
 
 def test_exported_pred_probs_and_features_feed_cleanlab(demo_run):
+  import cleanlab
+  from cleanlab import filter as cleanlab_filter
+
   workdir, _, _ = demo_run
   report = workdir / "report"
   probs = np.load(report / "pred_probs.npy")
@@ -187,17 +140,138 @@ def test_exported_pred_probs_and_features_feed_cleanlab(demo_run):
   assert feats.shape[0] == n and feats.ndim == 2
   np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
   # cleanlab takes them as they are.
-  cleanlab_filter = pytest.importorskip("cleanlab.filter")
   labels = table["given_label"].to_numpy()
   issues = cleanlab_filter.find_label_issues(labels, probs)
   assert issues.shape == (n,) and issues.dtype == bool and 0 < issues.sum() < n
-  datalab = pytest.importorskip("cleanlab").Datalab
-  lab = datalab({"label": labels}, label_name="label", verbosity=0)
+  lab = cleanlab.Datalab({"label": labels}, label_name="label", verbosity=0)
   lab.find_issues(pred_probs=probs, features=feats, issue_types={"label": {}, "outlier": {}})
-  found = lab.get_issues("label")
-  assert len(found) == n
+  assert len(lab.get_issues("label")) == n
   # (runlocal's CLIP is random: the overlap of the findings is checked on real data, tests/test_real_noise.py)
 
+
+# ------------------------------------------------------------------------------- plumbing on the shrunk demo
+
+@pytest.fixture(scope="module")
+def shrunk_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("shrunk") / "run"
+  _main(workdir, *SHRUNK)
+  return workdir
+
+
+def _copy(src: Path, dst: Path, *parts) -> Path:
+  """A new workdir holding ``parts`` of ``src`` (all of it when none), e.g. the pretrained CLIP alone."""
+  if not parts:
+    shutil.copytree(src, dst)
+    return dst
+  dst.mkdir()
+  for part in parts:
+    (shutil.copytree if (src / part).is_dir() else shutil.copy)(src / part, dst / part)
+  return dst
+
+
+def test_rerun_of_a_finished_run_reuses_every_stage_and_changes_no_output(shrunk_run, tmp_path):
+  copy = _copy(shrunk_run, tmp_path / "again")
+  outputs = ("pretrain", "detect", "adapt", "config.json")  # the stages' outputs and checkpoints, the config
+  before = _digests(copy, skip=("tensorboard", "report", "summary.json"))
+  assert set(outputs) <= {Path(p).parts[0] for p in before}
+  proc = _main(copy, *SHRUNK)
+  for stage in ("pretrain", "detect", "adapt"):
+    assert f"[{stage}] complete: reusing" in proc.stderr, stage
+  # No stage ran again and no checkpoint was added (the report and the run's summary are written anew).
+  assert _digests(copy, skip=("tensorboard", "report", "summary.json")) == before
+  np.testing.assert_array_equal(np.load(copy / "report" / "clean_mask.npy"),
+                                np.load(shrunk_run / "report" / "clean_mask.npy"))
+
+
+def test_sigkill_mid_detection_then_rerun_resumes_and_gives_the_same_detection(shrunk_run, tmp_path):
+  """A rerun from scratch would pass a bare equality check too: the rerun must say it resumed, at the step of
+  the last checkpoint the killed run saved, and then give bitwise what the uninterrupted run gave."""
+  killed = _copy(shrunk_run, tmp_path / "killed", "pretrain", "config.json")  # the same CLIP: skip pretraining
+  stages = "--config.stages=('pretrain','detect')"  # not a result field: the workdir guard accepts it
+  step = _kill_after_first_checkpoint(killed, "detect", *SHRUNK, stages)
+  assert 0 < step < 48 and not (killed / "detect" / "detection.npz").exists()
+  proc = _main(killed, *SHRUNK, stages)
+  assert f"[detect] resuming at step {step} of 48" in proc.stderr, proc.stderr[-3000:]
+  a, b = (np.load(w / "detect" / "detection.npz") for w in (shrunk_run, killed))
+  assert sorted(a.files) == sorted(b.files)
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_sigkill_mid_pretraining_then_rerun_resumes_and_gives_the_same_clip(tmp_path):
+  """Pretraining (6 epochs of 4 steps) killed after its first checkpoint resumes from it and ends with the weights
+  of an uninterrupted run, byte for byte."""
+  overrides = (*SHRUNK, "--config.pretrain.epochs=6", "--config.stages=('pretrain',)")
+  whole = tmp_path / "whole"
+  _main(whole, *overrides)
+  killed = tmp_path / "killed"
+  step = _kill_after_first_checkpoint(killed, "pretrain", *overrides)
+  assert 0 < step < 24 and not (killed / "pretrain" / "clip").exists()
+  proc = _main(killed, *overrides)
+  assert f"[pretrain] resuming at step {step} of 24" in proc.stderr, proc.stderr[-3000:]
+  assert _digests(whole / "pretrain" / "clip", skip=("pretrain_info.json",)) == _digests(
+      killed / "pretrain" / "clip", skip=("pretrain_info.json",))
+
+
+def test_workdir_of_another_run_is_refused_and_left_intact(shrunk_run, tmp_path):
+  copy = _copy(shrunk_run, tmp_path / "other")
+  before = _digests(copy, skip=())
+  error = _one_error(_main(copy, *SHRUNK, "--config.detect.epochs=5", check=False, timeout=300))
+  assert "holds a run with a different configuration" in error
+  assert _digests(copy, skip=()) == before
+
+
+def test_corrupt_checkpoint_is_reported_and_nothing_is_deleted(shrunk_run, tmp_path):
+  copy = _copy(shrunk_run, tmp_path / "corrupt")
+  (copy / "detect" / "detection.npz").unlink()  # force the detect stage to restore its checkpoint
+  for p in sorted(p for p in (copy / "detect" / "checkpoints").rglob("*") if p.is_file()):
+    if p.stat().st_size > 1000:
+      p.write_bytes(b"\0" * p.stat().st_size)
+  before = _digests(copy, skip=())
+  error = _one_error(_main(copy, *SHRUNK, check=False, timeout=300))
+  assert "cannot restore checkpoint" in error
+  # Every file written before is still there, byte for byte (the new run may only add TensorBoard events).
+  after = _digests(copy, skip=())
+  assert {p: after.get(p) for p in before} == before
+  assert all(Path(p).parts[0] == "tensorboard" for p in set(after) - set(before)), set(after) - set(before)
+
+
+def test_phase2_that_diverges_stops_reports_no_accuracy_and_keeps_its_last_good_checkpoint(shrunk_run, tmp_path):
+  """Phase 2 at a learning rate that blows the weights up after its first checkpoint (step 4): exit 2 with one
+  line naming the stage and the step, no accuracy written or printed, the step-4 checkpoint kept as it was."""
+  copy = _copy(shrunk_run, tmp_path / "diverged", "pretrain", "detect", "config.json")
+  proc = _main(copy, *SHRUNK, "--config.adapt.schedule.lr=3e3", "--config.adapt.schedule.decay=constant",
+               check=False, timeout=300)
+  error = _one_error(proc)
+  assert re.search(r"\[adapt\] .* at step \d+ of 8 .*training diverged", error), error
+  assert "the last good checkpoint (step 4) is kept" in error, error
+  assert "test top-1" not in proc.stdout and not (copy / "adapt" / "results.json").exists()
+  assert max(int(p.name) for p in (copy / "adapt" / "checkpoints").iterdir() if p.name.isdigit()) == 4
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+def test_unknown_config_field_is_refused_before_anything_runs(tmp_path):
+  error = _one_error(_main(tmp_path / "w", "--config.detect.epochz=3", check=False, timeout=300))
+  assert "epochz" in error
+  assert not (tmp_path / "w").exists()
+
+
+def test_class_names_that_do_not_match_the_folders_are_an_error(tmp_path):
+  from PIL import Image
+  root = tmp_path / "images"
+  for c in ("cat", "dog"):
+    (root / c).mkdir(parents=True)
+    for i in range(3):
+      Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+  names = tmp_path / "names.txt"
+  names.write_text("cat\ndog\nbird\n")
+  error = _one_error(_main(tmp_path / "w", f"--config.data.class_names_file={names}",
+                           config=f"configs/image_folder.py:root={root},runlocal", check=False, timeout=300))
+  assert re.search(r": 3 class names given for 2 classes \(cat, dog\)$", error), error
+
+
+# ------------------------------------------------------------------------------------------- your own folder
 
 def _image_folder(root: Path, start: int, per_class: int = 10, classes: int = 6) -> Path:
   """``classes`` CIFAR-10 classes x ``per_class`` real JPEGs from the shared assets, as <root>/<class>/<i>.jpg."""
