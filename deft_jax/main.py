@@ -12,6 +12,7 @@ keeps freed memory in one heap (faster steps, larger resident size); DEFT_JAX_CP
 import logging
 import os
 import sys
+import traceback
 
 from deft_jax import cpu_memory
 
@@ -57,17 +58,37 @@ def main(argv):
   import jax  # after flag parsing, so that --help is fast
 
   from deft_jax import parallel, run
+  from deft_jax.parallel import faults
   from deft_jax.errors import USER_ERRORS
 
   try:
     parallel.distributed_init_if_needed()  # before anything computes: a multi-process run joins its peers
+    faults.install_sigterm_handler()  # after JAX's own (jax.distributed installs one): ours decides
+    faults.start_failure_watch()  # another process's failure stops this one with its reason
     logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[:8])
     if _MALLOC_KEPT:
       logging.info("host malloc: one heap, never trimmed (DEFT_JAX_CPU_MALLOC=%s)", cpu_memory.mode())
     run.run(FLAGS.config, FLAGS.workdir)
+    faults.finished(0)
+  except faults.Preempted as e:  # every process saved a checkpoint at the same step
+    faults.finished(faults.PREEMPTED_EXIT)
+    print(f"deft_jax: {e}", file=sys.stderr, flush=True)
+    sys.exit(faults.PREEMPTED_EXIT)
   except USER_ERRORS as e:  # the input is wrong, not the code: one line, no traceback
-    cli.fail(e)
+    faults.failing()
+    print(cli.PREFIX + " ".join(str(e).split()), file=sys.stderr, flush=True)
+    faults.announce_failure(str(e), 2)  # the other processes of the run say why they stop
+    faults.stop(None, 2)
+  except Exception as e:  # noqa: BLE001 -- a bug here, or another process's failure seen by a collective
+    if not faults.multi_process():
+      raise
+    peer = faults.explain_peer_failure(e)  # meanwhile the watch may stop this process with a peer's reason
+    if peer:
+      faults.stop(*peer)
+    traceback.print_exc()
+    faults.announce_failure(f"{type(e).__name__}: {e} (a bug: its traceback is in that process's log)", 1)
+    faults.stop(None, 1)
 
 
 if __name__ == "__main__":
