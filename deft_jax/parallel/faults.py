@@ -32,12 +32,13 @@ from typing import Optional
 import jax
 import numpy as np
 
+from deft_jax.parallel.multihost import HEARTBEAT_TIMEOUT_ENV
+
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h): try again later, i.e. rerun the same command
 CHECK_STEPS_ENV = "DEFT_JAX_PREEMPTION_CHECK_STEPS"
 DEFAULT_CHECK_STEPS = 10
 FAILED_DIR, ACK_DIR, EXIT_DIR = "deft_jax/failed/", "deft_jax/acknowledged/", "deft_jax/exiting/"
 ALIVE_DIR = "deft_jax/alive/"
-HEARTBEAT_TIMEOUT_ENV = "DEFT_JAX_HEARTBEAT_TIMEOUT"
 DEFAULT_HEARTBEAT_TIMEOUT = 100  # JAX's
 ACK_TIMEOUT = 10.0  # how long a failing process waits for the others to have read its reason
 WATCH_INTERVAL = 0.5
