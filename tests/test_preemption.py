@@ -231,3 +231,29 @@ def test_a_two_process_job_through_faults_and_preemptions_ends_bitwise_the_unint
   _finish(workdir, 2, tmp_path, figures["sigterm_to_all"])
   _assert_same_outputs(refs[2], workdir)
   print("2 processes:", json.dumps(figures))
+
+
+@pytest.mark.parametrize("requeue", ["1", "0"])
+def test_the_slurm_script_requeues_a_job_its_tasks_stopped_with_75(tmp_path, requeue):
+  """slurm_gpu.sbatch after `srun` returned 75 (every task saved and stopped): `scontrol requeue $SLURM_JOB_ID`,
+  unless REQUEUE_ON_PREEMPTION=0, and the script's own status is still 75. Fake srun and scontrol record their
+  calls; SLURM's own lines of the script ask for the signal."""
+  bin_dir, venv = tmp_path / "bin", tmp_path / "venv" / "bin"
+  bin_dir.mkdir()
+  venv.mkdir(parents=True)
+  for name, body in (("srun", 'echo "srun $*" >> "$CALLS"; exit 75'), ("scontrol", 'echo "scontrol $*" >> "$CALLS"'),
+                     ("nvidia-smi", "echo GPU 0")):
+    (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+    (bin_dir / name).chmod(0o755)
+  (venv / "python").write_text("#!/bin/sh\nexit 0\n")
+  (venv / "python").chmod(0o755)
+  calls = tmp_path / "calls"
+  env = {**main_env(), "PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "VENV": str(venv.parent),
+         "SLURM_JOB_ID": "4242", "REPO_ROOT": str(REPO), "REQUEUE_ON_PREEMPTION": requeue, "GPUS_PER_NODE": "1"}
+  proc = subprocess.run(["bash", str(REPO / "launch" / "slurm_gpu.sbatch"), "configs/demo.py", str(tmp_path / "w")],
+                        env=env, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == PREEMPTED_EXIT, proc.stderr
+  lines = calls.read_text().splitlines()
+  assert lines[0].startswith("srun ") and "deft_jax.main" in lines[0]
+  assert lines[1:] == (["scontrol requeue 4242"] if requeue == "1" else []), lines
+  assert "#SBATCH --signal=TERM@120" in (REPO / "launch" / "slurm_gpu.sbatch").read_text().splitlines()
