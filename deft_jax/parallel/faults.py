@@ -173,7 +173,7 @@ def start_failure_watch() -> None:
       except Exception:  # noqa: BLE001 -- the coordinator is gone: JAX's own error handling stops this process
         return
       now = time.monotonic()
-      for p, (value, since) in last.items():
+      for p, (value, _) in last.items():
         if alive.get(p) != value or p in done:
           last[p] = (alive.get(p), now)
       dead = [p for p, (_, since) in last.items() if now - since > dead_after]
