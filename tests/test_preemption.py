@@ -9,9 +9,10 @@ with one line naming the process that failed and why, and the rerun resumes to t
 
 Cost (the suite's budget): one uninterrupted 1-process run (pretrain + detect) whose pretrain/ folder every other
 run copies, one uninterrupted 2-process detect run from it; detect runs 4 epochs (32 steps, checkpoints every 4),
-so that a signal sent once a checkpoint exists lands mid-stage. The 2-process faults are one job's life, each
-fault stopping the job and the next rerun resuming it: a bad image only process 1 reads, SIGTERM to process 1
-alone, SIGKILL of process 1, SIGTERM to both, then the rerun that finishes, bitwise the uninterrupted run.
+so that a signal sent once a checkpoint exists lands mid-stage; the interrupted runs save every 5 steps. The
+2-process faults are one job's life, each fault stopping the job and the next rerun resuming it: a bad image
+only process 1 reads, SIGTERM to process 1 alone, SIGKILL of process 1, SIGTERM to both, then the rerun that
+finishes, bitwise the uninterrupted run.
 """
 
 import hashlib
@@ -30,6 +31,9 @@ from test_multiprocess import _env, _free_port, _kill, _popen, _tail, _wait
 
 STAGES = "--config.stages=('pretrain','detect')"  # not a result field: the workdir guard accepts it
 OVERRIDES = (*SHRUNK_OVERRIDES, STAGES, "--config.detect.epochs=4")
+# The interrupted runs save every 5 steps (a field a rerun may change): a signal sent once a checkpoint exists
+# then stops at a step that no periodic checkpoint has, and so a rerun resumes there only if that save happened.
+INTERRUPTED = (*OVERRIDES, "--config.checkpoint_every_steps=5")
 PREEMPTED_EXIT = 75
 STOP_WITHIN = 60  # seconds: how long a survivor may take to stop after another process failed
 TIMEOUT = 600
@@ -65,7 +69,7 @@ sys.meta_path.insert(0, _Patch())
 '''
 
 
-def _start(workdir, count: int, log_dir: Path, tag: str, env_for=lambda pid: {}) -> list:
+def _start(workdir, count: int, log_dir: Path, tag: str, env_for=lambda pid: {}, overrides=INTERRUPTED) -> list:
   """A ``count``-process run (one CPU device each, explicit jax.distributed variables) or one process alone."""
   port = _free_port()
   procs = []
@@ -74,12 +78,12 @@ def _start(workdir, count: int, log_dir: Path, tag: str, env_for=lambda pid: {})
                  DEFT_JAX_PREEMPTION_CHECK_STEPS=2, DEFT_JAX_HEARTBEAT_TIMEOUT=20) if count > 1 else {}
     env = _env(1, **extra, **env_for(pid))
     out, err = open(log_dir / f"{tag}.p{pid}.out", "w"), open(log_dir / f"{tag}.p{pid}.err", "w")
-    procs.append(_popen(main_command(workdir, *OVERRIDES, config=SHRUNK_DEMO), env=env, stdout=out, stderr=err))
+    procs.append(_popen(main_command(workdir, *overrides, config=SHRUNK_DEMO), env=env, stdout=out, stderr=err))
   return procs
 
 
-def _run(workdir, count: int, log_dir: Path, tag: str) -> None:
-  procs = _start(workdir, count, log_dir, tag)
+def _run(workdir, count: int, log_dir: Path, tag: str, overrides=INTERRUPTED) -> None:
+  procs = _start(workdir, count, log_dir, tag, overrides=overrides)
   try:
     codes = _wait(procs, TIMEOUT)
   finally:
@@ -100,9 +104,9 @@ def refs(tmp_path_factory):
   """The uninterrupted runs: pretrain + detect on 1 process, then detect on 2 processes from its pretrained CLIP."""
   root = tmp_path_factory.mktemp("faults")
   out = {"root": root, 1: root / "ref1"}
-  _run(out[1], 1, root, "ref1")
+  _run(out[1], 1, root, "ref1", OVERRIDES)
   out[2] = _fresh(out[1], root / "ref2")
-  _run(out[2], 2, root, "ref2")
+  _run(out[2], 2, root, "ref2", OVERRIDES)
   return out
 
 
@@ -124,7 +128,8 @@ def _checkpoint_steps(workdir: Path) -> list:
 
 
 def _wait_for_checkpoint(procs, workdir: Path, after: int, log: Path) -> None:
-  """Until a detect checkpoint of a step beyond ``after`` exists: training is under way."""
+  """Until a detect checkpoint of a step beyond ``after`` exists: training is under way (and, with checkpoints
+  every 5 steps and a SIGTERM check every 1 or 2, the step it stops at is not a periodic checkpoint's)."""
   deadline = time.time() + TIMEOUT
   while max(_checkpoint_steps(workdir), default=0) <= after:
     assert time.time() < deadline and all(p.poll() is None for p in procs), f"no checkpoint:\n{_tail(log)}"
