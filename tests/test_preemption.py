@@ -75,8 +75,8 @@ def _start(workdir, count: int, log_dir: Path, tag: str, env_for=lambda pid: {},
   procs = []
   for pid in range(count):
     extra = dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=count, JAX_PROCESS_ID=pid,
-                 DEFT_JAX_PREEMPTION_CHECK_STEPS=2, DEFT_JAX_HEARTBEAT_TIMEOUT=20) if count > 1 else {}
-    env = _env(1, **extra, **env_for(pid))
+                 DEFT_JAX_HEARTBEAT_TIMEOUT=20) if count > 1 else {}
+    env = _env(1, DEFT_JAX_PREEMPTION_CHECK_STEPS=2, **extra, **env_for(pid))
     out, err = open(log_dir / f"{tag}.p{pid}.out", "w"), open(log_dir / f"{tag}.p{pid}.err", "w")
     procs.append(_popen(main_command(workdir, *overrides, config=SHRUNK_DEMO), env=env, stdout=out, stderr=err))
   return procs
@@ -129,7 +129,7 @@ def _checkpoint_steps(workdir: Path) -> list:
 
 def _wait_for_checkpoint(procs, workdir: Path, after: int, log: Path) -> None:
   """Until a detect checkpoint of a step beyond ``after`` exists: training is under way (and, with checkpoints
-  every 5 steps and a SIGTERM check every 1 or 2, the step it stops at is not a periodic checkpoint's)."""
+  every 5 steps and a SIGTERM check every 2, the step it stops at is seldom a periodic checkpoint's)."""
   deadline = time.time() + TIMEOUT
   while max(_checkpoint_steps(workdir), default=0) <= after:
     assert time.time() < deadline and all(p.poll() is None for p in procs), f"no checkpoint:\n{_tail(log)}"

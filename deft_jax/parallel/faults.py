@@ -4,8 +4,8 @@ told to the others.
 Preemption. Cloud TPU VMs and SLURM (``--signal``, preemption, ``scancel``) send SIGTERM some time before they
 kill. :func:`install_sigterm_handler` (main.py) makes SIGTERM only set a flag; the step loop (loop.py) asks
 :func:`preemption_requested` at its step boundaries. With several processes the flags are combined by a tiny
-all-gather every ``DEFT_JAX_PREEMPTION_CHECK_STEPS`` steps (default 10; every step with one process, where it
-costs nothing), so all processes see the request at the same step, even when only one of them got the signal.
+all-gather every ``DEFT_JAX_PREEMPTION_CHECK_STEPS`` steps (default 10; by default every step with one process,
+where it costs nothing), so all processes see the request at the same step, even when only one of them got the signal.
 Then every process saves the stage's checkpoint at that step and raises :class:`Preempted`; main.py prints one
 line and exits with :data:`PREEMPTED_EXIT` (75, EX_TEMPFAIL). Rerunning the same command resumes from that step,
 with the outputs of an uninterrupted run.
@@ -73,7 +73,7 @@ def _on_sigterm(signum, frame):  # pylint: disable=unused-argument
 def check_every() -> int:
   value = os.environ.get(CHECK_STEPS_ENV, "").strip()
   try:
-    n = int(value) if value else DEFAULT_CHECK_STEPS
+    n = int(value) if value else (DEFAULT_CHECK_STEPS if jax.process_count() > 1 else 1)
   except ValueError:
     n = 0
   if n < 1:
@@ -85,10 +85,10 @@ def check_every() -> int:
 def preemption_requested(step: int) -> bool:
   """Whether any process of the run got SIGTERM; the same answer on every process at the same ``step`` (a
   collective every check_every() steps when there are several processes: all must call it at every step)."""
-  if jax.process_count() == 1:
-    return _sigterm.is_set()
   if step % check_every():
     return False
+  if jax.process_count() == 1:
+    return _sigterm.is_set()
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   flags = multihost_utils.process_allgather(np.asarray([_sigterm.is_set()], np.int32))
   return bool(np.asarray(flags).any())
