@@ -75,7 +75,7 @@ def _start(workdir, count: int, log_dir: Path, tag: str, env_for=lambda pid: {},
   procs = []
   for pid in range(count):
     extra = dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=count, JAX_PROCESS_ID=pid,
-                 DEFT_JAX_HEARTBEAT_TIMEOUT=20) if count > 1 else {}
+                 DEFT_JAX_HEARTBEAT_TIMEOUT=40) if count > 1 else {}
     env = _env(1, DEFT_JAX_PREEMPTION_CHECK_STEPS=2, **extra, **env_for(pid))
     out, err = open(log_dir / f"{tag}.p{pid}.out", "w"), open(log_dir / f"{tag}.p{pid}.err", "w")
     procs.append(_popen(main_command(workdir, *overrides, config=SHRUNK_DEMO), env=env, stdout=out, stderr=err))

@@ -154,13 +154,13 @@ def _peer_line(pid: int, record: str) -> tuple[str, int]:
 
 def start_failure_watch() -> None:
   """A daemon thread that stops this process with one line as soon as another process of the run announces a
-  failure (:func:`announce_failure`) or stops beating for half of JAX's heartbeat timeout (it died: JAX itself
-  would abort this process, without a word, at the full timeout). Nothing with one process."""
+  failure (:func:`announce_failure`) or stops beating for a quarter of JAX's heartbeat timeout (it died: JAX
+  itself would abort this process a little later, without a word). Nothing with one process."""
   client = _client()
   if client is None:
     return
   me, count = jax.process_index(), jax.process_count()
-  dead_after = (_heartbeat_timeout() or DEFAULT_HEARTBEAT_TIMEOUT) / 2
+  dead_after = _dead_after()
 
   def watch():
     beat, last = 0, {p: (None, time.monotonic()) for p in range(count) if p != me}
@@ -193,9 +193,11 @@ def start_failure_watch() -> None:
   threading.Thread(target=watch, name="deft_jax-failure-watch", daemon=True).start()
 
 
-def _heartbeat_timeout() -> Optional[int]:
+def _dead_after() -> float:
+  """Seconds of silence after which a process counts as dead: a quarter of JAX's heartbeat timeout, since JAX
+  itself may abort the others from half of it on (its last heartbeat can be half a timeout old)."""
   value = os.environ.get(HEARTBEAT_TIMEOUT_ENV, "").strip()
-  return int(value) if value.isdigit() and int(value) > 0 else None
+  return (int(value) if value.isdigit() and int(value) > 0 else DEFAULT_HEARTBEAT_TIMEOUT) / 4
 
 
 def finished(code: int = 0) -> None:
@@ -228,13 +230,13 @@ def announce_failure(reason: str, code: int) -> None:
 def explain_peer_failure(error: BaseException) -> Optional[tuple[str, int]]:
   """After ``error`` on this process of a multi-process run: the line (and exit status) that names another
   process that failed or died, if this error comes from it; None if this process itself is the cause. A failed
-  collective waits for the watch to tell which process died (up to half of JAX's heartbeat timeout)."""
+  collective waits for the watch to tell which process died (up to a quarter of JAX's heartbeat timeout)."""
   client = _client()
   if client is None:
     return None
   me, count = jax.process_index(), jax.process_count()
   collective = _is_collective_failure(error)
-  wait = PEER_GRACE + ((_heartbeat_timeout() or DEFAULT_HEARTBEAT_TIMEOUT) / 2 if collective else 0)
+  wait = PEER_GRACE + (_dead_after() if collective else 0)
   deadline = time.monotonic() + wait
   while time.monotonic() < deadline:
     try:
