@@ -28,6 +28,7 @@ from clu import periodic_actions
 from deft_jax import parallel
 from deft_jax.checkpoint import StageCheckpointer
 from deft_jax.errors import DivergedError
+from deft_jax.parallel import faults
 
 
 @dataclasses.dataclass
@@ -116,18 +117,41 @@ def run(
         logging.info("[%s] epoch %d/%d step %d/%d  %s  %.2f steps/s  ETA %s", cfg.stage, epoch + 1,
                      cfg.num_epochs, step, total, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()),
                      rate, _fmt_secs((total - step) / max(rate, 1e-9)))
+      if step % cfg.steps_per_epoch:  # an epoch's last step: after its hook, below
+        last_saved = _stop_if_preempted(cfg, state, step, checkpointer, writer, unchecked, last_saved)
     if on_epoch_end is not None:
       extra = on_epoch_end(state, epoch)
       if extra:
         writer.write_scalars(step, {f"{cfg.stage}/{k}": v for k, v in extra.items()})
         logging.info("[%s] end of epoch %d: %s", cfg.stage, epoch + 1,
                      " ".join(f"{k}={v:.4g}" for k, v in extra.items()))
+    last_saved = _stop_if_preempted(cfg, state, step, checkpointer, writer, unchecked, last_saved)
   if checkpointer is not None:
     if last_saved != step:
       checkpointer.save(step, state, force=True)
     checkpointer.wait()
   writer.flush()
   return state
+
+
+def _stop_if_preempted(cfg: LoopConfig, state, step: int, checkpointer: Optional[StageCheckpointer], writer,
+                       unchecked: list, last_saved: Optional[int]) -> Optional[int]:
+  """After ``step`` (every process calls it at every step, in the same order): when any process of the run got
+  SIGTERM (faults.preemption_requested), every process saves this step's checkpoint and raises
+  faults.Preempted. Nothing to do at the last step (the stage saves it anyway) or without a checkpointer."""
+  if checkpointer is None or step >= cfg.total_steps or not faults.preemption_requested(step):
+    return last_saved
+  _check_finite(cfg, unchecked, checkpointer)
+  unchecked.clear()
+  _check_state_finite(cfg, state, step, checkpointer)
+  if last_saved != step:
+    checkpointer.save(step, state, force=True)
+  checkpointer.wait()
+  parallel.sync_processes(f"[{cfg.stage}] saved step {step} before stopping")  # no process exits before all saved
+  writer.flush()
+  logging.warning("[%s] preempted: saved the checkpoint of step %d of %d in %s", cfg.stage, step, cfg.total_steps,
+                  checkpointer.directory)
+  raise faults.Preempted(cfg.stage, step, cfg.total_steps)
 
 
 def _check_finite(cfg: LoopConfig, unchecked: list[tuple[int, Any]],

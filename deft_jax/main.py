@@ -12,6 +12,7 @@ keeps freed memory in one heap (faster steps, larger resident size); DEFT_JAX_CP
 import logging
 import os
 import sys
+import traceback
 
 from deft_jax import cpu_memory
 
@@ -59,22 +60,46 @@ def main(argv):
     import jax  # after flag parsing, so that --help is fast
 
     from deft_jax import parallel, run
+  from deft_jax.parallel import faults
   from deft_jax.errors import USER_ERRORS, is_disk_full
 
   try:
     parallel.distributed_init_if_needed()  # before anything computes: a multi-process run joins its peers
+    faults.install_sigterm_handler()  # after JAX's own (jax.distributed installs one): ours decides
+    faults.start_failure_watch()  # another process's failure stops this one with its reason
     logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[:8])
     if _MALLOC_KEPT:
       logging.info("host malloc: one heap, never trimmed (DEFT_JAX_CPU_MALLOC=%s)", cpu_memory.mode())
     run.run(FLAGS.config, FLAGS.workdir)
+    faults.finished(0)
+  except faults.Preempted as e:  # every process saved a checkpoint at the same step
+    faults.finished(faults.PREEMPTED_EXIT)
+    print(f"deft_jax: {e}", file=sys.stderr, flush=True)
+    sys.exit(faults.PREEMPTED_EXIT)
   except USER_ERRORS as e:  # the input is wrong, not the code: one line, no traceback
-    cli.fail(e)
-  except Exception as e:  # noqa: BLE001 -- a full disk met by a writer without its own DiskFullError
-    if not is_disk_full(e):
+    _stop_for_the_user(str(e))
+  except Exception as e:  # noqa: BLE001 -- a bug here, a full disk, or another process's failure
+    if is_disk_full(e):  # met by a writer without its own DiskFullError
+      _stop_for_the_user(f"no space left on device ({type(e).__name__}: {str(e).strip().splitlines()[0]}): free "
+                         "some space and rerun the same command (it resumes)")
+    if not faults.multi_process():
       raise
-    cli.fail(f"no space left on device ({type(e).__name__}: {str(e).strip().splitlines()[0]}): free some space "
-             "and rerun the same command (it resumes)")
+    peer = faults.explain_peer_failure(e)  # meanwhile the watch may stop this process with a peer's reason
+    if peer:
+      faults.stop(*peer)
+    traceback.print_exc()
+    faults.announce_failure(f"{type(e).__name__}: {e} (a bug: its traceback is in that process's log)", 1)
+    faults.stop(None, 1)
+
+
+def _stop_for_the_user(message: str) -> None:
+  """The input is wrong, not the code: one line, exit status 2; the other processes of the run say why they stop."""
+  from deft_jax.parallel import faults
+  faults.failing()
+  print(cli.PREFIX + " ".join(message.split()), file=sys.stderr, flush=True)
+  faults.announce_failure(message, 2)
+  faults.stop(None, 2)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The one place that builds meshes and shardings (mesh.py) and joins the processes of a run (multihost.py)."""
+"""The one place that builds meshes and shardings (mesh.py), joins the processes of a run (multihost.py) and stops
+them together (faults.py: preemption, one process failing)."""
 
 from deft_jax.parallel.mesh import (  # noqa: F401
     addressable, batch_sharding, make_mesh, replicated, shard_batch, shardings_for, to_host,

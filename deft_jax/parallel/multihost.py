@@ -11,8 +11,9 @@ same arguments. They join through ``jax.distributed`` before anything else touch
 On the CPU the processes' collectives go through gloo (set before any computation). A process that cannot meet
 all the others within ``DEFT_JAX_INIT_TIMEOUT`` seconds (default 300) stops with a message naming the coordinator
 and the missing piece, and exit status 2; JAX itself would abort with a C++ stack trace (or keep waiting, for
-the coordinator). Once joined, a process that dies is noticed by the others within
-``DEFT_JAX_HEARTBEAT_TIMEOUT`` seconds (JAX's default, 100), and they terminate instead of hanging.
+the coordinator). Once joined, a process that fails or dies is noticed by the others, which stop with one line
+naming it (faults.py) within a quarter of ``DEFT_JAX_HEARTBEAT_TIMEOUT`` seconds (JAX's default, 100), before
+JAX's own heartbeat would terminate them; preemption (SIGTERM) is faults.py's too.
 
 Files: process 0 writes the run's files (checkpoint.save_npz / write_json, the report, the pretrained CLIP),
 every process may read them afterwards, and Orbax checkpoints are written by all processes together; so every
