@@ -20,39 +20,50 @@ import jax
 import numpy as np
 from clu import metric_writers
 
-from conftest import REAL_NOISE_OVERRIDES, REPO, run_main
+from conftest import REAL_NOISE_ADAPT_STEPS, REPO, run_main
 from deft_jax import config_lib, parallel
 from deft_jax.adapt import train as adapt
 from deft_jax.data import datasets
-from deft_jax.report import auroc, detection_metrics
+from deft_jax.report import detection_metrics
 
 # ---------------------------------------------------------------------------------------------- detection
 
-def _load(workdir):
-  det = dict(np.load(workdir / "detect" / "detection.npz"))
-  base = {n: dict(np.load(workdir / "baselines" / n / "detection.npz")) for n in ("label_match", "small_loss")}
-  from deft_jax.data import cifar_offline
-  train = cifar_offline.load_demo(label_set="worse_label")["train"]
-  return det, base, train
+# DEFT against each comparison on this run, measured at seeds 0, 1, 2 (seed moves both the pretraining and the
+# detection streams) by `PYTHONPATH=. python benchmarks/experiments/real_noise_seeds.py --out DIR --seeds 0 1 2`:
+# {comparison: (lowest, highest) over the three seeds}. The suite runs seed 0.
+MEASURED = {
+    "deft_minus_label_match_f1": (0.1234, 0.1461),
+    "deft_minus_small_loss_f1": (-0.0024, 0.0426),
+    "keep_all_minus_deft_f1": (0.0320, 0.0470),
+    "label_match_minus_deft_auroc": (0.0564, 0.0599),
+    "deft_minus_small_loss_auroc": (-0.0022, 0.0628),
+}
+PAD = 0.01  # each band is the measured range widened by this much on each side
 
 
-def _quality(train, is_clean, score):
-  m = detection_metrics(is_clean, train.labels, train.clean_labels)
-  return m["f1"], auroc(score, train.labels == train.clean_labels)
+def test_deft_against_every_comparison_stays_in_the_band_of_three_seeds(real_noise_workdir):
+  """What is true in this setting (the demo's tiny CLIP at 43 % zero-shot, CIFAR-10N worse_label, 41.6 % noise),
+  each comparison in the direction it was measured, within the band of three seeds (MEASURED, widened by PAD):
 
+  - DEFT's F1 beats CLIP label-match's by 12-15 points;
+  - DEFT ties or beats small-loss, which is told the true noise rate: F1 -0.2 to +4.3 points, AUROC -0.002 to
+    +0.063 (small-loss varies more over the seeds than DEFT);
+  - DEFT loses to keeping every label on F1 (by 3.2-4.7 points) and to label-match on AUROC (by 0.056-0.060).
 
-def test_deft_beats_label_match_and_is_within_a_point_of_small_loss(real_noise_workdir):
-  det, base, train = _load(real_noise_workdir)
-  info = json.loads((real_noise_workdir / "pretrain" / "clip" / "pretrain_info.json").read_text())
-  f1_deft, auc_deft = _quality(train, det["is_clean"], det["score"])
-  f1_lm, auc_lm = _quality(train, base["label_match"]["is_clean"], base["label_match"]["score"])
-  f1_sl, auc_sl = _quality(train, base["small_loss"]["is_clean"], base["small_loss"]["score"])
-  print(f"zero-shot accuracy {info['zero_shot_accuracy_ensemble']:.3f}; F1/AUROC: DEFT {f1_deft:.3f}/{auc_deft:.3f}"
-        f" label-match {f1_lm:.3f}/{auc_lm:.3f} small-loss {f1_sl:.3f}/{auc_sl:.3f}")
-  assert info["zero_shot_accuracy_ensemble"] > 0.35  # the tiny CLIP really learned something
-  assert f1_deft > f1_lm
-  # small-loss is told the true noise rate (41.6 %); DEFT is not.
-  assert f1_deft >= f1_sl - 0.01
+  A regression: DEFT's lead over label-match or its tie with small-loss falling below its band, or its deficit to
+  keep-all or label-match growing beyond it. A result past the other end of a band (DEFT closing a gap it has
+  today) fails too: then re-measure with the command above and move the band and the README with it."""
+  from benchmarks.experiments.real_noise_seeds import comparisons
+
+  got = comparisons(real_noise_workdir)
+  print("seed 0:", got)
+  assert got["zero_shot_accuracy"] > 0.35  # the tiny CLIP really learned something
+  outside = {k: (got[k], (lo - PAD, hi + PAD)) for k, (lo, hi) in MEASURED.items()
+             if not lo - PAD <= got[k] <= hi + PAD}
+  assert not outside, outside
+  # The directions the bands assert: DEFT ahead of label-match on F1, behind keep-all (F1) and label-match (AUROC).
+  assert min(MEASURED["deft_minus_label_match_f1"]) - PAD > 0
+  assert min(MEASURED["keep_all_minus_deft_f1"]) - PAD > 0 and min(MEASURED["label_match_minus_deft_auroc"]) - PAD > 0
 
 
 def test_cleanlab_on_the_exported_pred_probs_and_features_agrees_with_deft(real_noise_workdir):
@@ -89,7 +100,8 @@ def test_bf16_and_fp32_detection_select_the_same_samples(real_noise_workdir, tmp
     wd = tmp_path / dtype
     wd.mkdir()
     shutil.copytree(real_noise_workdir / "pretrain", wd / "pretrain")
-    run_main(wd, *REAL_NOISE_OVERRIDES[:1], "--config.detect.epochs=2", "--config.data.train_indices=0:640",
+    run_main(wd, "--config.stages=('pretrain','detect')", "--config.detect.epochs=2",
+             "--config.data.train_indices=0:640",
              "--config.baselines.methods=()",
              f"--config.model.dtype={dtype}")
     results[dtype] = dict(np.load(wd / "detect" / "detection.npz"))
@@ -104,7 +116,7 @@ def test_bf16_and_fp32_detection_select_the_same_samples(real_noise_workdir, tmp
 
 # ---------------------------------------------------------------------------------------------- phase 2
 
-STEPS = 630  # 10 epochs of the 4,000 noisy labels at batch 64
+STEPS = REAL_NOISE_ADAPT_STEPS  # 10 epochs of the 4,000 noisy labels at batch 64
 
 
 def demo_config():
@@ -112,6 +124,8 @@ def demo_config():
 
 
 def test_fft_on_deft_subset_beats_fft_on_all_noisy_labels_at_equal_steps(real_noise_workdir, tmp_path):
+  """The run's own phase 2 (FFT on DEFT's subset, the demo's recipe, STEPS steps) against the same training on
+  every noisy label, for the same number of steps."""
   clip = str(real_noise_workdir / "pretrain" / "clip")
   detection = dict(np.load(real_noise_workdir / "detect" / "detection.npz"))
   config = demo_config()
@@ -119,15 +133,15 @@ def test_fft_on_deft_subset_beats_fft_on_all_noisy_labels_at_equal_steps(real_no
   train = splits["train"]
   precision = (train.labels == train.clean_labels)[detection["is_clean"]].mean()
   assert precision > 1 - train.noise_rate() + 0.05  # DEFT's subset is really cleaner than the whole set
+  deft = json.loads((real_noise_workdir / "adapt" / "results.json").read_text())
+  assert deft["train_on"] == "deft" and deft["method"] == "fft" and deft["steps"] == STEPS
+  c = demo_config()
+  c.adapt.update(dict(method="fft", train_on="all", steps=STEPS))
   mesh = parallel.make_mesh([("data", 1)], jax.devices()[:1])
-  top1 = {}
-  for selection in ("deft", "all"):
-    c = demo_config()
-    c.adapt.update(dict(method="fft", train_on=selection, steps=STEPS))
-    res = adapt.run(c, tmp_path / selection, splits=splits, mesh=mesh, writer=metric_writers.LoggingWriter(),
+  every = adapt.run(c, tmp_path / "all", splits=splits, mesh=mesh, writer=metric_writers.LoggingWriter(),
                     clip_checkpoint=clip, detection=detection)
-    assert res["steps"] == STEPS
-    top1[selection] = res["test"]["top1"]
+  assert every["steps"] == STEPS
+  top1 = {"deft": deft["test"]["top1"], "all": every["test"]["top1"]}
   print(f"FFT test top-1 at {STEPS} steps: DEFT subset {top1['deft']:.3f}, all noisy labels {top1['all']:.3f} "
         f"(subset precision {precision:.3f})")
   assert top1["deft"] > top1["all"], top1
