@@ -345,6 +345,16 @@ def test_turn_keeps_what_a_linear_probe_gmm_keeps_and_phase2_trains_on_it(tiny_c
   assert "test_top1" in kept.files  # the probe's own accuracy
 
 
+def test_best_accuracy_is_the_best_evaluated_epoch_and_leaves_the_last_one_alone():
+  """best_over_epochs on a history whose best epoch is not the last: the best (earliest among equals) is reported
+  beside the last, and the last evaluation is not touched."""
+  history = [{"epoch": 1, "test": 0.5}, {"epoch": 2, "test": 0.7}, {"epoch": 3, "test": 0.7}, {"epoch": 4, "test": 0.6}]
+  final = {"test": {"top1": 0.6, "count": 10}}
+  assert adapt_train.best_over_epochs(history, final, 4.0) == {"test": {"best_top1": 0.7, "best_epoch": 2}}
+  assert final == {"test": {"top1": 0.6, "count": 10}}
+  assert adapt_train.best_over_epochs(history[:1], final, 2.0) == {"test": {"best_top1": 0.6, "best_epoch": 2.0}}
+
+
 def test_best_accuracy_over_epochs_and_every_epochs_clean_mask_are_kept(tiny_clip, splits, mesh1, tmp_path):
   """New: the best test accuracy over the evaluated epochs beside the last (the reference prints both), and the
   clean mask of every phase-1 epoch (the paper's epoch-sensitivity figure)."""
