@@ -20,6 +20,7 @@ fails (gloo, NCCL) or by JAX's heartbeat; :func:`explain_peer_failure` gives the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -60,7 +61,9 @@ class Preempted(Exception):
 
 
 def install_sigterm_handler() -> None:
-  """From now on SIGTERM only asks the step loop to save and stop (main thread only, as Python requires)."""
+  """From now on SIGTERM only asks the step loop to save and stop (main thread only, as Python requires). A bad
+  DEFT_JAX_PREEMPTION_CHECK_STEPS stops the run here, before any stage."""
+  check_every()
   signal.signal(signal.SIGTERM, _on_sigterm)
 
 
@@ -70,7 +73,9 @@ def _on_sigterm(signum, frame):  # pylint: disable=unused-argument
   _sigterm.set()
 
 
+@functools.lru_cache(maxsize=None)
 def check_every() -> int:
+  """Steps between two preemption checks: DEFT_JAX_PREEMPTION_CHECK_STEPS, read once (the loop asks every step)."""
   value = os.environ.get(CHECK_STEPS_ENV, "").strip()
   try:
     n = int(value) if value else (DEFAULT_CHECK_STEPS if jax.process_count() > 1 else 1)
