@@ -87,8 +87,7 @@ def _example(row: Row, path, ids: np.ndarray, by_id: dict) -> int:
   return by_id[row.id]
 
 
-def _class(row: Row, path, class_names) -> int:
-  names = {n: k for k, n in enumerate(class_names)}
+def _class(row: Row, path, class_names, names: dict) -> int:
   if row.new_label in names:
     return names[row.new_label]
   if row.new_label.isdigit() and int(row.new_label) < len(class_names):
@@ -102,6 +101,7 @@ def resolve(rows: list[Row], path, *, ids, class_names) -> tuple[np.ndarray, np.
   against the split's ids and class names, and no example may be named twice."""
   ids = np.asarray(ids).astype(str)
   by_id = {s: i for i, s in enumerate(ids)}
+  names = {n: k for k, n in enumerate(class_names)}
   indices, labels, seen = [], [], {}
   for row in rows:
     i = _example(row, path, ids, by_id)
@@ -109,7 +109,7 @@ def resolve(rows: list[Row], path, *, ids, class_names) -> tuple[np.ndarray, np.
       raise CorrectionsError(f"{path} line {row.line}: example {i} ({ids[i]}) was already decided on line {seen[i]}")
     seen[i] = row.line
     indices.append(i)
-    labels.append(_class(row, path, class_names) if row.action == "relabel" else -1)
+    labels.append(_class(row, path, class_names, names) if row.action == "relabel" else -1)
   return (np.asarray(indices, np.int64), np.asarray(labels, np.int64),
           np.asarray([r.action for r in rows], dtype=object))
 
