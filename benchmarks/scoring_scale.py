@@ -1,7 +1,8 @@
 """The scoring pass and the report at ImageNet scale, simulated: wall time, peak host RSS and the device bytes
 the pass holds, per stage, for N examples and C classes.
 
-  python benchmarks/scoring_scale.py --n 100000 --classes 1000 [--batch 256] [--out results.jsonl]
+  PYTHONPATH=. python benchmarks/scoring_scale.py --n 100000 --classes 1000 [--batch 256] [--out results.jsonl]
+  PYTHONPATH=. python benchmarks/scoring_scale.py --out results.jsonl --plot docs/scoring_scale.png
 
 The product's own code runs: ``detect.train.score_split`` on a DEFT detector of the tiny preset (random
 weights), then ``report.build_and_write_report`` with the exports, as ``run.py`` calls them. Only the reader is
@@ -129,6 +130,36 @@ def run(n: int, classes: int, batch: int, workdir: Path) -> dict:
           "streaming": "directory" in inspect.signature(detect_train.score_split).parameters, "stages": rows}
 
 
+def plot(results: list[dict], path: str) -> None:
+  """Log-log: per stage wall seconds (left) and memory (right: the pass's peak host RSS and device bytes)
+  against N, before and after."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for label, style in (("before", "--o"), ("after", "-s")):
+    rows = sorted((r for r in results if r["label"] == label), key=lambda r: r["n"])
+    if not rows:
+      continue
+    n = [r["n"] for r in rows]
+    for i, stage in enumerate(("scoring pass", "report")):
+      sec = [next(s["seconds"] for s in r["stages"] if s["stage"] == stage) for r in rows]
+      left.loglog(n, sec, style, color=f"C{i}", label=f"{stage}, {label}")
+    passes = [r["stages"][0] for r in rows]
+    right.loglog(n, [p["peak_rss_bytes"] / 2**30 for p in passes], style, color="C2",
+                 label=f"host peak RSS of the pass, {label}")
+    right.loglog(n, [max(p["peak_device_bytes"], 1) / 2**30 for p in passes], style, color="C3",
+                 label=f"device bytes held by the pass, {label}")
+  left.set(xlabel="examples N (C = 1,000 classes)", ylabel="wall seconds", title="time per stage")
+  right.set(xlabel="examples N (C = 1,000 classes)", ylabel="GiB", title="memory of the scoring pass")
+  for ax in (left, right):
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--n", type=int, default=10_000)
@@ -137,7 +168,11 @@ def main() -> None:
   ap.add_argument("--label", default="", help="a name for the code measured (e.g. before / after)")
   ap.add_argument("--out", default="", help="append the result as one JSON line to this file")
   ap.add_argument("--workdir", default="", help="where the files go (default: a temporary directory)")
+  ap.add_argument("--plot", default="", help="draw the rows of --out (JSON lines) into this PNG and stop")
   a = ap.parse_args()
+  if a.plot:
+    plot([json.loads(line) for line in Path(a.out).read_text().splitlines() if line.strip()], a.plot)
+    return
   with tempfile.TemporaryDirectory(dir=a.workdir or None) as tmp:
     result = {"label": a.label, **run(a.n, a.classes, a.batch, Path(tmp))}
   print(json.dumps(result))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from typing import Any, Mapping, Sequence
 
@@ -93,12 +94,15 @@ CSV_CHUNK_ROWS = 100_000  # the CSV's text is formatted this many rows at a time
 
 
 def _write_array(path: epath.Path, array, rows: int) -> None:
-  """An ``.npy`` beside the table: an array, or the path of an ``.npy`` file copied block by block (an [N, C]
-  file of millions of rows passes through 16 MiB of memory, and the copy is exact)."""
+  """An ``.npy`` beside the table: an array, or the path of an ``.npy`` file copied as a file (by the kernel, or
+  in 16 MiB blocks to a remote report), so that an [N, C] file of millions of rows never sits in memory."""
   if isinstance(array, (str, os.PathLike)):
     n = np.load(array, mmap_mode="r").shape[0]
     if n != rows:
       raise ReportInputError(f"{path.name} has {n} rows, the table {rows}")
+    if "://" not in str(path):  # a local copy: the kernel's (copy_file_range / sendfile), no user-space buffer
+      shutil.copyfile(os.fspath(array), os.fspath(path))
+      return
     with epath.Path(array).open("rb") as src, path.open("wb") as dst:
       while block := src.read(COPY_BLOCK_BYTES):
         dst.write(block)
