@@ -6,13 +6,21 @@ training baselines (big_vision's sequence).
   state     = checkpointer.restore(abstract on shardings)    a resumed run: nothing is built or loaded
            or load(jax.jit(init, out_shardings=shardings)(rng))
                                                              a new run: born sharded on the devices, then the
-                                                             pretrained weights merged in (host side)
+                                                             pretrained weights merged in (host side); with
+                                                             ``loaded``, the leaves that load replaces are
+                                                             neither computed nor compiled
   step      = jit_step(step_fn, shardings, mesh)             explicit shardings, the state donated
 
 ``init(rng) -> state`` must be a pure, jittable function of the key (random parameters, optimiser state,
 per-example records); ``load(state) -> state`` may read files and must keep every shape and dtype (it gets
 arrays each process can read whole, parallel.addressable). The
 optimiser is built before, from the abstract parameters (``optim.make_optimizer`` accepts them).
+
+``loaded(path) -> bool`` names the leaves (by "/"-joined key path) that ``load`` always replaces, e.g. every
+pretrained CLIP weight. Their random values would be thrown away, yet computing them is most of what ``init``
+compiles: a CLIP's random initialisation took 5-8 s of XLA:CPU compilation per stage. ``init`` is then jitted
+for the other leaves only (the same values as before: the same keys, the same computation), and ``load`` gets
+ShapeDtypeStructs in place of the rest; a leaf that ``load`` leaves abstract is a bug, reported by name.
 """
 
 from __future__ import annotations
@@ -55,19 +63,53 @@ def place(tree, shardings):
 
 
 def create(init: Callable[..., Any], *args, mesh, sharding_rules=(), checkpointer=None,
-           load: Optional[Callable[[Any], Any]] = None) -> tuple[Any, Any]:
+           load: Optional[Callable[[Any], Any]] = None,
+           loaded: Optional[Callable[[str], bool]] = None) -> tuple[Any, Any]:
   """(state, shardings): restored from ``checkpointer``'s latest checkpoint when it has one, else initialised
-  on the devices by ``init(*args)`` and passed through ``load``."""
+  on the devices by ``init(*args)`` (the leaves ``loaded`` names excepted) and passed through ``load``."""
   abstract = abstract_state(init, *args)
   shardings = parallel.shardings_for(abstract, mesh, [tuple(r) for r in sharding_rules])
   if checkpointer is not None:
     restored = checkpointer.restore(with_shardings(abstract, shardings))
     if restored is not None:
       return restored, shardings
-  state = jax.jit(init, out_shardings=shardings)(*args)
+  if load is None or loaded is None:
+    state = jax.jit(init, out_shardings=shardings)(*args)
+  else:
+    state = init_except(init, args, loaded, abstract=abstract, shardings=shardings)
   if load is not None:  # load reads the state on the host: each process must see its arrays whole
-    state = place(load(parallel.addressable(state)), shardings)
+    state = load(parallel.addressable(state))
+    unset = [path for path, x in _flat_paths(state) if isinstance(x, jax.ShapeDtypeStruct)]
+    if unset:
+      raise RuntimeError(f"the state's load left {len(unset)} leaf/leaves it was said to replace unset: "
+                         f"{unset[:5]}")
+    state = place(state, shardings)
   return state, shardings
+
+
+def _flat_paths(tree) -> list[tuple[str, Any]]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), x) for path, x in flat]
+
+
+def init_except(init, args, loaded: Callable[[str], bool], *, abstract=None, shardings=None):
+  """``init(*args)`` with the leaves ``loaded`` names left abstract (ShapeDtypeStructs): XLA compiles and runs
+  only what computes the others (on ``shardings`` when given)."""
+  abstract = abstract_state(init, *args) if abstract is None else abstract
+  paths = _flat_paths(abstract)
+  keep = [not loaded(path) for path, _ in paths]
+  treedef = jax.tree_util.tree_structure(abstract)
+
+  def init_kept(*a):
+    return [x for x, k in zip(jax.tree.leaves(init(*a)), keep) if k]
+
+  if shardings is None:
+    jitted = jax.jit(init_kept)
+  else:
+    jitted = jax.jit(init_kept, out_shardings=[s for s, k in zip(jax.tree.leaves(shardings), keep) if k])
+  fresh = iter(jitted(*args))
+  leaves = [next(fresh) if k else x for (_, x), k in zip(paths, keep)]
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def jit_step(step_fn: Callable, shardings, mesh):

@@ -224,3 +224,52 @@ def test_ctx_init_starts_both_contexts_at_the_words_and_then_trains_them_apart(m
   pos, neg = (np.asarray(state["params"]["prompts"][k]) for k in ("pos_ctx", "neg_ctx"))
   assert np.isfinite(metrics["loss"])
   assert not np.array_equal(pos, words) and not np.array_equal(neg, words) and not np.array_equal(pos, neg)
+
+
+def test_pretrained_leaves_are_neither_initialised_nor_compiled_yet_the_state_is_the_same(mesh1, tiny_clip,
+                                                                                           monkeypatch):
+  """train_state.create(loaded=...): a detector over a checkpoint builds exactly the state it built when every
+  CLIP weight was first randomly initialised and then overwritten (the VPT and LoRA parameters, the prompts and
+  the optimiser state bit for bit), while init compiles and computes only those fresh leaves. Before, the
+  whole CLIP's random initialisation was compiled and run in every stage (5-8 s of XLA:CPU compilation each),
+  only to be thrown away by the load."""
+  from deft_jax import train_state
+  from deft_jax.models import build
+
+  det = Detector(_config(), class_names=[f"class {i}" for i in range(C)], num_examples=N, mesh=mesh1,
+                 checkpoint=tiny_clip, steps_per_epoch=2)
+  fresh = dict(train_state._flat_paths(jax.device_get(det.init_state(jax.random.key(3)))))  # pylint: disable=protected-access
+  monkeypatch.setattr(build, "pretrained_leaves", lambda *a, **k: None)  # the old path: init everything
+  full = dict(train_state._flat_paths(jax.device_get(det.init_state(jax.random.key(3)))))  # pylint: disable=protected-access
+  assert sorted(fresh) == sorted(full)
+  for k in full:
+    np.testing.assert_array_equal(np.asarray(fresh[k]), np.asarray(full[k]), err_msg=k)
+  assert any("vpt" in k for k in full) and any("lora" in k for k in full)  # fresh leaves inside the CLIP
+
+  monkeypatch.undo()
+  predicate = build.pretrained_leaves("params/clip", tiny_clip)
+  paths = [p for p, _ in train_state._flat_paths(train_state.abstract_state(det._init, jax.random.key(3)))]  # pylint: disable=protected-access
+  skipped = [p for p in paths if predicate(p)]
+  assert skipped and not any("vpt" in p or "lora" in p or "prompts" in p for p in skipped)
+  keep = [not predicate(p) for p in paths]
+  hlo_kept = jax.jit(lambda r: [x for x, k in zip(jax.tree.leaves(det._init(r)), keep) if k]).lower(  # pylint: disable=protected-access
+      jax.random.key(3)).compile().as_text()
+  hlo_all = jax.jit(det._init).lower(jax.random.key(3)).compile().as_text()  # pylint: disable=protected-access
+  assert len(hlo_kept) < 0.7 * len(hlo_all)
+
+
+def test_a_load_that_leaves_a_promised_leaf_unset_is_reported_by_name(mesh1):
+  """create(loaded=...) hands load ShapeDtypeStructs for the promised leaves; a load that does not fill one
+  would otherwise put an abstract value into the train state."""
+  from deft_jax import train_state
+
+  def init(rng):
+    a, b = jax.random.split(rng)
+    return {"w": jax.random.normal(a, (3,)), "v": jax.random.normal(b, (2,))}
+
+  with pytest.raises(RuntimeError, match="'w'|w"):
+    train_state.create(init, jax.random.key(0), mesh=mesh1, load=lambda s: s, loaded=lambda p: p == "w")
+  state, _ = train_state.create(init, jax.random.key(0), mesh=mesh1, load=lambda s: {**s, "w": np.ones(3, np.float32)},
+                                loaded=lambda p: p == "w")
+  np.testing.assert_array_equal(np.asarray(state["w"]), 1.0)
+  np.testing.assert_array_equal(np.asarray(state["v"]), np.asarray(init(jax.random.key(0))["v"]))

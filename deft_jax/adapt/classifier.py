@@ -73,6 +73,9 @@ class Classifier:
   mesh: Any
   sharding_rules: Sequence = ()
   load: Optional[Callable[[dict], dict]] = None
+  # ``path -> bool``: the variables' leaves (by "/"-joined path) that ``load`` always replaces, so that their
+  # random initialisation is neither compiled nor computed (train_state.create).
+  loaded: Optional[Callable[[str], bool]] = None
   optim: Optional[dict] = None
   features: Optional[Callable] = None
   # ``variables -> variables`` with what stays fixed during an evaluation computed once (VLPT: its class
@@ -91,7 +94,7 @@ class Classifier:
     """The pretrained variables on the mesh (initialised and loaded once, on first use)."""
     if self._variables is None:
       self._variables, _ = train_state.create(self.init, mesh=self.mesh, sharding_rules=self.sharding_rules,
-                                              load=self.load)
+                                              load=self.load, loaded=self.loaded if self.load else None)
     return self._variables
 
 
@@ -195,7 +198,7 @@ def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optio
 
   return Classifier(name="clip", apply=apply, init=init, rules=clip_rules(trainable, peft), inputs=inputs,
                     mesh=mesh, sharding_rules=sharding_rules, load=load if checkpoint or head_init == "text" else None,
-                    features=features)
+                    loaded=build.pretrained_leaves("params", checkpoint, only=("vision_model",)), features=features)
 
 
 def _text_head(full_model: clip_lib.CLIP, full_params, module: CLIPClassifier, class_features, images) -> dict:
@@ -234,7 +237,9 @@ def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], inputs: 
 
   def load(variables):
     del variables  # the class features need the text tower, which the variables do not keep
-    params = build.load_clip_weights(model, jax.device_get(jax.jit(full_init)()), checkpoint)
+    fresh = (train_state.init_except(full_init, (), build.pretrained_leaves("", checkpoint)) if checkpoint
+             else jax.jit(full_init)())  # only what the checkpoint does not provide is computed
+    params = build.load_clip_weights(model, jax.device_get(fresh), checkpoint)
     if extra_params:
       params = _replaced(params, extra_params)
     text = np.asarray(class_features(model, params), np.float32)
@@ -245,7 +250,7 @@ def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], inputs: 
     return zeroshot.zero_shot_logits(model, variables["params"], images, variables["text"]), {}
 
   return Classifier(name=name, apply=apply, init=init, rules=None, inputs=inputs, mesh=mesh,
-                    sharding_rules=sharding_rules, load=load)
+                    sharding_rules=sharding_rules, load=load, loaded=lambda path: True)  # load ignores them
 
 
 def _replaced(params, extra_params: dict):
@@ -305,7 +310,7 @@ def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, r
     return zeroshot.zero_shot_logits(model, p["clip"], images, text), {}
 
   return Classifier(name="vlpt", apply=apply, init=init, rules=rules, inputs=inputs, mesh=mesh,
-                    sharding_rules=sharding_rules, load=load,
+                    sharding_rules=sharding_rules, load=load, loaded=build.pretrained_leaves("params/clip", checkpoint),
                     eval_prepare=lambda v: {**v, "text": text_features(v["params"])})
 
 

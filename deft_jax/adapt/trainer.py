@@ -88,12 +88,26 @@ class Trainer:
 
     return load
 
+  def loaded_fn(self):
+    """The state's leaves that the classifier's load replaces (its variables live under "params" and
+    "extra"), or None."""
+    of_variables = self.classifier.loaded
+    if self.classifier.load is None or of_variables is None:
+      return None
+
+    def loaded(path: str) -> bool:
+      if path.startswith("params/"):
+        return of_variables(path)
+      return path.startswith("extra/") and of_variables(path[len("extra/"):])
+
+    return loaded
+
   def init_state(self, rng, *, num_examples: int, num_classes: int, sample_mask=None, checkpointer=None) -> dict:
     """The train state: restored from ``checkpointer`` when it holds one, else born sharded and loaded
     (deft_jax/train_state.py). After training read the classifier's variables with ``variables(state)``."""
     state, self.shardings = train_state.create(
         self.init_fn(num_examples, num_classes, sample_mask), rng, mesh=self.mesh,
-        sharding_rules=self.sharding_rules, checkpointer=checkpointer, load=self.load_fn())
+        sharding_rules=self.sharding_rules, checkpointer=checkpointer, load=self.load_fn(), loaded=self.loaded_fn())
     return state
 
   def jit_train_step(self, state):

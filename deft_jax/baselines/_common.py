@@ -163,7 +163,8 @@ def clip_image_embeddings(ctx: Context) -> np.ndarray:
   model = model_build.build_clip(config.model, None, ctx.clip_checkpoint)
   params, _ = train_state.create(lambda: clip_lib.init_params(model, ctx.rng), mesh=mesh,
                                  sharding_rules=config.sharding_rules,
-                                 load=lambda p: model_build.load_clip_weights(model, p, ctx.clip_checkpoint))
+                                 load=lambda p: model_build.load_clip_weights(model, p, ctx.clip_checkpoint),
+                                 loaded=model_build.pretrained_leaves("", ctx.clip_checkpoint))
 
   def fn(p, batch):
     emb = clip_lib.normalize(model.apply({"params": p}, batch["image"], method=clip_lib.CLIP.encode_image))

@@ -91,7 +91,8 @@ class Detector:
     """The train state: restored from ``checkpointer`` when it holds one, else born sharded, then the
     pretrained CLIP merged in (deft_jax/train_state.py)."""
     state, _ = train_state.create(self._init, rng, mesh=self.mesh, sharding_rules=self.sharding_rules,
-                                  checkpointer=checkpointer, load=self._load)
+                                  checkpointer=checkpointer, load=self._load,
+                                  loaded=build.pretrained_leaves("params/clip", self.checkpoint))
     return state
 
   def state_shardings(self, state):

@@ -10,6 +10,7 @@ by the train state (deft_jax/train_state.py), not here.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Optional
 
 import jax
@@ -31,6 +32,28 @@ def clip_config(model_cfg, checkpoint: Optional[str] = None) -> presets.CLIPConf
 
 def build_clip(model_cfg, peft: Optional[Any] = None, checkpoint: Optional[str] = None) -> clip_lib.CLIP:
   return clip_lib.CLIP(clip_config(model_cfg, checkpoint), PEFTConfig.from_dict(peft))
+
+
+def pretrained_leaves(root: str = "", checkpoint: Optional[str] = "yes", only: Optional[tuple] = None):
+  """``path -> bool`` over the "/"-joined leaf paths of a tree that holds a CLIP's parameters under ``root``:
+  whether :func:`load_clip_weights` replaces that leaf from ``checkpoint`` (every CLIP weight but the PEFT
+  parameters, which keep their initial values; with ``only``, within those top-level CLIP subtrees). None
+  without a checkpoint, where nothing is loaded. For ``train_state.create(loaded=...)``, which then neither
+  compiles nor computes those leaves' random values."""
+  if not checkpoint:
+    return None
+  head = f"{root}/" if root else ""
+  peft = [re.compile(p) for p in clip_weights.PEFT_PATTERNS]
+
+  def loaded(path: str) -> bool:
+    if not path.startswith(head):
+      return False
+    rel = path[len(head):]
+    if only is not None and rel.split("/", 1)[0] not in only:
+      return False
+    return not any(p.fullmatch(rel) for p in peft)
+
+  return loaded
 
 
 def load_clip_weights(model: clip_lib.CLIP, params, checkpoint: Optional[str]) -> Any:
