@@ -91,3 +91,60 @@ def test_report_and_summary_json_name_the_phase1_recipe(tmp_path):
   assert "phase-1 recipe: real_noise (strict rule, 5 SCE warm-up epochs, pseudo-labels from epoch 2, constant lr)" \
       in text
 
+
+# ------------------------------------------------------------------------------------------------ rankings
+
+def _scored(monkeypatch, s_pos, s_neg, labels, strict=True):
+  """score_batch's outputs for given logits (the model is bypassed)."""
+  import jax.numpy as jnp
+
+  from deft_jax.detect import step as step_lib
+  s_pos, s_neg = jnp.asarray(s_pos, jnp.float32), jnp.asarray(s_neg, jnp.float32)
+  monkeypatch.setattr(step_lib, "logits", lambda *a, **k: (s_pos, s_neg, None))
+  batch = {"image": None, "label": jnp.asarray(labels, jnp.int32), "index": jnp.arange(len(labels)),
+           "mask": jnp.ones(len(labels), bool)}
+  return jax.device_get(step_lib.score_batch(None, None, batch, None, strict=strict))
+
+
+def test_label_probability_is_a_log_softmax_that_does_not_round_to_zero_at_logit_scale_100(monkeypatch):
+  """Was: the label_probability ranking took log of the float32 softmax, which is exactly 1 (log p = 0) for every
+  example whose label wins by more than ~17 logits: at a real CLIP's scale (100) the confident examples tied."""
+  from deft_jax.detect import train as detect_train
+  rng = np.random.default_rng(0)
+  cos = rng.uniform(0.15, 0.35, (6, 4))
+  labels = np.array([0, 1, 2, 3, 0, 1])
+  cos[np.arange(6), labels] += np.array([0.2, 0.25, 0.3, 0.35, 0.4, -0.1])  # gaps of 20 to 40 logits, one wrong
+  s_pos = 100.0 * cos
+  out = _scored(monkeypatch, s_pos, s_pos - 1.0, labels)
+  old = np.log(np.asarray(jax.nn.softmax(np.float32(s_pos), axis=-1))[np.arange(6), labels])
+  assert (old[:4] == 0).any()  # what the float32 softmax gave
+  z = s_pos.astype(np.float32).astype(np.float64)
+  rel = z - z[np.arange(6), labels][:, None]
+  rel[np.arange(6), labels] = -np.inf
+  want = -np.log1p(np.exp(rel).sum(-1))  # log p(label) in float64, free of rounding
+  np.testing.assert_allclose(out["log_p_label"], want, rtol=1e-4)
+  assert (out["log_p_label"] < 0).all() and len(set(out["log_p_label"].tolist())) == 6
+  result = {"pass_" + k: v for k, v in out.items()}
+  detect_train.apply_ranking(result, "label_probability", 100.0)
+  assert (result["score"] < 0).all() and np.array_equal(np.argsort(result["score"]), np.argsort(want))
+
+
+def test_strict_margin_ranking_is_positive_exactly_where_the_strict_rule_selects(monkeypatch):
+  """Was: only "margin" (s+_y - s-_y) and "label_probability" could rank; neither agrees with the strict rule of
+  the real_noise recipe (a label with a positive margin that another class beats is not selected)."""
+  from deft_jax.detect import train as detect_train
+  rng = np.random.default_rng(1)
+  s_pos, s_neg = rng.normal(0, 3, (64, 5)), rng.normal(0, 3, (64, 5))
+  labels = rng.integers(0, 5, 64)
+  out = _scored(monkeypatch, s_pos, s_neg, labels, strict=True)
+  np.testing.assert_array_equal(out["strict_margin"] > 0, out["is_clean"])
+  m = s_pos - s_neg
+  m_y = m[np.arange(64), labels]
+  m[np.arange(64), labels] = -np.inf
+  np.testing.assert_allclose(out["strict_margin"], np.minimum(m_y, m_y - m.max(-1)), rtol=1e-5, atol=1e-5)
+  loose = (out["margin"] > 0) & ~out["is_clean"]
+  assert loose.any()  # the margin ranks these as clean; the strict rule does not select them
+  result = {"pass_" + k: v for k, v in out.items()}
+  detect_train.apply_ranking(result, "strict_margin", 100.0)
+  np.testing.assert_array_equal(result["label_score"] > 0.5, out["is_clean"])
+  assert "strict_margin" in detect_train.RANKINGS and "strict_margin" in config_check.RANKINGS

@@ -114,7 +114,8 @@ def _batch_metrics(loss, aux, batch) -> dict:
 
 def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool = False, text_chunk: int = 0,
                 text_prefix_sharing: bool = True, with_embedding: bool = False) -> dict:
-  """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin; with
+  """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin, log_p_label (log
+  softmax of the positive prompts' logits at the given label, free of rounding to 0), strict_margin; with
   ``with_embedding`` also ``embedding`` (the L2-normalised image features) and ``pred_probs`` (the softmax over
   the positive prompts' logits, [B, C]: the detector's class probabilities, cleanlab's pred_probs)."""
   s_pos, s_neg, img = logits(model, params, batch["image"], template, text_chunk=text_chunk,
@@ -127,6 +128,9 @@ def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool 
       "margin": (jnp.take_along_axis(s_pos, lab, -1) - jnp.take_along_axis(s_neg, lab, -1))[:, 0],
       "index": batch["index"], "valid": batch["mask"],
   }
+  # The rankings other than the margin (detect.ranking), as per-example scalars of the logits.
+  out["log_p_label"] = losses.log_prob_of_label(s_pos, batch["label"])
+  out["strict_margin"] = losses.strict_margin(s_pos, s_neg, batch["label"])
   if with_embedding:
     out["embedding"] = img
     out["pred_probs"] = jax.nn.softmax(s_pos.astype(jnp.float32), axis=-1)
