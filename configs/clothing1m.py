@@ -11,7 +11,7 @@ from deft_jax.config_lib import paper_config, parse_args, real_world, runlocal, 
 
 def get_config(arg=None):
   a = parse_args(arg, runlocal=False, method="deft", root="")
-  c = real_world(paper_config("clothing1m"), batch_size=32)
+  c = real_world(paper_config("clothing1m", eval_resize="resize_center_crop"), batch_size=32)
   c.data.root = a["root"]
   c.data.balanced_subset = 1000 * 32
   c.data.balanced_subset_seed = 0

@@ -126,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 def paper_config(source: str, *, augment: str = "resize_crop", eval_resize: str = "short_side"):
   """The paper's setting on ``source``: CLIP ViT-B/16 at 224 px, the reference's crop geometry for the dataset
-  (CIFAR: "cifar"; Tiny-ImageNet, Cars, CUB, WebVision: "squash_crop" + "squash"; see data/preprocess.py)."""
+  (CIFAR: "cifar"; Tiny-ImageNet, Cars, CUB: "squash_crop" + "squash"; WebVision: "squash_crop" +
+  "squash_center_crop"; Clothing1M: "resize_crop" + "resize_center_crop"; see data/preprocess.py)."""
   c = base_config()
   c.data.source = source
   c.data.image_size = 224

@@ -238,9 +238,11 @@ def test_squash_crop_and_squash_eval_keep_the_whole_frame():
     assert not (_has(short, (255, 0, 0)) and _has(short, (0, 0, 255)))  # 7/16 of the width
   ev = preprocess.eval_transform(src, 56, "squash").numpy()
   assert ev.shape == (56, 56, 3) and (ev[:, 0] == (255, 0, 0)).all() and (ev[:, -1] == (0, 0, 255)).all()
-  for name in ("cub200", "stanford_cars", "tiny_imagenet", "webvision"):
+  for name in ("cub200", "stanford_cars", "tiny_imagenet"):
     c = _load_config(name)
     assert (c.data.train_augment, c.data.eval_resize) == ("squash_crop", "squash"), name
+  c = _load_config("webvision")  # tests on Resize((256, 256)) + CenterCrop(224): tests/test_fidelity_recipes.py
+  assert (c.data.train_augment, c.data.eval_resize) == ("squash_crop", "squash_center_crop")
   assert _load_config("cifar100").data.train_augment == "cifar"
   assert _load_config("cifar100").data.eval_resize == "short_side"
 

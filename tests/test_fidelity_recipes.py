@@ -148,3 +148,35 @@ def test_strict_margin_ranking_is_positive_exactly_where_the_strict_rule_selects
   detect_train.apply_ranking(result, "strict_margin", 100.0)
   np.testing.assert_array_equal(result["label_score"] > 0.5, out["is_clean"])
   assert "strict_margin" in detect_train.RANKINGS and "strict_margin" in config_check.RANKINGS
+
+
+# ------------------------------------------------------------------------------------------------ test transforms
+
+def _gradient(h, w):
+  """uint8 [h, w, 3]: red = column, green = row (so a pixel says where it came from)."""
+  y, x = np.mgrid[0:h, 0:w]
+  return np.stack([x, y, np.zeros_like(x)], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("resize,big_hw,offset", [
+    ("squash_center_crop", (64, 64), (4, 4)),  # Resize((64, 64)), CenterCrop(56): 56 = 224 * 1/4
+    ("resize_center_crop", (64, 128), (4, 36)),  # Resize(64) of the short side: 112x224 -> 64x128
+])
+def test_webvision_and_clothing1m_test_on_resize_256_then_centre_crop_224(resize, big_hw, offset):
+  """Was: WebVision tested on a plain 224x224 squash and Clothing1M on CLIP's short side to 224 + centre crop;
+  the reference tests WebVision (and ImageNet val) on Resize((256, 256)) + CenterCrop(224)
+  (dataloader_webvision.py) and Clothing1M on Resize(256) + CenterCrop(224) (dataloader_clothing1M.py)."""
+  import tensorflow as tf
+
+  from deft_jax.data import preprocess
+  h, w, size = 112, 224, 56
+  out = preprocess.eval_transform(tf.constant(_gradient(h, w)), size, resize).numpy().astype(float)
+  assert out.shape == (size, size, 3)
+  (bh, bw), (top, left) = big_hw, offset
+  j = np.arange(size)
+  want_x = (j + left + 0.5) * w / bw - 0.5  # bilinear, half-pixel centres
+  want_y = (j + top + 0.5) * h / bh - 0.5
+  np.testing.assert_allclose(out[size // 2, :, 0], want_x, atol=1.5)
+  np.testing.assert_allclose(out[:, size // 2, 1], want_y, atol=1.5)
+  name = {"squash_center_crop": "webvision", "resize_center_crop": "clothing1m"}[resize]
+  assert config_lib.from_file(REPO / "configs" / f"{name}.py").data.eval_resize == resize

@@ -80,7 +80,7 @@ for _name in ("cub", "webvision"):
   DATASET_STATS[_name] = DATASET_STATS["imagenet"]
 
 AUGMENTATIONS = ("resize_crop", "squash_crop", "random_resized_crop", "cifar", "none")
-EVAL_RESIZES = ("short_side", "squash")
+EVAL_RESIZES = ("short_side", "squash", "squash_center_crop", "resize_center_crop")
 # torchvision-style Resize(256) before RandomCrop(224).
 RESIZE_RATIO = 256 / 224
 
