@@ -180,3 +180,101 @@ def test_webvision_and_clothing1m_test_on_resize_256_then_centre_crop_224(resize
   np.testing.assert_allclose(out[:, size // 2, 1], want_y, atol=1.5)
   name = {"squash_center_crop": "webvision", "resize_center_crop": "clothing1m"}[resize]
   assert config_lib.from_file(REPO / "configs" / f"{name}.py").data.eval_resize == resize
+
+
+# ------------------------------------------------------------------------------------------------ PEFT layers
+
+def _tiny_clip_params(peft):
+  from deft_jax.models import clip as clip_lib
+  from deft_jax.models import presets
+  model = clip_lib.CLIP(presets.get_preset("tiny"), peft)
+  return model, clip_lib.init_params(model, jax.random.key(3))
+
+
+def test_adapter_replaces_the_mlp_output_with_up_relu_down_layernorm_as_the_reference():
+  """Was: the adapter was h + up(relu(down(h))): no LayerNorm, its own residual. The reference's
+  (peft_modelus.py Adapter, CLIP.py) is up(relu(down(LN(h)))) and takes the MLP output's place in the residual
+  stream: with up = 0 at init, every adapted block's MLP contributes nothing."""
+  import jax.numpy as jnp
+
+  from deft_jax.models import clip as clip_lib
+  from deft_jax.models import peft as peft_lib
+  from deft_jax.models.peft_layers import Adapter
+  from deft_jax.tree import flatten, unflatten
+  d, r = 64, 8
+  h = jax.random.normal(jax.random.key(0), (3, 5, d))
+  params = Adapter(r).init(jax.random.key(1), h)["params"]
+  assert set(params) == {"ln", "down", "up"}
+  down = np.asarray(params["down"]["kernel"])
+  assert abs(down.std() - (1 / (3 * d)) ** 0.5) < 0.01 and not np.asarray(params["up"]["kernel"]).any()
+  params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape), params)
+  p = jax.tree.map(np.asarray, params)
+  x = np.asarray(h, np.float64)
+  ln = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * p["ln"]["scale"] + p["ln"]["bias"]
+  y = np.maximum(ln @ p["down"]["kernel"] + p["down"]["bias"], 0) @ p["up"]["kernel"] + p["up"]["bias"]
+  np.testing.assert_allclose(Adapter(r).apply({"params": params}, h), y, atol=1e-4)  # no residual of its own
+  np.testing.assert_allclose(Adapter(r, residual=True).apply({"params": params}, h), x + y, atol=1e-4)
+  # In the tower: at init the adapted model is the plain one with every MLP's output zeroed.
+  model, merged = _tiny_clip_params(peft_lib.PEFTConfig(adapter_dim=4))
+  plain_model, plain = _tiny_clip_params(peft_lib.PEFTConfig())
+  flat = {k: v for k, v in flatten(merged).items() if "/adapter/" not in k}
+  assert flat.keys() == flatten(plain).keys()
+  merged = unflatten({**flatten(merged), **flat})
+  zeroed = unflatten({k: (jnp.zeros_like(v) if k.startswith("vision_model/") and "/mlp/fc2/" in k else v)
+                      for k, v in flat.items()})
+  images = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
+  enc = lambda m, prm: m.apply({"params": prm}, images, method=clip_lib.CLIP.encode_image)  # noqa: E731
+  np.testing.assert_allclose(enc(model, merged), enc(plain_model, zeroed), atol=1e-5)
+
+
+def test_ssf_starts_at_normal_scale_and_shift_and_scales_before_lora_adds():
+  """Was: SSF started at scale = 1, shift = 0 and scaled the projection after LoRA had been added; the reference
+  (peft_modelus.py SSF) draws scale ~ N(1, 0.02), shift ~ N(0, 0.02), and CLIP.py scales qkv, then adds LoRA."""
+  from deft_jax.models import peft as peft_lib
+  from deft_jax.models.peft_layers import SSF
+  params = SSF().init(jax.random.key(0), np.zeros((1, 20000), np.float32))["params"]
+  scale, shift = np.asarray(params["scale"]), np.asarray(params["shift"])
+  assert abs(scale.mean() - 1) < 1e-3 and abs(scale.std() - 0.02) < 1e-3
+  assert abs(shift.mean()) < 1e-3 and abs(shift.std() - 0.02) < 1e-3
+  from deft_jax.tree import flatten
+  model, params = _tiny_clip_params(peft_lib.PEFTConfig(ssf=True, lora_rank=2, lora_targets=("q",)))
+  flat = flatten(params)
+  q = "vision_model/encoder/layers_0/self_attn/q_proj"
+  names = sorted(k[len(q):] for k in flat if k.startswith(q))
+  assert names == ["/bias", "/kernel"]  # LoRA and SSF sit beside the projection, not inside it
+  attn = {k: v for k, v in flat.items() if k.startswith("vision_model/encoder/layers_0/self_attn/")}
+  assert any("ssf_q/scale" in k for k in attn) and any("q_lora/lora_a" in k for k in attn)
+  import flax.linen as nn
+
+  from deft_jax.models import clip as clip_lib
+  block = peft_lib.PEFTConfig(ssf=True, lora_rank=2, lora_targets=("q",)).block(0, 1)
+
+  class Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return clip_lib._dense(x, 6, "q_proj", "q", block, np.float32)
+
+  x = np.asarray(jax.random.normal(jax.random.key(1), (2, 6)))
+  p = Dense().init(jax.random.key(2), x)["params"]
+  p = jax.tree.map(lambda v: np.asarray(v) + 0.3, p)  # B != 0
+  lin = x @ p["q_proj"]["kernel"] + p["q_proj"]["bias"]
+  lora = x @ p["q_lora"]["lora_a"] @ p["q_lora"]["lora_b"] * block.lora_scale
+  want = lin * p["ssf_q"]["scale"] + p["ssf_q"]["shift"] + lora
+  np.testing.assert_allclose(Dense().apply({"params": p}, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bitfit_trains_every_bias_of_the_image_tower_ln_pre_and_ln_post_included():
+  """Was: BitFit trained the biases inside the transformer blocks only; the reference (CLIP.py ViT_Tuner) trains
+  every parameter of clip_model.visual whose name ends in "bias", ln_pre's and ln_post's included."""
+  from deft_jax import optim
+  from deft_jax.detect.detector import default_rules
+  from deft_jax.models import peft as peft_lib
+  from deft_jax.tree import flatten
+  peft = peft_lib.PEFTConfig(bitfit=True)
+  _, params = _tiny_clip_params(peft)
+  params = {"clip": params, "prompts": {"pos_ctx": np.zeros(1), "neg_ctx": np.zeros(1)}}
+  mask = flatten(optim.trainable_mask(params, default_rules(peft)))
+  visual = {k: m for k, m in mask.items() if k.startswith("clip/vision_model/")}
+  assert mask["clip/vision_model/pre_layrnorm/bias"] and mask["clip/vision_model/post_layernorm/bias"]
+  assert {k for k, m in visual.items() if m} == {k for k in visual if k.endswith("/bias")}
+  assert not any(m for k, m in mask.items() if k.startswith("clip/text_model/"))
