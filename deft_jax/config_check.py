@@ -278,6 +278,8 @@ def _stage_checks() -> list[Check]:
       Check("baselines.warmup_epochs", "an integer in [0, baselines.epochs]", _int(0, "baselines.epochs")),
       Check("baselines.small_loss.rate", "None or a number in [0, 1)", _optional(_real(0, 1, hi_open=True))),
       Check("baselines.gmm.model", _choices(GMM_MODELS), _one_of(GMM_MODELS)),
+      Check("baselines.gmm.epochs", "None (the model's recipe's) or an integer >= 1", _optional(_int(1))),
+      Check("baselines.gmm.warmup_epochs", "None (baselines.warmup_epochs) or an integer >= 0", _optional(_int(0))),
       Check("baselines.cleanlab.folds", "an integer >= 2", _int(2)),
       Check("baselines.cleanlab.C", "a number > 0", _real(0, lo_open=True)),
       Check("baselines.cleanlab.knn", "an integer >= 1", _int(1)),
