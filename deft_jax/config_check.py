@@ -238,6 +238,7 @@ def _stage_checks() -> list[Check]:
             _optional(_int(0, "detect.epochs"))),
       Check("detect.strict_selection", "None (detect.recipe's), True or False", _optional(_bool)),
       Check("detect.n_ctx", "an integer >= 1", _int(1)),
+      Check("detect.ctx_init_pad", "True or False", _bool),
       Check("detect.class_token_position", _choices(CLASS_TOKEN_POSITIONS), _one_of(CLASS_TOKEN_POSITIONS)),
       Check("detect.warmup_loss", "None (detect.recipe's) or " + _choices(WARMUP_LOSSES),
             _optional(_one_of(WARMUP_LOSSES))),

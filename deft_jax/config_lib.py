@@ -64,7 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.detect = ml_collections.ConfigDict(dict(
       epochs=10, batch_size=64, eval_batch_size=256, recipe="",
       optim=sgd(), schedule=cosine(0.03, decay=config_dict.placeholder(str)),
-      n_ctx=16, ctx_init="", class_specific=False, class_token_position="end",
+      # ctx_init: start the contexts from these words (the reference has no such option); it also shrinks them
+      # to the words' length unless ctx_init_pad keeps n_ctx (the words last, N(0, 0.02) vectors before them).
+      n_ctx=16, ctx_init="", ctx_init_pad=False, class_specific=False, class_token_position="end",
       peft=peft_config(vpt="deep", vpt_tokens=20),
       trainable=config_dict.placeholder(list),
       warmup_epochs=config_dict.placeholder(int), strict_selection=config_dict.placeholder(bool),

@@ -294,3 +294,28 @@ def test_real_world_gmm_baseline_warms_up_5_of_10_epochs_at_a_constant_lr():
     config_check.check(c)
   c = tiny_config()
   assert gmm.epochs_and_warmup(c) == (None, 1)  # synthetic noise: phase 2's epochs, baselines.warmup_epochs
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+def test_ctx_init_can_keep_16_context_vectors_by_padding_the_words():
+  """Was: ctx_init="a photo of a" always shrank the contexts from 16 vectors to the 4 words' tokens, so a
+  comparison with the random init changed the init and the context length at once; ctx_init_pad keeps n_ctx."""
+  from deft_jax.detect import prompts as prompts_lib
+  from deft_jax.models.tokenizer import Tokenizer
+  tok, width = Tokenizer(), 8
+  table = np.asarray(jax.random.normal(jax.random.key(0), (tok.vocab_size, width)))
+  words = tok.encode("a photo of a")
+  short = prompts_lib.build_template(["cat", "dog"], tok, n_ctx=16, ctx_init="a photo of a")
+  assert short.n_ctx == len(words) == 4  # the documented shrink (CoOp's)
+  padded = prompts_lib.build_template(["cat", "dog"], tok, n_ctx=16, ctx_init="a photo of a", ctx_init_pad=True)
+  assert padded.n_ctx == 16 and (padded.ctx_index.max(-1) == 15).all()
+  ctx = prompts_lib.init_prompts(jax.random.key(1), padded, width, token_embedding=table)
+  for name in ("pos_ctx", "neg_ctx"):
+    c = np.asarray(ctx[name])
+    assert c.shape == (16, width)
+    np.testing.assert_array_equal(c[12:], table[words])  # the words last, next to the class name
+    assert 0.01 < c[:12].std() < 0.03
+  assert not np.array_equal(ctx["pos_ctx"][:12], ctx["neg_ctx"][:12])
+  with pytest.raises(ConfigError, match="more than n_ctx"):
+    prompts_lib.build_template(["cat"], tok, n_ctx=2, ctx_init="a photo of a", ctx_init_pad=True)

@@ -41,7 +41,8 @@ class Detector:
     self.checkpoint = checkpoint
     self.tokenizer = Tokenizer.for_checkpoint(checkpoint, context_length=self.model.config.text.context_length)
     self.template = prompts_lib.build_template(class_names, self.tokenizer, n_ctx=d.n_ctx, ctx_init=d.ctx_init,
-                                               position=d.class_token_position)
+                                               position=d.class_token_position,
+                                               ctx_init_pad=bool(d.get("ctx_init_pad", False)))
     self.num_examples = num_examples
     self.steps_per_epoch = steps_per_epoch
     self.total_steps = d.epochs * steps_per_epoch

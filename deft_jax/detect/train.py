@@ -2,7 +2,7 @@
 mask and writes the stage's outputs.
 
 Config section ``detect`` (defaults in deft_jax/config_lib.py): ``epochs``, ``warmup_epochs``, ``batch_size``,
-``optim``/``schedule`` (see deft_jax.optim), ``n_ctx``, ``ctx_init``, ``class_specific``,
+``optim``/``schedule`` (see deft_jax.optim), ``n_ctx``, ``ctx_init``, ``ctx_init_pad``, ``class_specific``,
 ``class_token_position``, ``peft`` (models.peft.PEFTConfig fields), ``trainable`` (optimiser rules; None means
 prompts + the PEFT parameters, everything pretrained frozen), ``strict_selection``, ``warmup_loss``,
 ``pseudo_labels_from_epoch`` (the first epoch whose L_neg uses pseudo-labels, counted from 1 as the progress
