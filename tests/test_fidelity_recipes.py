@@ -285,15 +285,18 @@ def test_bitfit_trains_every_bias_of_the_image_tower_ln_pre_and_ln_post_included
 def test_real_world_gmm_baseline_warms_up_5_of_10_epochs_at_a_constant_lr():
   """Was: the real-world GMM baseline warmed up 1 epoch (baselines.warmup_epochs) over phase 2's 5 epochs; the
   reference (main_real_baseline.py, config/FFT/cifar100N.yaml and webvision.yaml) trains 10 epochs at a never
-  stepped, constant lr and fits the first GMM after 5 warm-up epochs (Clothing1M's yaml: 1)."""
+  stepped, constant lr and fits the first GMM after 5 warm-up epochs (Clothing1M's yaml: 1); and its synthetic
+  Tiny-ImageNet GMM (main_baseline.py, config/FFT/tiny_imagenet.yaml) warms up 5 epochs, not 1."""
   from deft_jax.baselines import gmm
   for name, warmup in (("cifar100n", 5), ("webvision", 5), ("clothing1m", 1)):
     c = config_lib.from_file(REPO / "configs" / f"{name}.py")
     assert gmm.epochs_and_warmup(c) == (10, warmup), name
     assert c.baselines.gmm.model == "phase2" and c.adapt.schedule.decay == "constant", name
     config_check.check(c)
-  c = tiny_config()
-  assert gmm.epochs_and_warmup(c) == (None, 1)  # synthetic noise: phase 2's epochs, baselines.warmup_epochs
+  for name, warmup in (("cifar100", 1), ("cub200", 1), ("stanford_cars", 1), ("tiny_imagenet", 5)):
+    c = config_lib.from_file(REPO / "configs" / f"{name}.py")  # synthetic: config/FFT/<name>.yaml's warm-up
+    assert gmm.epochs_and_warmup(c) == (None, warmup), name
+  assert gmm.epochs_and_warmup(tiny_config()) == (None, 1)  # phase 2's epochs, baselines.warmup_epochs
 
 
 # ------------------------------------------------------------------------------------------------ prompts
