@@ -245,9 +245,9 @@ def _stage_checks() -> list[Check]:
       Check("detect.pseudo_labels_from_epoch", "None (detect.recipe's) or an integer >= 1 (epochs count from 1)",
             _optional(_int(1))),
       Check("detect.final_mask", _choices(FINAL_MASKS), _one_of(FINAL_MASKS)),
-      Check("detect.ranking", _choices(RANKINGS) + " ('label_probability' needs detect.scoring_pass=True or "
+      Check("detect.ranking", _choices(RANKINGS) + " (all but 'margin' need detect.scoring_pass=True or "
             "detect.final_mask='scoring_pass')",
-            lambda v, ctx: v in ("margin", "strict_margin") or v == "label_probability" and (
+            lambda v, ctx: v == "margin" or v in RANKINGS and (
                 ctx.get("detect.scoring_pass") is True or ctx.get("detect.final_mask") == "scoring_pass")),
       Check("detect.text_chunk", "an integer >= 0 (0: all prompts at once)", _int(0)),
       Check("detect.trainable", "None or a list of (regex, value) rules", _optional(lambda v, ctx: _is_rules(v))),
