@@ -37,6 +37,33 @@ def cosine(lr: float, **fields) -> dict:
   return dict(dict(lr=lr, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0), **fields)
 
 
+def detect_section() -> ml_collections.ConfigDict:
+  """The ``detect`` section: phase 1 with the method's defaults."""
+  # Phase 1 (method.md): SGD momentum 0.9, lr 0.03, wd 5e-4, batch 64, 16 unified context vectors, VPT-deep
+  # with 20 tokens. ``recipe`` names the rest (RECIPES below): "synthetic" (the loose rule, 1 CE warm-up epoch,
+  # cosine over 10 epochs stepped once per epoch) or "real_noise" (the strict rule, 5 SCE warm-up epochs,
+  # pseudo-labels from epoch 2, constant lr); "" picks real_noise when data.noise.type == "human". The five
+  # fields it sets stay None here: a value given for one of them overrides the recipe for that field only.
+  return ml_collections.ConfigDict(dict(
+      epochs=10, batch_size=64, eval_batch_size=256, recipe="",
+      optim=sgd(), schedule=cosine(0.03, decay=config_dict.placeholder(str)),
+      # ctx_init: start the contexts from these words (the reference has no such option); it also shrinks them
+      # to the words' length unless ctx_init_pad keeps n_ctx (the words last, N(0, 0.02) vectors before them).
+      n_ctx=16, ctx_init="", ctx_init_pad=False, class_specific=False, class_token_position="end",
+      peft=peft_config(vpt="deep", vpt_tokens=20),
+      trainable=config_dict.placeholder(list),
+      warmup_epochs=config_dict.placeholder(int), strict_selection=config_dict.placeholder(bool),
+      warmup_loss=config_dict.placeholder(str), pseudo_labels_from_epoch=config_dict.placeholder(int),
+      # text_chunk > 0: at most that many prompts through the text tower at a time (rematerialised: memory flat in
+      # C). text_prefix_sharing: the prompts' shared prefix once per context, then the class suffixes (exact).
+      final_mask="online", scoring_pass=True, text_chunk=0, text_prefix_sharing=True,
+      # The report's ranking (``score``; the mask stays DEFT's): "margin" (s+_y - s-_y, whose sign is the loose
+      # rule's mask), "label_probability" (the scoring pass's log-softmax of the positive prompts at the given
+      # label) or "strict_margin" (consistent with the strict rule; detect/train.py). BENCHMARKS.md "Detection by
+      # VLM strength" measures the first two.
+      ranking="margin"))
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -56,28 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
       optim=dict(name="adamw", weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6),
       schedule=cosine(1e-3, warmup_steps=100, per_epoch=False)))
 
-  # Phase 1 (method.md): SGD momentum 0.9, lr 0.03, wd 5e-4, batch 64, 16 unified context vectors, VPT-deep
-  # with 20 tokens. ``recipe`` names the rest (RECIPES below): "synthetic" (the loose rule, 1 CE warm-up epoch,
-  # cosine over 10 epochs stepped once per epoch) or "real_noise" (the strict rule, 5 SCE warm-up epochs,
-  # pseudo-labels from epoch 2, constant lr); "" picks real_noise when data.noise.type == "human". The five
-  # fields it sets stay None here: a value given for one of them overrides the recipe for that field only.
-  c.detect = ml_collections.ConfigDict(dict(
-      epochs=10, batch_size=64, eval_batch_size=256, recipe="",
-      optim=sgd(), schedule=cosine(0.03, decay=config_dict.placeholder(str)),
-      # ctx_init: start the contexts from these words (the reference has no such option); it also shrinks them
-      # to the words' length unless ctx_init_pad keeps n_ctx (the words last, N(0, 0.02) vectors before them).
-      n_ctx=16, ctx_init="", ctx_init_pad=False, class_specific=False, class_token_position="end",
-      peft=peft_config(vpt="deep", vpt_tokens=20),
-      trainable=config_dict.placeholder(list),
-      warmup_epochs=config_dict.placeholder(int), strict_selection=config_dict.placeholder(bool),
-      warmup_loss=config_dict.placeholder(str), pseudo_labels_from_epoch=config_dict.placeholder(int),
-      # text_chunk > 0: at most that many prompts through the text tower at a time (rematerialised: memory flat in
-      # C). text_prefix_sharing: the prompts' shared prefix once per context, then the class suffixes (exact).
-      final_mask="online", scoring_pass=True, text_chunk=0, text_prefix_sharing=True,
-      # The report's ranking (``score``): "margin" (s+_y - s-_y, whose sign is the paper's mask) or
-      # "label_probability" (the scoring pass's softmax over the positive prompts at the given label; the mask
-      # stays DEFT's). BENCHMARKS.md "Detection by VLM strength" measures both.
-      ranking="margin"))
+  c.detect = detect_section()
 
   # Phase 2 (method.md): FFT of the visual blocks + a new linear head on ln_post(CLS), CE on the clean
   # subset, SGD momentum 0.9, lr 5e-4, wd 5e-4, cosine over 10 epochs stepped per epoch, batch 64 (real-world
