@@ -26,6 +26,7 @@ DECAYS = ("cosine", "constant", "linear")
 FINAL_MASKS = ("online", "scoring_pass")
 RANKINGS = ("margin", "label_probability", "strict_margin")
 RECIPES = ("", "synthetic", "real_noise")  # "": by data.noise.type (config_lib.recipe_name)
+PRED_PROBS = ("auto", "full", "topk", "none")
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 WARMUP_LOSSES = ("ce", "sce")
 VPT_MODES = ("none", "shallow", "deep")
@@ -223,6 +224,9 @@ def _stage_checks() -> list[Check]:
       Check("checkpoint_every_steps", "an integer >= 1", _int(1)),
       Check("report.num_suspects", "an integer >= 0", _int(0)),
       Check("report.review_top_k", "an integer >= 1 (report.review=False: no page)", _int(1)),
+      Check("report.pred_probs", _choices(PRED_PROBS), _one_of(PRED_PROBS)),
+      Check("report.pred_probs_topk", "an integer >= 1", _int(1)),
+      Check("report.pred_probs_full_max_gb", "a number >= 0", _real(0)),
       Check("model.preset", _choices(sorted(presets.PRESETS)), _one_of(tuple(presets.PRESETS))),
       Check("model.dtype", _choices(DTYPES), _one_of(DTYPES)),
       Check("model.attention", _choices(ATTENTIONS), _one_of(ATTENTIONS)),

@@ -128,8 +128,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 200
   # export_arrays: pred_probs.npy and features.npy beside label_issues.csv (for cleanlab and notebooks).
   # review: review.html, the page where a person decides on the top review_top_k suspects (report/review.py).
+  # pred_probs: the class probabilities exported: "full" [N, C], "topk" (the pred_probs_topk largest and their
+  # classes), "none", or "auto": "full" while the float32 [N, C] file is at most pred_probs_full_max_gb GiB (8:
+  # ImageNet-1k's 5.1 GB), else "topk" (README, "Class probabilities at scale").
   c.report = ml_collections.ConfigDict(dict(num_suspects=24, write_images=True, export_arrays=True, review=True,
-                                            review_top_k=1000))
+                                            review_top_k=1000, pred_probs="auto", pred_probs_topk=5,
+                                            pred_probs_full_max_gb=8.0))
   return c
 
 

@@ -219,8 +219,10 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
     extra["warnings"] = warnings
   image_fn = (lambda idx: train.load_images(idx)) if config.report.write_images else None
   files = detect.outputs(workdir)
-  arrays = {files[key].name: np.load(files[key], mmap_mode="r") for key in ("pred_probs", "features")
-            if config.report.export_arrays and files[key].exists()}  # the report copies them under their names
+  arrays = {files[key].name: files[key] for key in detect.EXPORTED
+            if config.report.export_arrays and files[key].exists()}  # the report copies the files, in blocks
+  if config.report.export_arrays:
+    extra["pred_probs"] = detect.pred_probs_summary(config, train.num_examples, train.num_classes, arrays)
   lead = jax.process_index() == 0  # one writer; the other processes hold the same detection
   table, summary, text = build_and_write_report(
       stages.directory(workdir, "report"), detection, given=train.labels, class_names=train.class_names,

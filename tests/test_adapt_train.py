@@ -305,3 +305,26 @@ def test_a_resumed_stage_reproduces_the_uninterrupted_one(ckpt, splits, mesh1, t
   assert again["steps"] == first["steps"] == 6
   with np.load(out / "predictions.npz") as f:
     np.testing.assert_allclose(f["test_logits"], logits, rtol=1e-5, atol=1e-6)
+
+
+def test_vlpt_evaluation_computes_the_class_prompts_once_not_per_batch(ckpt, splits, mesh1, monkeypatch):
+  """Old behaviour caught: VLPT's apply ran the text tower over its C class prompts on every evaluation batch.
+  Prepared once, the per-batch function must not call the text side and must give the same logits."""
+  config = _config(ckpt, method="vlpt")
+  clf = build.vlpt_classifier(config, splits["train"].class_names, mesh=mesh1, checkpoint=ckpt,
+                              rng=jax.random.key(0), peft=PEFTConfig())
+  test = splits["test"]
+  x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  want = np.asarray(clf.apply(clf.variables, x)[0])
+  prepared = evaluate.prepare(clf, clf.variables, mesh1)
+  ref = evaluate.predict(clf, clf.variables, test, mesh=mesh1, batch_size=B)
+
+  def no_text(*a, **k):
+    raise AssertionError("the text tower ran inside a per-batch evaluation")
+
+  monkeypatch.setattr(prompts_lib, "context_features", no_text)
+  np.testing.assert_allclose(clf.apply(prepared, x)[0], want, rtol=1e-5, atol=1e-5)
+  clf.jit_cache.clear()  # trace the per-batch function again, now without a text tower to call
+  got = evaluate.predict(clf, prepared, test, mesh=mesh1, batch_size=B, fn=evaluate.jit_logits(clf, prepared,
+                                                                                              mesh1))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -135,6 +135,7 @@ def test_the_enum_values_are_those_the_stages_accept():
   assert config_check.GMM_MODELS == gmm.MODELS
   assert config_check.NOISE_TYPES == noise.NOISE_TYPES
   assert config_check.RANKINGS == detect_train.RANKINGS
+  assert config_check.PRED_PROBS == detect_train.PRED_PROBS
   # Spelt in their modules' error paths only: each module takes every value of the table and refuses another.
   from deft_jax.models.peft import PEFTConfig
   for name in config_check.TRAINABLE:

@@ -95,15 +95,15 @@ def test_report_and_summary_json_name_the_phase1_recipe(tmp_path):
 # ------------------------------------------------------------------------------------------------ rankings
 
 def _scored(monkeypatch, s_pos, s_neg, labels, strict=True):
-  """score_batch's outputs for given logits (the model is bypassed)."""
+  """The scoring pass's per-batch outputs (step.score_images) for given logits (the model is bypassed)."""
   import jax.numpy as jnp
 
   from deft_jax.detect import step as step_lib
   s_pos, s_neg = jnp.asarray(s_pos, jnp.float32), jnp.asarray(s_neg, jnp.float32)
-  monkeypatch.setattr(step_lib, "logits", lambda *a, **k: (s_pos, s_neg, None))
+  monkeypatch.setattr(step_lib, "image_logits", lambda *a, **k: (s_pos, s_neg, None))
   batch = {"image": None, "label": jnp.asarray(labels, jnp.int32), "index": jnp.arange(len(labels)),
            "mask": jnp.ones(len(labels), bool)}
-  return jax.device_get(step_lib.score_batch(None, None, batch, None, strict=strict))
+  return jax.device_get(step_lib.score_images(None, None, None, batch, strict=strict))
 
 
 def test_label_probability_is_a_log_softmax_that_does_not_round_to_zero_at_logit_scale_100(monkeypatch):

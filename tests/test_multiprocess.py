@@ -201,6 +201,12 @@ def test_two_processes_give_the_clean_mask_report_and_accuracy_of_one(runs):
   la, lb = (np.load(runs[k] / "adapt" / "predictions.npz")["test_logits"] for k in ("one", "two"))
   figures["max_abs_diff_test_logits"] = float(np.max(np.abs(la - lb)))
   np.testing.assert_allclose(la, lb, **FLOAT_TOL)
+  for name in ("pred_probs.npy", "features.npy"):  # each process wrote its own rows; process 0 merged them
+    ea, eb = (np.load(runs[k] / "report" / name) for k in ("one", "two"))
+    assert ea.shape == eb.shape and ea.dtype == eb.dtype, name
+    figures[f"max_abs_diff_{name}"] = float(np.max(np.abs(ea - eb)))
+    np.testing.assert_allclose(ea, eb, **FLOAT_TOL, err_msg=name)
+  assert not list((runs["two"] / "detect").glob(".*part*")), "a part file of the scoring pass was left behind"
   print("1x4 vs 2x2:", json.dumps(figures))
 
 

@@ -131,3 +131,17 @@ def test_write_report_rejects_mask_that_disagrees_with_table(tmp_path):
   with pytest.raises(ValueError, match="clean_mask has 3 entries but the table has 12 rows"):
     writer.write_report(tmp_path / "r2", table=table, clean_mask=np.ones(3, bool), summary=summary)
   assert not (tmp_path / "r2").exists()
+
+
+def test_arrays_given_as_npy_paths_are_copied_exactly_and_checked_for_rows(tmp_path):
+  """Old behaviour caught: the report took only arrays, read each exported [N, C] one into memory and saved it
+  again (a path failed); a path is now copied as a file (exact bytes), and a file whose rows do not match the
+  table is still refused."""
+  probs = np.random.default_rng(0).random((12, 5)).astype(np.float32)
+  np.save(tmp_path / "src.npy", probs)
+  out = tmp_path / "report"
+  _write(out, arrays={"pred_probs.npy": tmp_path / "src.npy"})
+  assert (out / "pred_probs.npy").read_bytes() == (tmp_path / "src.npy").read_bytes()
+  np.save(tmp_path / "short.npy", probs[:5])
+  with pytest.raises(writer.ReportInputError, match="pred_probs.npy has 5 rows"):
+    _write(tmp_path / "report2", arrays={"pred_probs.npy": tmp_path / "short.npy"})

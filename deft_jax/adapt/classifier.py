@@ -75,6 +75,9 @@ class Classifier:
   load: Optional[Callable[[dict], dict]] = None
   optim: Optional[dict] = None
   features: Optional[Callable] = None
+  # ``variables -> variables`` with what stays fixed during an evaluation computed once (VLPT: its class
+  # prompts' text features, "text"), which ``apply`` then uses instead of computing it per batch.
+  eval_prepare: Optional[Callable[[dict], dict]] = None
   # jitted evaluation functions by (mesh, sharding rules), so that per-epoch evaluations compile once.
   jit_cache: dict = dataclasses.field(default_factory=dict, repr=False)
   _variables: Optional[dict] = dataclasses.field(default=None, repr=False)
@@ -290,15 +293,20 @@ def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, r
   rules = ([(r"prompts/ctx", 1.0)] + [(f"clip/{p}", 1.0) for p in trainable_patterns(peft)]
            + [(r"clip/.*", None)])
 
+  def text_features(p):
+    (text,) = prompts_lib.context_features(model, p["clip"], [p["prompts"]["ctx"]], template, chunk=text_chunk,
+                                           share_prefix=text_prefix_sharing)
+    return text
+
   def apply(variables, images, *, train: bool = False, rng=None):
     del train, rng
     p = variables["params"]
-    (text,) = prompts_lib.context_features(model, p["clip"], [p["prompts"]["ctx"]], template, chunk=text_chunk,
-                                           share_prefix=text_prefix_sharing)
+    text = variables["text"] if "text" in variables else text_features(p)  # training: the context learns
     return zeroshot.zero_shot_logits(model, p["clip"], images, text), {}
 
   return Classifier(name="vlpt", apply=apply, init=init, rules=rules, inputs=inputs, mesh=mesh,
-                    sharding_rules=sharding_rules, load=load)
+                    sharding_rules=sharding_rules, load=load,
+                    eval_prepare=lambda v: {**v, "text": text_features(v["params"])})
 
 
 def _token_embedding(clip_params):

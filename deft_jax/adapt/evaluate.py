@@ -42,10 +42,27 @@ def jit_logits(classifier: Classifier, variables, mesh, sharding_rules: Sequence
   return jitted
 
 
+def prepare(classifier: Classifier, variables, mesh, sharding_rules: Sequence = ()):
+  """``variables`` with what stays fixed during an evaluation computed once (``Classifier.eval_prepare``: VLPT's
+  class text features), for :func:`jit_logits`; unchanged for classifiers without it."""
+  if classifier.eval_prepare is None:
+    return variables
+  key = ("prepare", mesh, tuple(tuple(r) for r in sharding_rules), jax.tree_util.tree_structure(variables))
+  if key not in classifier.jit_cache:
+    out = jax.eval_shape(classifier.eval_prepare, variables)
+    classifier.jit_cache[key] = jax.jit(
+        classifier.eval_prepare, in_shardings=(parallel.shardings_for(variables, mesh, sharding_rules),),
+        out_shardings=parallel.shardings_for(out, mesh, sharding_rules))
+  return classifier.jit_cache[key](variables)
+
+
 def predict(classifier: Classifier, variables, split, *, mesh, batch_size: int,
             sharding_rules: Sequence = (), fn=None) -> np.ndarray:
-  """float32 logits [N, C] for every example of ``split`` in index order (un-augmented images)."""
-  fn = fn or jit_logits(classifier, variables, mesh, sharding_rules)
+  """float32 logits [N, C] for every example of ``split`` in index order (un-augmented images). Without ``fn``
+  the variables are prepared here (:func:`prepare`); with it, they are the prepared ones ``fn`` was made for."""
+  if fn is None:
+    variables = prepare(classifier, variables, mesh, sharding_rules)
+    fn = jit_logits(classifier, variables, mesh, sharding_rules)
   chunks = []
   for local in pipeline.eval_batches(split, global_batch_size=batch_size, **classifier.inputs.pipeline_kw()):
     chunks.append(fn(variables, parallel.shard_batch(local, mesh)))
@@ -82,6 +99,7 @@ def evaluate(classifier: Classifier, variables, splits: dict, *, mesh, batch_siz
 
   With ``keep_logits`` each entry also holds "logits" (NumPy [N, C]; not JSON).
   """
+  variables = prepare(classifier, variables, mesh, sharding_rules)  # once for every split
   fn = jit_logits(classifier, variables, mesh, sharding_rules)
   out = {}
   for name in names:

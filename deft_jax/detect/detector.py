@@ -107,12 +107,41 @@ class Detector:
     return train_state.jit_step(fn, self.state_shardings(state), self.mesh)
 
   def jit_score(self, params, *, with_embedding: bool = False):
+    """One batch's detector outputs, text features included (replicated); a pass over a split uses
+    :meth:`jit_text_features` once and :meth:`jit_score_images` per batch instead."""
     fn = lambda p, b: step_lib.score_batch(self.model, p, b, self.template,  # noqa: E731
                                            strict=self.settings.strict, text_chunk=self.settings.text_chunk,
                                            text_prefix_sharing=self.settings.text_prefix_sharing,
                                            with_embedding=with_embedding)
     return jax.jit(fn, in_shardings=(self.state_shardings(params), parallel.batch_sharding(self.mesh)),
                    out_shardings=parallel.replicated(self.mesh))
+
+  def jit_text_features(self, params):
+    """``params -> (pos, neg)`` [C, D]: the prompts' text features, replicated; fixed while params are."""
+    fn = lambda p: prompts_lib.text_features(self.model, p["clip"], p["prompts"], self.template,  # noqa: E731
+                                             chunk=self.settings.text_chunk,
+                                             share_prefix=self.settings.text_prefix_sharing)
+    return jax.jit(fn, in_shardings=(self.state_shardings(params),), out_shardings=parallel.replicated(self.mesh))
+
+  def jit_score_images(self, params, outputs: step_lib.ScoreOutputs):
+    """``(params, text, batch) -> outputs``: the per-example scalars replicated (every process keeps them all),
+    the [B, ...] arrays of ``outputs`` split over the devices like the batch, so that no device holds another's
+    rows and each process reads back only the rows it fed."""
+    def fn(p, t, b):
+      out = step_lib.score_images(self.model, p, t, b, strict=self.settings.strict, outputs=outputs)
+      return {**out, "local_index": b["index"], "local_valid": b["mask"]}
+
+    shapes = jax.eval_shape(fn, params, jax.eval_shape(self.jit_text_features(params), params),
+                            _abstract_batch(self.model.config.vision.image_size))
+    rows, rep = parallel.batch_sharding(self.mesh), parallel.replicated(self.mesh)
+    out_shardings = {k: rows if k in step_lib.ROW_ARRAYS or k.startswith("local_") else rep for k in shapes}
+    return jax.jit(fn, in_shardings=(self.state_shardings(params), rep, rows), out_shardings=out_shardings)
+
+
+def _abstract_batch(image_size: int, b: int = 1) -> dict:
+  return {"image": jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.float32),
+          "index": jax.ShapeDtypeStruct((b,), jnp.int32), "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+          "mask": jax.ShapeDtypeStruct((b,), jnp.bool_)}
 
 
 def _first_epoch_index(epoch: int) -> int:

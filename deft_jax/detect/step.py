@@ -42,8 +42,15 @@ class DetectSettings:
 def logits(model: clip_lib.CLIP, params, images, template: PromptTemplate, *, text_chunk: int = 0,
            text_prefix_sharing: bool = True, return_features: bool = False):
   """(s_pos, s_neg) [B, C]; s_neg uses stop-gradient image features so only negative prompts learn from it."""
-  pos, neg = text_features(model, params["clip"], params["prompts"], template, chunk=text_chunk,
-                           share_prefix=text_prefix_sharing)
+  text = text_features(model, params["clip"], params["prompts"], template, chunk=text_chunk,
+                       share_prefix=text_prefix_sharing)
+  return image_logits(model, params, images, text, return_features=return_features)
+
+
+def image_logits(model: clip_lib.CLIP, params, images, text, *, return_features: bool = False):
+  """:func:`logits` against already computed prompt features ``text = (pos, neg)`` [C, D] each: the image side
+  alone, for passes where the prompts are fixed (the scoring pass computes them once, not once per batch)."""
+  pos, neg = text
   feats = model.apply({"params": params["clip"]}, images, method=clip_lib.CLIP.encode_image)
   img = clip_lib.normalize(feats)
   scale = jnp.exp(params["clip"]["logit_scale"].astype(jnp.float32))
@@ -112,28 +119,64 @@ def _batch_metrics(loss, aux, batch) -> dict:
   }
 
 
+PRED_PROBS_MODES = ("full", "topk", "none")
+# The [B, ...] outputs of a scoring pass that stream to files (the rest are per-example scalars).
+ROW_ARRAYS = ("embedding", "pred_probs", "pred_probs_topk", "pred_probs_topk_classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOutputs:
+  """Which [B, ...] arrays a scoring pass returns besides the per-example scalars: ``embedding`` (the
+  L2-normalised image features) and the class probabilities as ``pred_probs`` ("full": [B, C], cleanlab's
+  pred_probs; "topk": ``pred_probs_topk`` and ``pred_probs_topk_classes``, the k largest and their classes,
+  largest first; "none")."""
+
+  embedding: bool = False
+  pred_probs: str = "none"
+  topk: int = 5
+
+
 def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool = False, text_chunk: int = 0,
                 text_prefix_sharing: bool = True, with_embedding: bool = False) -> dict:
-  """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin, log_p_label (log
-  softmax of the positive prompts' logits at the given label, free of rounding to 0), strict_margin; with
-  ``with_embedding`` also ``embedding`` (the L2-normalised image features) and ``pred_probs`` (the softmax over
-  the positive prompts' logits, [B, C]: the detector's class probabilities, cleanlab's pred_probs)."""
-  s_pos, s_neg, img = logits(model, params, batch["image"], template, text_chunk=text_chunk,
-                             text_prefix_sharing=text_prefix_sharing, return_features=True)
+  """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin, label_prob (the
+  softmax probability of the given label), log_p_label (its log, computed as a log-softmax that does not round to
+  0), strict_margin (losses.strict_margin); with ``with_embedding`` also ``embedding`` (the L2-normalised image
+  features) and ``pred_probs`` (the softmax over the positive prompts' logits, [B, C]: the detector's class
+  probabilities, cleanlab's pred_probs). Computes the prompts' text features itself; a pass over many batches
+  computes them once and calls :func:`score_images`."""
+  text = text_features(model, params["clip"], params["prompts"], template, chunk=text_chunk,
+                       share_prefix=text_prefix_sharing)
+  outputs = ScoreOutputs(embedding=with_embedding, pred_probs="full" if with_embedding else "none")
+  return score_images(model, params, text, batch, strict=strict, outputs=outputs)
+
+
+def score_images(model, params, text, batch, *, strict: bool = False, outputs: ScoreOutputs = ScoreOutputs()
+                 ) -> dict:
+  """:func:`score_batch` against prompt features ``text = (pos, neg)`` computed beforehand (detect/prompts.py
+  ``text_features``), with the arrays ``outputs`` asks for."""
+  s_pos, s_neg, img = image_logits(model, params, batch["image"], text, return_features=True)
   py = losses.p_yes(s_pos, s_neg)
   p_clean, selected = losses.select_clean(py, batch["label"], strict=strict)
   lab = batch["label"][:, None]
+  probs = jax.nn.softmax(s_pos.astype(jnp.float32), axis=-1)
   out = {
       "p_clean": p_clean, "is_clean": selected, "suggested": jnp.argmax(s_pos, axis=-1).astype(jnp.int32),
       "margin": (jnp.take_along_axis(s_pos, lab, -1) - jnp.take_along_axis(s_neg, lab, -1))[:, 0],
+      "label_prob": jnp.take_along_axis(probs, lab, -1)[:, 0],
       "index": batch["index"], "valid": batch["mask"],
   }
   # The rankings other than the margin (detect.ranking), as per-example scalars of the logits.
   out["log_p_label"] = losses.log_prob_of_label(s_pos, batch["label"])
   out["strict_margin"] = losses.strict_margin(s_pos, s_neg, batch["label"])
-  if with_embedding:
+  if outputs.embedding:
     out["embedding"] = img
-    out["pred_probs"] = jax.nn.softmax(s_pos.astype(jnp.float32), axis=-1)
+  if outputs.pred_probs == "full":
+    out["pred_probs"] = probs
+  elif outputs.pred_probs == "topk":
+    top, classes = jax.lax.top_k(probs, min(int(outputs.topk), probs.shape[-1]))
+    out["pred_probs_topk"], out["pred_probs_topk_classes"] = top, classes.astype(jnp.int32)
+  elif outputs.pred_probs != "none":
+    raise ValueError(f"pred_probs must be one of {PRED_PROBS_MODES}, got {outputs.pred_probs!r}")
   return out
 
 

@@ -21,10 +21,11 @@ import jax
 import numpy as np
 
 from deft_jax import loop, parallel, stages
-from deft_jax.checkpoint import StageCheckpointer, load_npz, save_npy, save_npz
+from deft_jax.checkpoint import StageCheckpointer, load_npz, save_npz
 from deft_jax.data import pipeline
 from deft_jax.data.config import image_spec
 from deft_jax.detect import detector as detector_lib
+from deft_jax.detect import scoring
 from deft_jax.detect import step as step_lib
 from deft_jax.errors import ConfigError, DivergedError
 from deft_jax.report import metrics as report_metrics
@@ -50,6 +51,7 @@ def check_finite_outputs(result: dict, stage: str) -> None:
 # "label_probability" (log softmax of s+ at the given label), "strict_margin" (min(m_y, m_y - max_{k != y} m_k),
 # m = s+ - s-: positive exactly where the strict rule selects). The last two come from the scoring pass.
 RANKINGS = ("margin", "label_probability", "strict_margin")
+PRED_PROBS = ("auto",) + step_lib.PRED_PROBS_MODES
 
 
 def label_probability(pred_probs, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -88,17 +90,51 @@ def outputs(workdir) -> dict[str, Path]:
   leaves), ``checkpoints``."""
   d = stages.directory(workdir, "detect")
   return {"dir": d, "detection": d / OUTPUT_FILE, "learned_params": d / LEARNED_PARAMS_FILE,
-          "pred_probs": d / "pred_probs.npy", "features": d / "features.npy", "checkpoints": d / "checkpoints"}
+          "pred_probs": d / "pred_probs.npy", "pred_probs_topk": d / "pred_probs_topk.npy",
+          "pred_probs_topk_classes": d / "pred_probs_topk_classes.npy", "features": d / "features.npy",
+          "checkpoints": d / "checkpoints"}
 
 
 def score_split(detector: detector_lib.Detector, params, split, *, batch_size: int, data_kw: dict,
-                with_embedding: bool = False) -> dict[str, np.ndarray]:
-  """Detector outputs for every example of ``split``, in index order, without augmentation."""
-  fn = detector.jit_score(params, with_embedding=with_embedding)
-  chunks = []
-  for local in pipeline.eval_batches(split, global_batch_size=batch_size, **data_kw):
-    chunks.append(fn(params, parallel.shard_batch(local, detector.mesh)))
-  return step_lib.gather_by_index(chunks, split.num_examples)
+                with_embedding: bool = False, directory: Optional[Path] = None, pred_probs: Optional[str] = None,
+                topk: int = 5, batches=None) -> dict[str, np.ndarray]:
+  """Detector outputs for every example of ``split``, in index order, without augmentation (detect/scoring.py):
+  the per-example scalars, and with ``with_embedding`` the [N, D] ``embedding`` and the class probabilities
+  (``pred_probs``: "full" [N, C], "topk" (the ``topk`` largest), "none"; default "full" with the embedding),
+  written to ``directory``'s ``.npy`` files as the batches are scored (held in host memory without one).
+  ``batches``: host-local batches to score instead of the split's eval pipeline (a synthetic reader)."""
+  if pred_probs is None:
+    pred_probs = "full" if with_embedding else "none"
+  outputs = step_lib.ScoreOutputs(embedding=with_embedding, pred_probs=pred_probs, topk=int(topk))
+  text = detector.jit_text_features(params)(params)  # once: the prompts are fixed during the pass
+  fn = detector.jit_score_images(params, outputs)
+  if batches is None:
+    batches = pipeline.eval_batches(split, global_batch_size=batch_size, **data_kw)
+  return scoring.score_batches(fn, params, text, batches, detector.mesh, split.num_examples, directory=directory)
+
+
+EXPORTED = ("pred_probs", "pred_probs_topk", "pred_probs_topk_classes", "features")
+
+
+def pred_probs_summary(config, num_examples: int, num_classes: int, files) -> dict:
+  """The report's record of which class probabilities it holds (summary.json "pred_probs")."""
+  mode = pred_probs_mode(config, num_examples, num_classes)
+  out = {"mode": mode, "setting": config.report.get("pred_probs", "auto"),
+         "files": sorted(f for f in files if f.startswith("pred_probs")),
+         "full_bytes": 4 * num_examples * num_classes}
+  if mode == "topk":
+    out["k"] = min(int(config.report.get("pred_probs_topk", 5)), num_classes)
+  return out
+
+
+def pred_probs_mode(config, num_examples: int, num_classes: int) -> str:
+  """report.pred_probs, with "auto" resolved: "full" while the [N, C] float32 file stays within
+  report.pred_probs_full_max_gb, else "topk" (docs: README "Class probabilities at scale")."""
+  mode = config.report.get("pred_probs", "auto")
+  if mode != "auto":
+    return mode
+  limit = float(config.report.get("pred_probs_full_max_gb", 8.0)) * 2**30
+  return "full" if 4.0 * num_examples * num_classes <= limit else "topk"
 
 
 def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: Optional[str]) -> dict:
@@ -145,9 +181,13 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
     raise ConfigError(f"detect.final_mask must be 'online' or 'scoring_pass', got {d.final_mask!r}")
   export = bool(config.report.get("export_arrays", True))
   if d.scoring_pass or d.final_mask == "scoring_pass" or export:
+    mode = pred_probs_mode(config, train_split.num_examples, len(train_split.class_names)) if export else "none"
     scored = score_split(det, state["params"], train_split, batch_size=d.eval_batch_size or d.batch_size,
-                         data_kw=data_kw, with_embedding=export)
-    arrays = {k: scored.pop(k) for k in ("pred_probs", "embedding") if k in scored}
+                         data_kw=data_kw, with_embedding=export, pred_probs=mode,
+                         topk=int(config.report.get("pred_probs_topk", 5)), directory=out["dir"] if export else None)
+    scored.pop("label_prob")  # its float32 value rounds to 1 for confident examples: the ranking reads log_p_label
+    for k in step_lib.ROW_ARRAYS:  # in out["dir"]'s .npy files, which the report copies
+      scored.pop(k, None)
     result.update({"pass_" + k: v for k, v in scored.items()})
   scale = float(np.exp(np.asarray(parallel.to_host(state["params"]["clip"]["logit_scale"]), np.float64)))
   for prefix in ("online_", "pass_"):
@@ -160,9 +200,6 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   apply_ranking(result, ranking, scale)
   result["params_step"] = np.asarray(int(state["step"]))
   check_finite_outputs(result, "detect")
-  if export:  # the scoring pass's class probabilities and image embeddings, for cleanlab and notebooks
-    save_npy(out["pred_probs"], arrays["pred_probs"].astype(np.float32))
-    save_npy(out["features"], arrays["embedding"].astype(np.float32))
   save_npz(out_file, result)
   save_learned_params(out["learned_params"], state["params"], det.mask)
   return result

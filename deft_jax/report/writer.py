@@ -12,6 +12,8 @@ Single writer: on multi-host jobs call this from ``jax.process_index() == 0`` on
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import uuid
 from typing import Any, Mapping, Sequence
 
@@ -64,7 +66,7 @@ def _write_contents(out: epath.Path, table: pd.DataFrame, clean_mask: np.ndarray
                     text: str, image_fn, num_suspects: int, review_top_k: int | None,
                     class_names: Sequence[str] | None) -> None:
   with (out / TABLE_FILE).open("w") as f:
-    table.to_csv(f, index=False)
+    table.to_csv(f, index=False, chunksize=CSV_CHUNK_ROWS)
   with (out / MASK_FILE).open("wb") as f:
     np.save(f, clean_mask)
   (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -85,6 +87,30 @@ def _write_contents(out: epath.Path, table: pd.DataFrame, clean_mask: np.ndarray
   if review_top_k:
     (out / review.FILE).write_text(review.page_html(table, image_fn=image_fn, class_names=class_names,
                                                     top_k=review_top_k))
+
+
+COPY_BLOCK_BYTES = 16 * 2**20
+CSV_CHUNK_ROWS = 100_000  # the CSV's text is formatted this many rows at a time
+
+
+def _write_array(path: epath.Path, array, rows: int) -> None:
+  """An ``.npy`` beside the table: an array, or the path of an ``.npy`` file copied as a file (by the kernel, or
+  in 16 MiB blocks to a remote report), so that an [N, C] file of millions of rows never sits in memory."""
+  if isinstance(array, (str, os.PathLike)):
+    n = np.load(array, mmap_mode="r").shape[0]
+    if n != rows:
+      raise ReportInputError(f"{path.name} has {n} rows, the table {rows}")
+    if "://" not in str(path):  # a local copy: the kernel's (copy_file_range / sendfile), no user-space buffer
+      shutil.copyfile(os.fspath(array), os.fspath(path))
+      return
+    with epath.Path(array).open("rb") as src, path.open("wb") as dst:
+      while block := src.read(COPY_BLOCK_BYTES):
+        dst.write(block)
+    return
+  if len(array) != rows:
+    raise ReportInputError(f"{path.name} has {len(array)} rows, the table {rows}")
+  with path.open("wb") as f:
+    np.save(f, np.asarray(array))
 
 
 def write_report(
@@ -112,8 +138,9 @@ def write_report(
     summary: the dict of :func:`build_summary` (plus any caller sections).
     text: the health summary text (default: ``format_health_summary(summary)``).
     image_fn: optional ``indices -> uint8 [k, H, W, 3]`` for the suspects grid.
-    arrays: optional ``{file name: [N, ...] array}`` written as ``.npy`` beside the table (``pred_probs.npy``,
-      ``features.npy``), one row per example in index order.
+    arrays: optional ``{file name: [N, ...] array, or the path of an .npy file}`` written as ``.npy`` beside
+      the table (``pred_probs.npy`` or ``pred_probs_topk*.npy``, ``features.npy``), one row per example in index
+      order; files are copied in blocks.
     review_top_k: the review page's number of suspects (None: no page; see report/review.py).
     class_names: every class name, for the review page's "relabel to" list (default: those the table names).
 
@@ -142,10 +169,7 @@ def write_report(
       staging.mkdir()
       _write_contents(staging, table, clean_mask, summary, text, image_fn, num_suspects, review_top_k, class_names)
       for name, array in (arrays or {}).items():
-        if len(array) != len(table):
-          raise ReportInputError(f"{name} has {len(array)} rows, the table {len(table)}")
-        with (staging / name).open("wb") as f:
-          np.save(f, np.asarray(array))
+        _write_array(staging / name, array, len(table))
   except BaseException:
     staging.rmtree(missing_ok=True)
     raise
