@@ -11,11 +11,12 @@ from deft_jax.config_lib import paper_config, parse_args, real_world, runlocal, 
 
 def get_config(arg=None):
   a = parse_args(arg, runlocal=False, method="deft", root="")
-  c = real_world(paper_config("clothing1m"), batch_size=32)
+  c = real_world(paper_config("clothing1m", eval_resize="resize_center_crop"), batch_size=32)
   c.data.root = a["root"]
   c.data.balanced_subset = 1000 * 32
   c.data.balanced_subset_seed = 0
   c.data.balanced_subset_file = ""  # the run stores it as <workdir>/balanced_subset.npz
+  c.baselines.gmm.warmup_epochs = 1  # the reference's config/FFT/clothing1m.yaml (CIFAR-100N's and WebVision's: 5)
   c = variant(c, a["method"])
   if a["runlocal"]:
     c = runlocal(c)

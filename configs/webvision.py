@@ -9,7 +9,7 @@ from deft_jax.config_lib import paper_config, parse_args, real_world, runlocal, 
 
 def get_config(arg=None):
   a = parse_args(arg, runlocal=False, method="deft", root="", imagenet_val=True)
-  c = real_world(paper_config("webvision", augment="squash_crop", eval_resize="squash"))
+  c = real_world(paper_config("webvision", augment="squash_crop", eval_resize="squash_center_crop"))
   c.data.root = a["root"]
   c.data.num_classes = 50
   c.data.webvision_subset = "google"

@@ -24,7 +24,8 @@ ATTENTIONS = (None, "xla", "cudnn")
 OPTIMIZERS = ("sgd", "adamw", "adam")
 DECAYS = ("cosine", "constant", "linear")
 FINAL_MASKS = ("online", "scoring_pass")
-RANKINGS = ("margin", "label_probability")
+RANKINGS = ("margin", "label_probability", "strict_margin")
+RECIPES = ("", "synthetic", "real_noise")  # "": by data.noise.type (config_lib.recipe_name)
 PRED_PROBS = ("auto", "full", "topk", "none")
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 WARMUP_LOSSES = ("ce", "sce")
@@ -37,7 +38,7 @@ TRAINABLE = ("blocks", "all", "peft", "head")  # or a list of (regex, value) rul
 HEAD_INITS = ("random", "text")
 LOSSES = ("ce", "gce", "sce", "elr")
 GMM_MODELS = ("phase2", "selector")
-NOISE_TYPES = ("none", "sym", "pair", "asym", "idn")
+NOISE_TYPES = ("none", "human", "sym", "pair", "asym", "idn")
 CLASS_MAPS = ("next", "cifar10")  # or a dict
 WEBVISION_SUBSETS = ("google", "flickr", "google+flickr")
 TEMPLATE_SETS = ("ensemble", "single")  # or a list of templates with "{}"
@@ -159,7 +160,8 @@ def _section_checks(s: str) -> list[Check]:
       Check(f"{s}.optim.eps", "a number > 0", _real(0, lo_open=True)),
       Check(f"{s}.optim.grad_clip_norm", "None or a number > 0", _optional(_real(0, lo_open=True))),
       Check(f"{s}.schedule.lr", "a finite number > 0", _real(0, lo_open=True)),
-      Check(f"{s}.schedule.decay", _choices(DECAYS), _one_of(DECAYS)),
+      Check(f"{s}.schedule.decay", _choices(DECAYS), _one_of(DECAYS)) if s != "detect" else
+      Check("detect.schedule.decay", "None (detect.recipe's) or " + _choices(DECAYS), _optional(_one_of(DECAYS))),
       Check(f"{s}.schedule.warmup_steps", "an integer >= 0", _int(0)),
       Check(f"{s}.schedule.min_lr", "a finite number >= 0", _real(0)),
       Check(f"{s}.schedule.per_epoch", "True or False", _bool),
@@ -235,16 +237,21 @@ def _stage_checks() -> list[Check]:
       Check("pretrain.snapshot_epochs", "a list of integers in [1, pretrain.epochs]",
             lambda v, ctx: isinstance(v, (list, tuple)) and all(_int(1, "pretrain.epochs")(e, ctx) for e in v)),
       Check("detect.epochs", "an integer >= 1", _int(1)),
-      Check("detect.warmup_epochs", "an integer in [0, detect.epochs]", _int(0, "detect.epochs")),
+      Check("detect.recipe", _choices(RECIPES), _one_of(RECIPES)),
+      Check("detect.warmup_epochs", "None (detect.recipe's) or an integer in [0, detect.epochs]",
+            _optional(_int(0, "detect.epochs"))),
+      Check("detect.strict_selection", "None (detect.recipe's), True or False", _optional(_bool)),
       Check("detect.n_ctx", "an integer >= 1", _int(1)),
+      Check("detect.ctx_init_pad", "True or False", _bool),
       Check("detect.class_token_position", _choices(CLASS_TOKEN_POSITIONS), _one_of(CLASS_TOKEN_POSITIONS)),
-      Check("detect.warmup_loss", _choices(WARMUP_LOSSES), _one_of(WARMUP_LOSSES)),
-      Check("detect.pseudo_labels_from_epoch", "None or an integer >= 1 (epochs count from 1)",
+      Check("detect.warmup_loss", "None (detect.recipe's) or " + _choices(WARMUP_LOSSES),
+            _optional(_one_of(WARMUP_LOSSES))),
+      Check("detect.pseudo_labels_from_epoch", "None (detect.recipe's) or an integer >= 1 (epochs count from 1)",
             _optional(_int(1))),
       Check("detect.final_mask", _choices(FINAL_MASKS), _one_of(FINAL_MASKS)),
-      Check("detect.ranking", _choices(RANKINGS) + " ('label_probability' needs detect.scoring_pass=True or "
+      Check("detect.ranking", _choices(RANKINGS) + " (all but 'margin' need detect.scoring_pass=True or "
             "detect.final_mask='scoring_pass')",
-            lambda v, ctx: v == "margin" or v == "label_probability" and (
+            lambda v, ctx: v == "margin" or v in RANKINGS and (
                 ctx.get("detect.scoring_pass") is True or ctx.get("detect.final_mask") == "scoring_pass")),
       Check("detect.text_chunk", "an integer >= 0 (0: all prompts at once)", _int(0)),
       Check("detect.trainable", "None or a list of (regex, value) rules", _optional(lambda v, ctx: _is_rules(v))),
@@ -276,6 +283,8 @@ def _stage_checks() -> list[Check]:
       Check("baselines.warmup_epochs", "an integer in [0, baselines.epochs]", _int(0, "baselines.epochs")),
       Check("baselines.small_loss.rate", "None or a number in [0, 1)", _optional(_real(0, 1, hi_open=True))),
       Check("baselines.gmm.model", _choices(GMM_MODELS), _one_of(GMM_MODELS)),
+      Check("baselines.gmm.epochs", "None (the model's recipe's) or an integer >= 1", _optional(_int(1))),
+      Check("baselines.gmm.warmup_epochs", "None (baselines.warmup_epochs) or an integer >= 0", _optional(_int(0))),
       Check("baselines.cleanlab.folds", "an integer >= 2", _int(2)),
       Check("baselines.cleanlab.C", "a number > 0", _real(0, lo_open=True)),
       Check("baselines.cleanlab.knn", "an integer >= 1", _int(1)),

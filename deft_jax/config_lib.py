@@ -37,6 +37,33 @@ def cosine(lr: float, **fields) -> dict:
   return dict(dict(lr=lr, decay="cosine", warmup_steps=0, per_epoch=True, min_lr=0.0), **fields)
 
 
+def detect_section() -> ml_collections.ConfigDict:
+  """The ``detect`` section: phase 1 with the method's defaults."""
+  # Phase 1 (method.md): SGD momentum 0.9, lr 0.03, wd 5e-4, batch 64, 16 unified context vectors, VPT-deep
+  # with 20 tokens. ``recipe`` names the rest (RECIPES below): "synthetic" (the loose rule, 1 CE warm-up epoch,
+  # cosine over 10 epochs stepped once per epoch) or "real_noise" (the strict rule, 5 SCE warm-up epochs,
+  # pseudo-labels from epoch 2, constant lr); "" picks real_noise when data.noise.type == "human". The five
+  # fields it sets stay None here: a value given for one of them overrides the recipe for that field only.
+  return ml_collections.ConfigDict(dict(
+      epochs=10, batch_size=64, eval_batch_size=256, recipe="",
+      optim=sgd(), schedule=cosine(0.03, decay=config_dict.placeholder(str)),
+      # ctx_init: start the contexts from these words (the reference has no such option); it also shrinks them
+      # to the words' length unless ctx_init_pad keeps n_ctx (the words last, N(0, 0.02) vectors before them).
+      n_ctx=16, ctx_init="", ctx_init_pad=False, class_specific=False, class_token_position="end",
+      peft=peft_config(vpt="deep", vpt_tokens=20),
+      trainable=config_dict.placeholder(list),
+      warmup_epochs=config_dict.placeholder(int), strict_selection=config_dict.placeholder(bool),
+      warmup_loss=config_dict.placeholder(str), pseudo_labels_from_epoch=config_dict.placeholder(int),
+      # text_chunk > 0: at most that many prompts through the text tower at a time (rematerialised: memory flat in
+      # C). text_prefix_sharing: the prompts' shared prefix once per context, then the class suffixes (exact).
+      final_mask="online", scoring_pass=True, text_chunk=0, text_prefix_sharing=True,
+      # The report's ranking (``score``; the mask stays DEFT's): "margin" (s+_y - s-_y, whose sign is the loose
+      # rule's mask), "label_probability" (the scoring pass's log-softmax of the positive prompts at the given
+      # label) or "strict_margin" (consistent with the strict rule; detect/train.py). BENCHMARKS.md "Detection by
+      # VLM strength" measures the first two.
+      ranking="margin"))
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -56,23 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
       optim=dict(name="adamw", weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6),
       schedule=cosine(1e-3, warmup_steps=100, per_epoch=False)))
 
-  # Phase 1 (method.md): SGD momentum 0.9, lr 0.03, wd 5e-4, cosine over 10 epochs, 1 warm-up epoch, batch 64,
-  # 16 unified context vectors, VPT-deep with 20 tokens.
-  c.detect = ml_collections.ConfigDict(dict(
-      epochs=10, warmup_epochs=1, batch_size=64, eval_batch_size=256,
-      # The reference steps its cosine once per epoch: the lr is constant within an epoch.
-      optim=sgd(), schedule=cosine(0.03),
-      n_ctx=16, ctx_init="", class_specific=False, class_token_position="end",
-      peft=peft_config(vpt="deep", vpt_tokens=20),
-      trainable=config_dict.placeholder(list),
-      strict_selection=False, warmup_loss="ce", pseudo_labels_from_epoch=config_dict.placeholder(int),
-      # text_chunk > 0: at most that many prompts through the text tower at a time (rematerialised: memory flat in
-      # C). text_prefix_sharing: the prompts' shared prefix once per context, then the class suffixes (exact).
-      final_mask="online", scoring_pass=True, text_chunk=0, text_prefix_sharing=True,
-      # The report's ranking (``score``): "margin" (s+_y - s-_y, whose sign is the paper's mask) or
-      # "label_probability" (the scoring pass's softmax over the positive prompts at the given label; the mask
-      # stays DEFT's). BENCHMARKS.md "Detection by VLM strength" measures both.
-      ranking="margin"))
+  c.detect = detect_section()
 
   # Phase 2 (method.md): FFT of the visual blocks + a new linear head on ln_post(CLS), CE on the clean
   # subset, SGD momentum 0.9, lr 5e-4, wd 5e-4, cosine over 10 epochs stepped per epoch, batch 64 (real-world
@@ -105,7 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
       # rate None: the nominal noise rate (data.noise.ratio), else the train split's known rate.
       small_loss=dict(rate=config_dict.placeholder(float)),
       # model: "phase2" (the reference: phase 2's FFT classifier and recipe) | "selector" (small-loss's model).
-      gmm=dict(model="phase2"),
+      # epochs / warmup_epochs: None = the model's recipe's epochs (adapt.epochs for "phase2") and
+      # baselines.warmup_epochs; real_world() sets the reference's 10 and 5 (main_real_baseline.py).
+      gmm=dict(model="phase2", epochs=config_dict.placeholder(int), warmup_epochs=config_dict.placeholder(int)),
       # cleanlab_cl: K-fold logistic-regression probe (folds, C); cleanlab_datalab: k nearest neighbours.
       cleanlab=dict(folds=5, C=1.0, knn=10)))
 
@@ -127,7 +140,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 def paper_config(source: str, *, augment: str = "resize_crop", eval_resize: str = "short_side"):
   """The paper's setting on ``source``: CLIP ViT-B/16 at 224 px, the reference's crop geometry for the dataset
-  (CIFAR: "cifar"; Tiny-ImageNet, Cars, CUB, WebVision: "squash_crop" + "squash"; see data/preprocess.py)."""
+  (CIFAR: "cifar"; Tiny-ImageNet, Cars, CUB: "squash_crop" + "squash"; WebVision: "squash_crop" +
+  "squash_center_crop"; Clothing1M: "resize_crop" + "resize_center_crop"; see data/preprocess.py)."""
   c = base_config()
   c.data.source = source
   c.data.image_size = 224
@@ -138,16 +152,58 @@ def paper_config(source: str, *, augment: str = "resize_crop", eval_resize: str 
   return c
 
 
+# Phase 1's two recipes, as the reference runs them: main_phase1.py for synthetic noise, main_real_phase1.py
+# for human noise (CIFAR-10N, CIFAR-100N, Clothing1M, WebVision). ``pseudo_labels_from_epoch`` None: the first
+# epoch after warm-up (counted from 1); ``schedule_decay`` is detect.schedule.decay (real_noise: the reference
+# builds a cosine scheduler and never steps it, so its lr stays at 0.03).
+RECIPES = {
+    "synthetic": dict(strict_selection=False, warmup_epochs=1, warmup_loss="ce", pseudo_labels_from_epoch=None,
+                      schedule_decay="cosine"),
+    "real_noise": dict(strict_selection=True, warmup_epochs=5, warmup_loss="sce", pseudo_labels_from_epoch=2,
+                       schedule_decay="constant"),
+}
+
+
+def recipe_name(config) -> str:
+  """``detect.recipe``, or where it is "" (the default): "real_noise" for labels the config says are human
+  (``data.noise.type == "human"``), else "synthetic"."""
+  name = config.detect.get("recipe", "") or ""
+  if name:
+    if name not in RECIPES:
+      raise ConfigError(f"detect.recipe must be one of {tuple(RECIPES)} or '' (by data.noise.type), got {name!r}")
+    return name
+  noise = config.get("data", {}).get("noise", {}) if hasattr(config, "get") else {}
+  return "real_noise" if noise.get("type") == "human" else "synthetic"
+
+
+def phase1_recipe(config) -> dict:
+  """Phase 1's effective settings: the recipe's, with every field the config sets (not None) taking precedence.
+
+  Returns {"recipe": name, "overrides": {field: value} (the fields set against the recipe's value), and the
+  five fields of RECIPES}."""
+  name = recipe_name(config)
+  d = config.detect
+  given = {k: d.get(k) for k in ("strict_selection", "warmup_epochs", "warmup_loss", "pseudo_labels_from_epoch")}
+  given["schedule_decay"] = d.get("schedule", {}).get("decay")
+  out = dict(RECIPES[name])
+  overrides = {k: v for k, v in given.items() if v is not None and v != out[k]}
+  out.update({k: v for k, v in given.items() if v is not None})
+  return {"recipe": name, "overrides": overrides, **out}
+
+
 def real_world(c, *, batch_size: int = 64):
-  """CIFAR-100N, Clothing1M and WebVision: the stricter rule and schedule of method.md."""
-  c.detect.strict_selection = True
-  c.detect.warmup_epochs = 5
-  c.detect.warmup_loss = "sce"
-  c.detect.pseudo_labels_from_epoch = 2  # the 2nd epoch (1-based), inside the 5 warm-up epochs
+  """CIFAR-100N, Clothing1M and WebVision: human label noise, phase 1's real_noise recipe and phase 2's
+  real-world schedule (method.md)."""
+  c.data.noise.type = "human"
+  c.detect.recipe = "real_noise"
   c.detect.batch_size = batch_size
   c.adapt.epochs = 5
   c.adapt.schedule.decay = "constant"
   c.adapt.batch_size = batch_size
+  # The GMM baseline (main_real_baseline.py, config/FFT/*.yaml): phase 2's model and constant lr, but the yaml's
+  # 10 epochs (that script does not shorten them to 5) and 5 warm-up epochs (Clothing1M's yaml: 1).
+  c.baselines.gmm.epochs = 10
+  c.baselines.gmm.warmup_epochs = 5
   return c
 
 
@@ -194,6 +250,7 @@ def runlocal(c):
   c.detect.n_ctx = 4
   c.adapt.epochs = 1
   c.adapt.batch_size = 32
+  c.baselines.gmm.epochs = c.baselines.gmm.warmup_epochs = None
   c.log_every_steps = 2
   c.checkpoint_every_steps = 10
   return c

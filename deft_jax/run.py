@@ -19,7 +19,7 @@ import numpy as np
 from clu import metric_writers
 
 from deft_jax import checkpoint as ckpt_lib
-from deft_jax import config_check, parallel, stages
+from deft_jax import config_check, config_lib, parallel, stages
 from deft_jax.data import datasets
 from deft_jax.errors import ConfigError, MissingFileError
 
@@ -202,6 +202,7 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
         comparison[baselines.display_name(k)]["test_top1"] = float(v["test_top1"])
     comparison["keep every label"] = quality(np.ones(train.num_examples, bool))
   extra = {"baselines": comparison} if comparison else {}
+  extra["phase1_recipe"] = config_lib.phase1_recipe(config)
   if train.corrections is not None:
     extra["corrections"] = train.corrections
   if train.noise_report is not None and hasattr(train.noise_report, "summary"):
@@ -240,7 +241,7 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
   if lead:
     print(text, flush=True)
   return {"comparison": comparison, "estimated_noise_rate": float(1 - np.mean(detection["is_clean"])),
-          "report": str(stages.directory(workdir, "report"))}
+          "phase1_recipe": extra["phase1_recipe"], "report": str(stages.directory(workdir, "report"))}
 
 
 def _slug(name: str) -> str:

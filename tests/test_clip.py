@@ -108,7 +108,9 @@ def _apply(model, params, images, ids):
   return model.apply({"params": params}, images, ids)
 
 
-def test_lora_adapter_ssf_at_init_are_bit_identical_to_plain_model():
+def test_lora_and_residual_adapter_at_init_are_bit_identical_to_plain_model():
+  """LoRA (B = 0) and the residual adapter (up = 0) start at the pretrained function; the reference's adapter
+  (which replaces the MLP output) and SSF (N(1, 0.02) scale) do not: tests/test_fidelity_recipes.py."""
   cfg = _tiny()
   plain = clip_lib.CLIP(cfg)
   params = clip_lib.init_params(plain, jax.random.key(0))
@@ -116,8 +118,8 @@ def test_lora_adapter_ssf_at_init_are_bit_identical_to_plain_model():
   ids = jnp.asarray(Tokenizer()(TEXTS[:2]))
   ref = _apply(plain, params, images, ids)
   for p in (peft.PEFTConfig(lora_rank=4, lora_targets=("q", "k", "v", "out", "fc1", "fc2")),
-            peft.PEFTConfig(adapter_dim=8), peft.PEFTConfig(ssf=True),
-            peft.PEFTConfig(lora_rank=2, adapter_dim=4, ssf=True, partial=1)):
+            peft.PEFTConfig(adapter_dim=8, adapter_residual=True),
+            peft.PEFTConfig(lora_rank=2, adapter_dim=4, adapter_residual=True, partial=1)):
     model = clip_lib.CLIP(cfg, p)
     extra = clip_lib.init_params(model, jax.random.key(3))
     merged = {**flatten(extra), **flatten(params)}

@@ -93,7 +93,8 @@ def test_every_check_accepts_the_default_and_refuses_a_bad_value():
                              "count (2)"),
     ("adapt.batch_size", 33, "config.adapt.batch_size=33: must be a positive integer, a multiple of the process "
                              "count (2)"),
-    ("detect.warmup_epochs", 11, "config.detect.warmup_epochs=11: must be an integer in [0, detect.epochs]"),
+    ("detect.warmup_epochs", 11,
+     "config.detect.warmup_epochs=11: must be None (detect.recipe's) or an integer in [0, detect.epochs]"),
     ("detect.schedule.lr", 0.0, "config.detect.schedule.lr=0.0: must be a finite number > 0"),
     ("adapt.schedule.lr", math.nan, "config.adapt.schedule.lr=nan: must be a finite number > 0"),
     ("data.noise.ratio", 1.5, "config.data.noise.ratio=1.5: must be a number in [0, 1]"),

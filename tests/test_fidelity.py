@@ -103,7 +103,7 @@ def test_real_world_pseudo_labels_start_in_the_second_epoch(mesh1, monkeypatch):
   """Was: pseudo_label_start_epoch=2 compared with 0-based epochs, so pseudo-labels started in the 3rd epoch."""
   from deft_jax.detect import step as detect_step
   c = config_lib.real_world(tiny_config())
-  assert c.detect.pseudo_labels_from_epoch == 2 and "pseudo_label_start_epoch" not in c.detect
+  assert config_lib.phase1_recipe(c)["pseudo_labels_from_epoch"] == 2 and "pseudo_label_start_epoch" not in c.detect
   det = _detector(c, mesh1, spe=3)
   assert det.settings.pseudo_label_start_epoch == 1  # 0-based index of the 2nd epoch
   # The phase-1 loss itself, step by step: L_neg takes pseudo-labels in every batch of the 2nd epoch and after
@@ -144,7 +144,8 @@ def test_phase1_cosine_is_constant_within_an_epoch():
   """Was: detect.schedule.per_epoch=False (the lr changed every step); the reference steps its cosine per epoch."""
   c = config_lib.base_config()
   assert c.detect.schedule.per_epoch and c.baselines.schedule.per_epoch
-  lr = optim.make_schedule(c.detect.schedule, total_steps=30, steps_per_epoch=3)
+  schedule = dict(c.detect.schedule, decay=config_lib.phase1_recipe(c)["schedule_decay"])  # the synthetic recipe's
+  lr = optim.make_schedule(schedule, total_steps=30, steps_per_epoch=3)
   values = [float(lr(s)) for s in range(30)]
   for e in range(10):
     assert values[3 * e] == values[3 * e + 2] == pytest.approx(0.03 * 0.5 * (1 + math.cos(math.pi * e / 10)))
@@ -237,9 +238,11 @@ def test_squash_crop_and_squash_eval_keep_the_whole_frame():
     assert not (_has(short, (255, 0, 0)) and _has(short, (0, 0, 255)))  # 7/16 of the width
   ev = preprocess.eval_transform(src, 56, "squash").numpy()
   assert ev.shape == (56, 56, 3) and (ev[:, 0] == (255, 0, 0)).all() and (ev[:, -1] == (0, 0, 255)).all()
-  for name in ("cub200", "stanford_cars", "tiny_imagenet", "webvision"):
+  for name in ("cub200", "stanford_cars", "tiny_imagenet"):
     c = _load_config(name)
     assert (c.data.train_augment, c.data.eval_resize) == ("squash_crop", "squash"), name
+  c = _load_config("webvision")  # tests on Resize((256, 256)) + CenterCrop(224): tests/test_fidelity_recipes.py
+  assert (c.data.train_augment, c.data.eval_resize) == ("squash_crop", "squash_center_crop")
   assert _load_config("cifar100").data.train_augment == "cifar"
   assert _load_config("cifar100").data.eval_resize == "short_side"
 

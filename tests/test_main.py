@@ -100,6 +100,8 @@ def test_demo_runlocal_produces_report_tensorboard_and_checkpoints(demo_run):
   np.testing.assert_array_equal(mask, ~by_index["is_label_issue"].to_numpy())
   summary = json.loads((report / "summary.json").read_text())
   assert summary["num_examples"] == 1000
+  assert summary["phase1_recipe"]["recipe"] == "synthetic"  # the demo's (docs/FIDELITY.md)
+  assert json.loads((workdir / "summary.json").read_text())["detection"]["phase1_recipe"]["recipe"] == "synthetic"
   assert "Label health report" in proc.stdout  # the one-screen summary is printed
   for noise in ("cpu_feature_guard", "oneDNN", "PyTorch was not found"):  # library start-up notes are hidden
     assert noise not in proc.stderr, noise

@@ -108,7 +108,7 @@ def nominal_noise_rate(config, split, what: str, override=None) -> float:
   if override is not None:
     return float(override)
   noise = config.data.noise
-  if noise.type not in ("none", "", None):
+  if noise.type not in ("none", "human", "", None):
     return float(noise.ratio)
   rate = split.noise_rate()
   if rate is None:

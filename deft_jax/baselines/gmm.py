@@ -2,10 +2,11 @@
 selects and classifies.
 
 By default (``baselines.gmm.model = "phase2"``) the model is phase 2's own classifier, trained with phase 2's
-recipe (``adapt``: FFT of the visual blocks + a new head, its optimiser, schedule, epochs and batch size). After
-each of the ``baselines.warmup_epochs`` warm-up epochs, which train on every label, the per-sample CE on
-un-augmented images is min-max normalised and fitted with a two-component Gaussian mixture (max_iter 10,
-tol 1e-2); the next epoch trains on the samples whose posterior under the low-loss component exceeds 0.5.
+recipe (``adapt``: FFT of the visual blocks + a new head, its optimiser, schedule, epochs and batch size;
+``baselines.gmm.epochs`` replaces the epochs when set). After each of the warm-up epochs
+(``baselines.gmm.warmup_epochs``, else ``baselines.warmup_epochs``), which train on every label, the
+per-sample CE on un-augmented images is min-max normalised and fitted with a two-component Gaussian mixture
+(max_iter 10, tol 1e-2); the next epoch trains on the samples whose posterior under the low-loss component exceeds 0.5.
 The final mask is that rule applied to the trained model; p_clean = the posterior, the ranking score its
 log-odds. The model's accuracy on the evaluation splits is kept too (``test_top1``): in the reference this
 one model is the GMM method's classifier. ``model = "selector"`` trains the small-loss baseline's model
@@ -34,18 +35,29 @@ def reads(config) -> tuple:
   return ("adapt",) if config.baselines.gmm.model == "phase2" else ()
 
 
+def epochs_and_warmup(config) -> tuple:
+  """(epochs or None for the model's recipe's, warm-up epochs) of the GMM baseline: baselines.gmm's when set."""
+  g, b = config.baselines.gmm, config.baselines
+  warmup = g.get("warmup_epochs")
+  return g.get("epochs"), int(b.warmup_epochs if warmup is None else warmup)
+
+
 def model_and_recipe(ctx, *, model: str):
   """(classifier, budget, optim, schedule) of the GMM baseline: phase 2's FFT classifier and recipe, or the
   selectors' VPT + head model with the baselines' recipe (None: _common.train's defaults)."""
   if model not in MODELS:
     raise ConfigError(f"baselines.gmm.model must be one of {MODELS}, got {model!r}")
   names, kw = ctx.split.class_names, ctx.clip
+  epochs, _ = epochs_and_warmup(ctx.config)
   if model == "selector":
-    return build.selector_classifier(ctx.config, names, **kw), None, None, None
+    b = ctx.config.baselines
+    budget = None if epochs is None else trainer_lib.TrainBudget(epochs=int(epochs), batch_size=int(b.batch_size))
+    return build.selector_classifier(ctx.config, names, **kw), budget, None, None
   a = ctx.config.adapt
   c = build.clip_head_classifier(ctx.config, names, **kw, peft=PEFTConfig(), trainable=a.trainable,
                                  head_init=a.head_init, calibration_images=calibration_images(ctx.split))
-  return c, trainer_lib.TrainBudget(epochs=int(a.epochs), batch_size=int(a.batch_size)), a.optim, a.schedule
+  epochs = a.epochs if epochs is None else epochs
+  return c, trainer_lib.TrainBudget(epochs=int(epochs), batch_size=int(a.batch_size)), a.optim, a.schedule
 
 
 def loss_posterior(ctx, tr, state) -> dict:
@@ -66,7 +78,7 @@ def loss_posterior_contract(ctx, tr, state) -> dict:
 
 
 def detect(ctx):
-  warmup = int(ctx.config.baselines.warmup_epochs)
+  _, warmup = epochs_and_warmup(ctx.config)
   classifier, budget, optim_cfg, schedule_cfg = model_and_recipe(ctx, model=ctx.config.baselines.gmm.model)
 
   def factory(tr):

@@ -42,7 +42,8 @@ Fields of the data ConfigDict (default_data_config() holds them all):
                  run's noisy labels) is reused if present, else written.
   corrections    a reviewer's corrections.csv (report/review.html's export): relabel / drop train examples
                  before detection ("" = none); see data/corrections.py.
-  noise.type     none | sym | pair | asym (= pair with class_map) | idn
+  noise.type     none | human | sym | pair | asym (= pair with class_map) | idn; "human" adds no noise and says
+                 the given labels are people's (detect.recipe then defaults to "real_noise")
   noise.ratio, noise.seed, noise.another_class (sym), noise.class_map (pair:
                  "next" or "cifar10"), noise.idn_image_size (0 = 32 px for CIFAR-like
                  sources, else 64), noise.file (reuse if present, else write).
@@ -79,7 +80,7 @@ for _name in ("cub", "webvision"):
   DATASET_STATS[_name] = DATASET_STATS["imagenet"]
 
 AUGMENTATIONS = ("resize_crop", "squash_crop", "random_resized_crop", "cifar", "none")
-EVAL_RESIZES = ("short_side", "squash")
+EVAL_RESIZES = ("short_side", "squash", "squash_center_crop", "resize_center_crop")
 # torchvision-style Resize(256) before RandomCrop(224).
 RESIZE_RATIO = 256 / 224
 

@@ -57,7 +57,7 @@ def apply_noise(split: LabeledSplit, noise_cfg, *, source: str = "",
   against this split's labels and ids); one that does not is written.
   """
   kind = noise_cfg.type
-  if kind == "none":
+  if kind in ("none", "human"):  # "human": no noise is added; the given labels carry people's errors
     return split
   if kind not in noise.NOISE_TYPES:
     raise DataError(f"unknown noise.type {kind!r}; known: {noise.NOISE_TYPES}")

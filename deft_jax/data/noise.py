@@ -31,7 +31,7 @@ from deft_jax.data.errors import DataError, check_labels, require_file
 
 # The classic CIFAR-10 asymmetric map (Patrini et al. 2017).
 CIFAR10_ASYM_MAP = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
-NOISE_TYPES = ("none", "sym", "pair", "asym", "idn")
+NOISE_TYPES = ("none", "human", "sym", "pair", "asym", "idn")  # human: none added, the labels are people's
 
 
 @dataclasses.dataclass(frozen=True)

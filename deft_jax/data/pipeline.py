@@ -202,7 +202,7 @@ def eval_batches(split: LabeledSplit, *, global_batch_size: int, image_size: int
                  process_index: int | None = None,
                  process_count: int | None = None, eval_resize: str = "short_side") -> Batches:
   """Every example exactly once over all processes, through the eval transform: resize short side (bicubic)
-  + centre crop, or with eval_resize="squash" a resize of both sides (preprocess.eval_transform)."""
+  + centre crop, or another of preprocess.EVAL_RESIZES (preprocess.eval_transform)."""
   if eval_resize not in preprocess.EVAL_RESIZES:
     raise ValueError(f"unknown eval_resize {eval_resize!r}; known: {preprocess.EVAL_RESIZES}")
   p, count, b, steps = _plan(split, global_batch_size, process_index, process_count)

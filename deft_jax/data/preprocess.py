@@ -17,8 +17,11 @@ Train augmentations (`augment=`):
                          size, flip (the reference's CIFAR recipe).
   "none"                 the eval transform (resize short side + centre crop).
 Eval transforms (`eval_resize=`): "short_side" (CLIP's: bicubic resize of the
-short side, centre crop) and "squash" (the reference's for the datasets above:
-resize both sides to size, bilinear, no crop).
+short side, centre crop); "squash" (the reference's for Tiny-ImageNet, Cars and
+CUB: resize both sides to size, bilinear, no crop); "squash_center_crop" (the
+reference's for WebVision and ImageNet val: Resize((256, 256)), CenterCrop(224),
+bilinear) and "resize_center_crop" (Clothing1M's: Resize(256) of the short side,
+CenterCrop(224), bilinear), 256 being size * 256 / 224.
 train_view() takes the encoded bytes and, for JPEG crops, decodes only the crop
 window (tf.io.decode_and_crop_jpeg). antialias=False skips the antialiasing
 filter of the final resize: about twice the throughput, with some aliasing when
@@ -112,13 +115,35 @@ def _resize_bilinear_uint8(image: tf.Tensor, height, width, antialias: bool = Tr
   return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
+def _resize_then_centre_crop(image: tf.Tensor, size: int, squash: bool) -> tf.Tensor:
+  """torchvision's Resize((s, s)) (``squash``) or Resize(s) (the short side, the long one truncated), bilinear,
+  then CenterCrop(size) (offset round((side - size) / 2)), with s = round(size * 256 / 224)."""
+  big = int(round(size * RESIZE_RATIO))
+  shape = tf.shape(image)
+  hf, wf = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+  if squash:
+    nh = nw = tf.constant(big, tf.int32)
+  else:
+    nh = tf.where(hf <= wf, big, tf.cast(tf.math.floor(big * hf / wf), tf.int32))
+    nw = tf.where(hf <= wf, tf.cast(tf.math.floor(big * wf / hf), tf.int32), big)
+  image = _resize_bilinear_uint8(image, nh, nw)
+  top = tf.cast(tf.round(tf.cast(nh - size, tf.float32) / 2), tf.int32)
+  left = tf.cast(tf.round(tf.cast(nw - size, tf.float32) / 2), tf.int32)
+  image = image[top:top + size, left:left + size]
+  image.set_shape([size, size, 3])
+  return image
+
+
 def eval_transform(image: tf.Tensor, size: int, resize: str = "short_side") -> tf.Tensor:
   """uint8 -> uint8 [size, size, 3]: "short_side" = bicubic resize of the short side to `size`, then centre
-  crop; "squash" = bilinear resize of both sides to `size` (torchvision's Resize((size, size)))."""
+  crop; "squash" = bilinear resize of both sides to `size` (torchvision's Resize((size, size)));
+  "squash_center_crop" / "resize_center_crop" = Resize((256, 256)) / Resize(256), then CenterCrop(size)."""
   if resize == "squash":
     image = _resize_bilinear_uint8(image, size, size)
     image.set_shape([size, size, 3])
     return image
+  if resize in ("squash_center_crop", "resize_center_crop"):
+    return _resize_then_centre_crop(image, size, squash=resize == "squash_center_crop")
   if resize != "short_side":
     raise DataError(f"unknown eval_resize {resize!r}; known: {EVAL_RESIZES}")
   shape = tf.shape(image)

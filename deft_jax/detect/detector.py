@@ -11,7 +11,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from deft_jax import optim, parallel, train_state
+from deft_jax import config_lib, optim, parallel, train_state
 from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect import step as step_lib
 from deft_jax.models import build
@@ -41,22 +41,25 @@ class Detector:
     self.checkpoint = checkpoint
     self.tokenizer = Tokenizer.for_checkpoint(checkpoint, context_length=self.model.config.text.context_length)
     self.template = prompts_lib.build_template(class_names, self.tokenizer, n_ctx=d.n_ctx, ctx_init=d.ctx_init,
-                                               position=d.class_token_position)
+                                               position=d.class_token_position,
+                                               ctx_init_pad=bool(d.get("ctx_init_pad", False)))
     self.num_examples = num_examples
     self.steps_per_epoch = steps_per_epoch
     self.total_steps = d.epochs * steps_per_epoch
-    warm = int(d.warmup_epochs)
-    pseudo = d.pseudo_labels_from_epoch
+    self.recipe = recipe = config_lib.phase1_recipe(config)  # detect.recipe with the fields that override it
+    warm = int(recipe["warmup_epochs"])
+    pseudo = recipe["pseudo_labels_from_epoch"]
     self.settings = step_lib.DetectSettings(
         steps_per_epoch=steps_per_epoch, warmup_epochs=warm,
         pseudo_label_start_epoch=warm if pseudo is None else _first_epoch_index(pseudo),
-        strict=bool(d.strict_selection),
-        warmup_loss=d.warmup_loss, text_chunk=int(d.text_chunk),
+        strict=bool(recipe["strict_selection"]),
+        warmup_loss=recipe["warmup_loss"], text_chunk=int(d.text_chunk),
         text_prefix_sharing=bool(d.get("text_prefix_sharing", True)))
     self.rules = [tuple(r) for r in d.trainable] if d.trainable else default_rules(self.peft)
     self.sharding_rules = [tuple(r) for r in config.sharding_rules]
     self.tx, self.schedules = optim.make_optimizer(
-        self._abstract_params(), self.rules, optim=d.optim, schedule=d.schedule, total_steps=self.total_steps,
+        self._abstract_params(), self.rules, optim=d.optim,
+        schedule=dict(d.schedule, decay=recipe["schedule_decay"]), total_steps=self.total_steps,
         steps_per_epoch=self.steps_per_epoch)
     self.mask = optim.trainable_mask(self._abstract_params(), self.rules)
 

@@ -43,6 +43,16 @@ def log_prob_of_label(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jax.nn.softplus(jax.nn.logsumexp(others, axis=-1))
 
 
+def strict_margin(s_pos: jax.Array, s_neg: jax.Array, labels: jax.Array) -> jax.Array:
+  """min(m_y, m_y - max_{k != y} m_k) [B] with m_k = s_pos_k - s_neg_k: positive exactly where the strict rule
+  selects (p_yes_y > 0.5 and y = argmax_k p_yes_k, p_yes being monotone in m), and a ranking score by how far
+  the given label is from losing either test."""
+  m = s_pos.astype(jnp.float32) - s_neg.astype(jnp.float32)
+  m_y = jnp.take_along_axis(m, labels[:, None], axis=-1)[:, 0]
+  others = jnp.where(jax.nn.one_hot(labels, m.shape[-1], dtype=bool), -jnp.inf, m)
+  return jnp.minimum(m_y, m_y - jnp.max(others, axis=-1))
+
+
 def reverse_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """RCE = -sum_k p_k log(onehot_k) with log(0) clipped to log(1e-4): equals -log(1e-4) * (1 - p_y)."""
   p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)

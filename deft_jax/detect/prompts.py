@@ -37,7 +37,8 @@ class PromptTemplate:
     ctx_index: int32 [C, T], j >= 0 where context vector j replaces the word embedding, -1 elsewhere.
     eot: int32 [C] end-of-text positions.
     n_ctx: number of context vectors.
-    init_ids: int32 [n_ctx] token ids whose embeddings initialise the context (ctx_init), or None.
+    init_ids: int32 [k] token ids whose embeddings initialise the last k context vectors (ctx_init), or None;
+      k = n_ctx unless the init is padded (the first n_ctx - k vectors then start from N(0, 0.02)).
   """
 
   ids: np.ndarray
@@ -56,11 +57,13 @@ def clean_class_name(name: str) -> str:
 
 
 def build_template(class_names: Sequence[str], tokenizer: Tokenizer, *, n_ctx: int = 16, ctx_init: str = "",
-                   position: str = "end") -> PromptTemplate:
+                   position: str = "end", ctx_init_pad: bool = False) -> PromptTemplate:
   """Token layout of every class prompt.
 
-  With ``ctx_init`` (e.g. "a photo of a") the context length is the token count of that text and the
-  context starts from its word embeddings; otherwise ``n_ctx`` vectors start from N(0, 0.02).
+  With ``ctx_init`` (e.g. "a photo of a") the context starts from those words' embeddings and, as in CoOp, its
+  length shrinks from ``n_ctx`` to the words' token count (4 for "a photo of a"): two things change at once.
+  ``ctx_init_pad`` keeps ``n_ctx`` vectors, the words last (next to the class name) and N(0, 0.02) before them.
+  Without ``ctx_init`` all ``n_ctx`` vectors start from N(0, 0.02) (the reference's only init).
   """
   if not class_names:
     raise ConfigError("no class names given")
@@ -69,7 +72,10 @@ def build_template(class_names: Sequence[str], tokenizer: Tokenizer, *, n_ctx: i
   init_ids = None
   if ctx_init:
     init_ids = np.asarray(tokenizer.encode(ctx_init), np.int32)
-    n_ctx = len(init_ids)
+    if not ctx_init_pad:
+      n_ctx = len(init_ids)
+    elif len(init_ids) > n_ctx:
+      raise ConfigError(f"ctx_init {ctx_init!r} has {len(init_ids)} tokens, more than n_ctx={n_ctx} to pad to")
   if n_ctx <= 0:
     raise ConfigError(f"n_ctx must be positive, got {n_ctx}")
   ph = tokenizer.encode(PLACEHOLDER)
@@ -118,9 +124,14 @@ def init_prompts(rng, template: PromptTemplate, width: int, *, class_specific: b
   if template.init_ids is not None:
     if token_embedding is None:
       raise ValueError("ctx_init needs the token embedding table")
-    base = jnp.asarray(token_embedding)[jnp.asarray(template.init_ids)]
-    ctx = jnp.broadcast_to(base, shape).astype(jnp.float32)
-    return {"pos_ctx": ctx, "neg_ctx": ctx}
+    k = len(template.init_ids)
+    words = jnp.broadcast_to(jnp.asarray(token_embedding)[jnp.asarray(template.init_ids)],
+                             shape[:-2] + (k, width)).astype(jnp.float32)
+    if k == template.n_ctx:
+      return {"pos_ctx": words, "neg_ctx": words}
+    pad = shape[:-2] + (template.n_ctx - k, width)
+    return {"pos_ctx": jnp.concatenate([0.02 * jax.random.normal(k_pos, pad, jnp.float32), words], axis=-2),
+            "neg_ctx": jnp.concatenate([0.02 * jax.random.normal(k_neg, pad, jnp.float32), words], axis=-2)}
   return {"pos_ctx": 0.02 * jax.random.normal(k_pos, shape, jnp.float32),
           "neg_ctx": 0.02 * jax.random.normal(k_neg, shape, jnp.float32)}
 

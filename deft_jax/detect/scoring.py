@@ -3,11 +3,11 @@ devices and is bounded on the host.
 
 - The prompts' text features are computed once per pass (they are fixed), then each batch runs the image side
   only (``Detector.jit_score_images``).
-- The per-example scalars (p_clean, is_clean, suggested, margin, label_prob) are replicated and kept on the host,
-  a few bytes per example. The [B, C] and [B, D] arrays (``step.ROW_ARRAYS``) stay split over the devices like
-  the batch; each process reads back only its own rows, one batch behind the devices (the next batch is already
-  queued), and writes them to ``.npy`` files as they arrive (:class:`RowFiles`). The devices hold at most two
-  batches' outputs, the host one batch's rows.
+- The per-example scalars (p_clean, is_clean, suggested, margin, label_prob, log_p_label, strict_margin) are
+  replicated and kept on the host, a few bytes per example. The [B, C] and [B, D] arrays (``step.ROW_ARRAYS``)
+  stay split over the devices like the batch; each process reads back only its own rows, one batch behind the
+  devices (the next batch is already queued), and writes them to ``.npy`` files as they arrive
+  (:class:`RowFiles`). The devices hold at most two batches' outputs, the host one batch's rows.
 - Several processes: each appends the rows it scored (and their example indices) to a part file of its own;
   after a barrier process 0 copies them, block by block, into the final memory-mapped ``.npy`` files and
   deletes the parts. The parts are whole files per process, so no two hosts ever write one page of a shared
@@ -27,7 +27,7 @@ from numpy.lib import format as npy_format
 from deft_jax import parallel
 from deft_jax.detect import step as step_lib
 
-SCALARS = ("p_clean", "is_clean", "suggested", "margin", "label_prob")
+SCALARS = ("p_clean", "is_clean", "suggested", "margin", "label_prob", "log_p_label", "strict_margin")
 MERGE_BLOCK_ROWS = 65536
 # The batch's indices and padding mask split like the row arrays: which example each local row is.
 LOCAL = ("local_index", "local_valid")

@@ -139,7 +139,8 @@ class ScoreOutputs:
 def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool = False, text_chunk: int = 0,
                 text_prefix_sharing: bool = True, with_embedding: bool = False) -> dict:
   """Per-example detector outputs of a (padded) batch: p_clean, is_clean, suggested, margin, label_prob (the
-  softmax probability of the given label); with ``with_embedding`` also ``embedding`` (the L2-normalised image
+  softmax probability of the given label), log_p_label (its log, computed as a log-softmax that does not round to
+  0), strict_margin (losses.strict_margin); with ``with_embedding`` also ``embedding`` (the L2-normalised image
   features) and ``pred_probs`` (the softmax over the positive prompts' logits, [B, C]: the detector's class
   probabilities, cleanlab's pred_probs). Computes the prompts' text features itself; a pass over many batches
   computes them once and calls :func:`score_images`."""
@@ -164,6 +165,9 @@ def score_images(model, params, text, batch, *, strict: bool = False, outputs: S
       "label_prob": jnp.take_along_axis(probs, lab, -1)[:, 0],
       "index": batch["index"], "valid": batch["mask"],
   }
+  # The rankings other than the margin (detect.ranking), as per-example scalars of the logits.
+  out["log_p_label"] = losses.log_prob_of_label(s_pos, batch["label"])
+  out["strict_margin"] = losses.strict_margin(s_pos, s_neg, batch["label"])
   if outputs.embedding:
     out["embedding"] = img
   if outputs.pred_probs == "full":

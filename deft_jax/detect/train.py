@@ -2,7 +2,7 @@
 mask and writes the stage's outputs.
 
 Config section ``detect`` (defaults in deft_jax/config_lib.py): ``epochs``, ``warmup_epochs``, ``batch_size``,
-``optim``/``schedule`` (see deft_jax.optim), ``n_ctx``, ``ctx_init``, ``class_specific``,
+``optim``/``schedule`` (see deft_jax.optim), ``n_ctx``, ``ctx_init``, ``ctx_init_pad``, ``class_specific``,
 ``class_token_position``, ``peft`` (models.peft.PEFTConfig fields), ``trainable`` (optimiser rules; None means
 prompts + the PEFT parameters, everything pretrained frozen), ``strict_selection``, ``warmup_loss``,
 ``pseudo_labels_from_epoch`` (the first epoch whose L_neg uses pseudo-labels, counted from 1 as the progress
@@ -47,13 +47,17 @@ def check_finite_outputs(result: dict, stage: str) -> None:
           "or set grad_clip_norm, and start again in a new --workdir.")
 
 
-RANKINGS = ("margin", "label_probability")
+# detect.ranking: the report's ``score``. "margin" (s+_y - s-_y, whose sign is the loose rule's mask),
+# "label_probability" (log softmax of s+ at the given label), "strict_margin" (min(m_y, m_y - max_{k != y} m_k),
+# m = s+ - s-: positive exactly where the strict rule selects). The last two come from the scoring pass.
+RANKINGS = ("margin", "label_probability", "strict_margin")
 PRED_PROBS = ("auto",) + step_lib.PRED_PROBS_MODES
 
 
 def label_probability(pred_probs, labels) -> tuple[np.ndarray, np.ndarray]:
-  """(p, log p) of the given label from [N, C] class probabilities, in their dtype (the log floored at
-  1e-30): the ``label_probability`` ranking's label score and score."""
+  """(p, log p) of the given label from saved [N, C] class probabilities (pred_probs.npy), in their dtype (the
+  log floored at 1e-30). The detect stage itself ranks by the log-softmax of the logits (score_batch's
+  ``log_p_label``): float32 probabilities round to 1 (log p = 0) for confident examples at a real CLIP's scale."""
   p = np.asarray(pred_probs)[np.arange(len(labels)), np.asarray(labels)]
   return p, np.log(np.maximum(p, 1e-30))
 
@@ -65,6 +69,19 @@ def label_score(margin, logit_scale: float) -> np.ndarray:
   in the margin (the ranking), free of ties in practice, and > 0.5 exactly where p_clean is."""
   m = np.asarray(margin, np.float64) / float(logit_scale)
   return (1.0 / (1.0 + np.exp(-m))).astype(np.float32)
+
+
+def apply_ranking(result: dict, ranking: str, logit_scale: float) -> None:
+  """Sets ``score`` and ``label_score`` (and their ``pass_`` copies) by ``ranking`` from the scoring pass; the
+  mask stays DEFT's. "margin" leaves them as they are."""
+  if ranking == "label_probability":  # the positive prompts' classifier's p(given label)
+    log_p = np.asarray(result["pass_log_p_label"], np.float32)
+    result["label_score"] = result["pass_label_score"] = np.exp(log_p.astype(np.float64)).astype(np.float32)
+    result["score"] = result["pass_score"] = log_p
+  elif ranking == "strict_margin":
+    s = np.asarray(result["pass_strict_margin"], np.float32)
+    result["label_score"] = result["pass_label_score"] = label_score(s, logit_scale)
+    result["score"] = result["pass_score"] = s
 
 
 def outputs(workdir) -> dict[str, Path]:
@@ -131,9 +148,8 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   ranking = d.get("ranking", "margin")
   if ranking not in RANKINGS:
     raise ConfigError(f"detect.ranking must be one of {RANKINGS}, got {ranking!r}")
-  if ranking == "label_probability" and not (d.scoring_pass or d.final_mask == "scoring_pass"):
-    raise ConfigError("detect.ranking='label_probability' reads the scoring pass's class probabilities: "
-                      "set detect.scoring_pass=True")
+  if ranking != "margin" and not (d.scoring_pass or d.final_mask == "scoring_pass"):
+    raise ConfigError(f"detect.ranking={ranking!r} reads the scoring pass's logits: set detect.scoring_pass=True")
   spe = pipeline.steps_per_epoch(train_split, d.batch_size)
   det = detector_lib.Detector(config, class_names=train_split.class_names, num_examples=train_split.num_examples,
                               mesh=mesh, checkpoint=checkpoint, steps_per_epoch=spe)
@@ -164,13 +180,12 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   if d.final_mask not in ("online", "scoring_pass"):
     raise ConfigError(f"detect.final_mask must be 'online' or 'scoring_pass', got {d.final_mask!r}")
   export = bool(config.report.get("export_arrays", True))
-  label_prob = None
   if d.scoring_pass or d.final_mask == "scoring_pass" or export:
     mode = pred_probs_mode(config, train_split.num_examples, len(train_split.class_names)) if export else "none"
     scored = score_split(det, state["params"], train_split, batch_size=d.eval_batch_size or d.batch_size,
                          data_kw=data_kw, with_embedding=export, pred_probs=mode,
                          topk=int(config.report.get("pred_probs_topk", 5)), directory=out["dir"] if export else None)
-    label_prob = scored.pop("label_prob")
+    scored.pop("label_prob")  # its float32 value rounds to 1 for confident examples: the ranking reads log_p_label
     for k in step_lib.ROW_ARRAYS:  # in out["dir"]'s .npy files, which the report copies
       scored.pop(k, None)
     result.update({"pass_" + k: v for k, v in scored.items()})
@@ -182,11 +197,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
   src = "pass_" if d.final_mask == "scoring_pass" else "online_"
   for k in ("p_clean", "is_clean", "suggested", "margin", "label_score", "score"):
     result[k] = result[src + k]
-  if ranking == "label_probability":  # the mask stays DEFT's; the ranking is its classifier's p(given label)
-    p = np.asarray(label_prob, np.float64)  # the scoring pass's softmax probability of the given label
-    log_p = np.log(np.maximum(p, 1e-30))
-    result["label_score"] = result["pass_label_score"] = p.astype(np.float32)
-    result["score"] = result["pass_score"] = log_p.astype(np.float32)
+  apply_ranking(result, ranking, scale)
   result["params_step"] = np.asarray(int(state["step"]))
   check_finite_outputs(result, "detect")
   save_npz(out_file, result)

@@ -61,10 +61,10 @@ class BlockSpec:
 def _dense(x, features: int, name: str, site: str, peft: peft_lib.BlockPEFT, dtype):
   """A projection with the PEFT of its site: LoRA's low-rank residual and SSF's scale and shift."""
   y = nn.Dense(features, dtype=dtype, name=name)(x)
+  if peft.ssf:  # the reference scales and shifts the projection, then adds LoRA's residual (CLIP.py)
+    y = SSF(dtype, name=peft_lib.ssf_name(site))(y)
   if site in peft.lora_targets:
     y = y + LoRA(features, peft.lora_rank, peft.lora_scale, dtype, name=peft_lib.lora_name(site))(x)
-  if peft.ssf:
-    y = SSF(dtype, name=peft_lib.ssf_name(site))(y)
   return y
 
 
@@ -163,7 +163,7 @@ class Block(nn.Module):
     h = _layer_norm(s.ln_eps, "layer_norm2")(x).astype(s.dtype)
     h = MLP(s, p, name="mlp")(h)
     if p.adapter_dim:
-      h = Adapter(p.adapter_dim, s.dtype, name=peft_lib.ADAPTER)(h)
+      h = Adapter(p.adapter_dim, s.dtype, p.adapter_residual, name=peft_lib.ADAPTER)(h)
     return (x + h, kv) if self.mode == "prefix" else x + h
 
 

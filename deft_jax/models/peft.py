@@ -10,8 +10,10 @@ Adding a PEFT method is this file (a field of PEFTConfig and BlockPEFT, its para
 PARAM_PATTERNS, the block-level settings in PEFTConfig.block) and models/clip.py (its module and where a
 block calls it). No JAX here: loading a config reads these defaults.
 
-At initialisation LoRA (B = 0), Adapter (up-projection = 0) and SSF (scale = 1, shift = 0) leave the
-pretrained function unchanged; VPT adds tokens and therefore changes it.
+At initialisation LoRA (B = 0) and the residual adapter (``adapter_residual``) leave the pretrained function
+unchanged. The reference's adapter replaces each MLP output by up(relu(down(LN(h)))) with up = 0, so at init
+the blocks' MLPs contribute nothing; the reference's SSF starts at scale ~ N(1, 0.02), shift ~ N(0, 0.02); VPT
+adds tokens. Those three change it.
 """
 
 from __future__ import annotations
@@ -63,9 +65,12 @@ class PEFTConfig:
       the default); None means a scale of 1 (unscaled).
     lora_targets: projections that get LoRA, among q, k, v, out (attention) and fc1, fc2 (MLP).
     adapter_dim: bottleneck width of the adapter after each MLP; 0 disables it.
+    adapter_residual: False (the reference): the adapter's output replaces the MLP's in the residual stream;
+      True: it is added to the MLP's (the pretrained function at init).
     ssf: learnable scale and shift after q/k/v, attention output, fc1 and fc2.
-    bitfit: train bias parameters (no new parameters; only the optimiser rules change).
-    bitfit_biases: regex (on the path inside a block) of the biases BitFit trains.
+    bitfit: train every bias of the image tower, as the reference: the blocks' (``bitfit_biases``) and
+      ln_pre's and ln_post's (no new parameters; only the optimiser rules change).
+    bitfit_biases: regex (on the path inside a block) of the block biases BitFit trains.
     partial: restrict every method to the last `partial` blocks; None means all blocks.
   """
 
@@ -75,6 +80,7 @@ class PEFTConfig:
   lora_alpha: Optional[float] = 1.0
   lora_targets: Sequence[str] = ("q", "v")
   adapter_dim: int = 0
+  adapter_residual: bool = False
   ssf: bool = False
   bitfit: bool = False
   bitfit_biases: str = ".*bias"
@@ -135,6 +141,7 @@ class PEFTConfig:
         lora_scale=self.lora_scale if self.lora_rank else 1.0,
         lora_targets=self.lora_targets if self.lora_rank else (),
         adapter_dim=self.adapter_dim,
+        adapter_residual=self.adapter_residual,
         ssf=self.ssf,
     )
 
@@ -152,6 +159,7 @@ class BlockPEFT:
   lora_scale: float = 1.0
   lora_targets: tuple = ()
   adapter_dim: int = 0
+  adapter_residual: bool = False
   ssf: bool = False
 
 
@@ -163,6 +171,7 @@ def trainable_patterns(peft: PEFTConfig, tower: str = "vision_model") -> list[st
   pats = [f"{enc}/(.*/)?{PARAM_PATTERNS[m]}" for m, enabled in on.items() if enabled]
   if peft.bitfit:
     pats.append(rf"{enc}/{peft.bitfit_biases}")
+    pats.append(rf"{tower}/(pre_layrnorm|post_layernorm)/bias")  # sic: HF's name for ln_pre
   return pats
 
 

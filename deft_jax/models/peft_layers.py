@@ -38,29 +38,42 @@ class LoRA(nn.Module):
     return y * jnp.asarray(self.scale, self.dtype)
 
 
+def normal_init(mean: float, std: float):
+  def init(key, shape, dtype=jnp.float32):
+    return mean + std * jax.random.normal(key, shape, dtype)
+  return init
+
+
 class SSF(nn.Module):
-  """Learnable per-channel scale and shift (identity at init)."""
+  """Learnable per-channel scale and shift, initialised as the reference: scale ~ N(1, 0.02), shift ~ N(0, 0.02)
+  (so, unlike LoRA, SSF moves the pretrained function slightly at init)."""
 
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (d,))
-    shift = self.param("shift", nn.initializers.zeros, (d,))
+    scale = self.param("scale", normal_init(1.0, 0.02), (d,))
+    shift = self.param("shift", normal_init(0.0, 0.02), (d,))
     return x * scale.astype(self.dtype) + shift.astype(self.dtype)
 
 
 class Adapter(nn.Module):
-  """Bottleneck MLP with its own residual; the up-projection starts at zero."""
+  """The reference's bottleneck: up(relu(down(LayerNorm(h)))) with no residual of its own. Its block adds it to
+  the residual stream in place of the MLP output h (``residual=False``, the reference), or beside it
+  (``residual=True``: h + adapter(h), the pretrained function at init). down ~ N(0, 1 / (3 fan_in)) (PyTorch's
+  kaiming_normal_(a=sqrt(5))), up = 0, biases 0, LayerNorm eps 1e-5 (PyTorch's)."""
 
   bottleneck: int
   dtype: Any = jnp.float32
+  residual: bool = False
 
   @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    h = nn.Dense(self.bottleneck, dtype=self.dtype, name="down")(x)
-    h = nn.relu(h)
-    h = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(h)
-    return x + h
+  def __call__(self, h):
+    d = h.shape[-1]
+    y = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, name="ln")(h).astype(self.dtype)
+    y = nn.Dense(self.bottleneck, dtype=self.dtype, name="down",
+                 kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "normal"))(y)
+    y = nn.relu(y)
+    y = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(y)
+    return h + y if self.residual else y

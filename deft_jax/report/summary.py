@@ -8,6 +8,8 @@ Summary layout (every value JSON-native; undefined rates are ``None``)::
                       precision, recall, f1]}, ...] in label order
     confused_pairs: [{given_label, given_name, predicted_label, predicted_name, count}, ...]
                     flagged examples whose suggestion differs from the given label, most frequent first
+    phase1_recipe:  {recipe, overrides, strict_selection, warmup_epochs, warmup_loss, pseudo_labels_from_epoch,
+                    schedule_decay}: the phase-1 recipe the detector trained with (config_lib.phase1_recipe)
     corrections:    what a reviewer's corrections file changed (rows, applied, relabeled, changed, dropped,
                     kept), when the run applied one (data.corrections)
     ...             caller sections (``extra``), e.g. ``baselines: {name: {precision, recall, f1,
@@ -115,8 +117,8 @@ def build_summary(detection: Mapping[str, np.ndarray], *, given, class_names: Se
 
 # ----------------------------------------------------------------------------- text rendering
 
-_BUILTIN = {"warnings", "corrections", "method", "num_examples", "num_classes", "num_flagged", "num_clean",
-            "estimated_noise_rate", "detection", "per_class", "confused_pairs", "baselines"}
+_BUILTIN = {"warnings", "corrections", "phase1_recipe", "method", "num_examples", "num_classes", "num_flagged",
+            "num_clean", "estimated_noise_rate", "detection", "per_class", "confused_pairs", "baselines"}
 
 
 def _missing(x) -> bool:
@@ -153,6 +155,20 @@ def _value(v) -> str:
     return f"[{len(v)} items]"
   v = str(v)
   return v if len(v) <= 72 else v[:69] + "..."
+
+
+def recipe_line(r: Mapping[str, Any]) -> str:
+  """'phase-1 recipe: real_noise (strict rule, 5 SCE warm-up epochs, pseudo-labels from epoch 2, constant lr)',
+  with the fields a config set against its recipe after it."""
+  warm, pseudo = r.get("warmup_epochs"), r.get("pseudo_labels_from_epoch")
+  parts = ["strict rule" if r.get("strict_selection") else "p_clean > 0.5",
+           f"{warm} {str(r.get('warmup_loss', '')).upper()} warm-up epoch{'s' * (warm != 1)}",
+           "pseudo-labels from epoch " + (str(pseudo) if pseudo is not None else "after warm-up"),
+           f"{r.get('schedule_decay')} lr"]
+  line = f"phase-1 recipe: {r.get('recipe')} ({', '.join(parts)})"
+  if r.get("overrides"):
+    line += "; set against the recipe: " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+  return line
 
 
 def vlm_warnings(given, suggested, num_classes: int, *, zero_shot=None) -> list[str]:
@@ -192,6 +208,8 @@ def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, 
            f"{summary['num_examples']:,} examples, {summary['num_classes']} classes",
            f"  flagged as label issues: {summary['num_flagged']:,} "
            f"({_pct(summary['estimated_noise_rate'])})   kept as clean: {summary['num_clean']:,}"]
+  if summary.get("phase1_recipe"):
+    lines.append("  " + recipe_line(summary["phase1_recipe"]))
   fixes = summary.get("corrections")
   if fixes:
     lines.append(f"  corrections applied: {fixes['applied']:,} rows of {fixes['file']} ({fixes['relabeled']:,} "
