@@ -131,8 +131,10 @@ def base_config() -> ml_collections.ConfigDict:
   # pred_probs: the class probabilities exported: "full" [N, C], "topk" (the pred_probs_topk largest and their
   # classes), "none", or "auto": "full" while the float32 [N, C] file is at most pred_probs_full_max_gb GiB (8:
   # ImageNet-1k's 5.1 GB), else "topk" (README, "Class probabilities at scale").
+  # shortened: dotted fields this config sets below the method's recipe (a demo, a smoke run); the report
+  # prints each with the method's value beside it (config_lib.shortened).
   c.report = ml_collections.ConfigDict(dict(num_suspects=24, write_images=True, export_arrays=True, review=True,
-                                            review_top_k=1000, pred_probs="auto", pred_probs_topk=5,
+                                            shortened=(), review_top_k=1000, pred_probs="auto", pred_probs_topk=5,
                                             pred_probs_full_max_gb=8.0))
   return c
 
@@ -189,6 +191,30 @@ def phase1_recipe(config) -> dict:
   overrides = {k: v for k, v in given.items() if v is not None and v != out[k]}
   out.update({k: v for k, v in given.items() if v is not None})
   return {"recipe": name, "overrides": overrides, **out}
+
+
+def shortened(config) -> dict:
+  """``{field: {"value": this run's, "method": the method's default}}`` for each dotted field that
+  ``report.shortened`` names: what a demo or smoke config cut from the method's recipe, as the report says it.
+  A named field that is missing, or equals the method's value, is a ConfigError (the list cannot go stale)."""
+  method = base_config()
+  out = {}
+  for field in config.report.get("shortened", ()) or ():
+    try:
+      value, default = _dotted(config, field), _dotted(method, field)
+    except (KeyError, AttributeError) as e:
+      raise ConfigError(f"report.shortened names {field!r}, which is not a config field") from e
+    if value == default:
+      raise ConfigError(f"report.shortened names {field!r}, but it equals the method's value {default!r}")
+    out[field] = {"value": value, "method": default}
+  return out
+
+
+def _dotted(config, field: str):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return tuple(node) if isinstance(node, list) else node
 
 
 def real_world(c, *, batch_size: int = 64):

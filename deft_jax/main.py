@@ -5,8 +5,9 @@ r"""deft_jax: find noisy labels with a vision-language model, then fine-tune on 
       --config.detect.epochs=5
 
 Rerunning the same command in the same workdir resumes where it stopped. On a CPU-only host the process
-keeps freed memory in one heap (faster steps, larger resident size); DEFT_JAX_CPU_MALLOC=off turns that off
-(deft_jax/cpu_memory.py).
+gives glibc's malloc transparent huge pages (fewer page faults, faster steps), re-executing itself once to do
+so; DEFT_JAX_CPU_MALLOC=off turns that off (deft_jax/cpu_memory.py). Compiled steps are cached in
+~/.cache/deft_jax/xla (DEFT_JAX_COMPILATION_CACHE=off turns that off).
 """
 
 import logging
@@ -16,9 +17,10 @@ import traceback
 
 from deft_jax import cpu_memory
 
-# First, before any library starts a thread: XLA:CPU steps stop page-faulting their temporaries.
+# First, before any library starts a thread: XLA:CPU steps stop page-faulting their temporaries (as a command,
+# the process may re-execute itself here, once, with glibc's huge-page tunable: deft_jax/cpu_memory.py).
 try:
-  _MALLOC_KEPT = cpu_memory.configure()
+  _MALLOC = cpu_memory.configure(restart=__name__ == "__main__")
 except ValueError as _e:
   print(f"deft_jax: error: {_e}", file=sys.stderr)
   sys.exit(2)
@@ -69,8 +71,11 @@ def main(argv):
     faults.start_failure_watch()  # another process's failure stops this one with its reason
     logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[:8])
-    if _MALLOC_KEPT:
-      logging.info("host malloc: one heap, never trimmed (DEFT_JAX_CPU_MALLOC=%s)", cpu_memory.mode())
+    cache = _use_compilation_cache(jax)
+    if cache:
+      logging.info("XLA compilation cache: %s (%s=off turns it off)", cache, CACHE_ENV)
+    if _MALLOC:
+      logging.info("host malloc: %s (%s=%s)", _MALLOC_WORDS[_MALLOC], cpu_memory.ENV, cpu_memory.mode())
     run.run(FLAGS.config, FLAGS.workdir)
     faults.finished(0)
   except faults.Preempted as e:  # every process saved a checkpoint at the same step
@@ -91,6 +96,26 @@ def main(argv):
     traceback.print_exc()
     faults.announce_failure(f"{type(e).__name__}: {e} (a bug: its traceback is in that process's log)", 1)
     faults.stop(None, 1)
+
+
+_MALLOC_WORDS = {"hugepages": "glibc's, with transparent huge pages", "kept": "one heap, never trimmed"}
+CACHE_ENV = "DEFT_JAX_COMPILATION_CACHE"  # a directory (default ~/.cache/deft_jax/xla), or "off"
+
+
+def _use_compilation_cache(jax) -> str:
+  """JAX's persistent compilation cache: a step compiled once (in an earlier stage, or an earlier run: a
+  resumed or repeated command) is read back instead of compiled again. $JAX_COMPILATION_CACHE_DIR, when set,
+  wins (JAX reads it itself); else $DEFT_JAX_COMPILATION_CACHE or ~/.cache/deft_jax/xla, kept under 2 GiB
+  (least recently used entries go first)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  where = os.environ.get(CACHE_ENV, "").strip() or "~/.cache/deft_jax/xla"
+  if where.lower() == "off":
+    return ""
+  path = os.path.expanduser(where)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_compilation_cache_max_size", 2 * 2**30)
+  return path
 
 
 def _stop_for_the_user(message: str) -> None:

@@ -54,6 +54,7 @@ def run(config, workdir: str | Path) -> dict:
     raise ConfigError(f"--workdir {workdir}: URLs are not supported as workdirs; use a directory of a file system "
                       "that every process of the run mounts at the same path (launch/README.md)")
   config_check.check(config, process_count=jax.process_count())  # before any stage, before the workdir is touched
+  config_lib.shortened(config)  # report.shortened: names fields that exist and differ from the method's
   todo = check_stages(config)
   if config.data.corrections:  # its form before anything is written; its rows are checked against the data
     from deft_jax.data import corrections
@@ -203,6 +204,8 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
     comparison["keep every label"] = quality(np.ones(train.num_examples, bool))
   extra = {"baselines": comparison} if comparison else {}
   extra["phase1_recipe"] = config_lib.phase1_recipe(config)
+  if config_lib.shortened(config):
+    extra["shortened"] = config_lib.shortened(config)
   if train.corrections is not None:
     extra["corrections"] = train.corrections
   if train.noise_report is not None and hasattr(train.noise_report, "summary"):

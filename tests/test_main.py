@@ -103,6 +103,10 @@ def test_demo_runlocal_produces_report_tensorboard_and_checkpoints(demo_run):
   assert summary["phase1_recipe"]["recipe"] == "synthetic"  # the demo's (docs/FIDELITY.md)
   assert json.loads((workdir / "summary.json").read_text())["detection"]["phase1_recipe"]["recipe"] == "synthetic"
   assert "Label health report" in proc.stdout  # the one-screen summary is printed
+  # What the demo cut from the method's recipe, said in the report with the method's value beside it.
+  assert summary["shortened"]["adapt.epochs"] == {"value": 2, "method": 10}
+  assert "shortened against the method's recipe: detect.epochs=3 (10), detect.peft.vpt_tokens=8 (20), " \
+         "adapt.epochs=2 (10)" in proc.stdout
   for noise in ("cpu_feature_guard", "oneDNN", "PyTorch was not found"):  # library start-up notes are hidden
     assert noise not in proc.stderr, noise
   for stage in ("pretrain", "detect", "adapt"):

@@ -97,3 +97,27 @@ def test_health_text_fits_one_screen_for_many_classes():
   assert len(text.splitlines()) <= 42
   assert "(10 of 200)" in text
   assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_shortened_fields_are_reported_beside_the_methods_values_and_cannot_go_stale():
+  """report.shortened: each named field with this run's value and the method's (base_config's) default, in
+  summary.json and on the report's screen. A name that is no field, or a field left at the method's value, is
+  a ConfigError: the list a demo prints cannot claim a shortening it does not make."""
+  from deft_jax import config_lib
+  from deft_jax.errors import ConfigError
+  from deft_jax.report.summary import format_health_summary
+
+  c = config_lib.base_config()
+  c.detect.epochs, c.adapt.epochs = 4, 2
+  c.report.shortened = ("detect.epochs", "adapt.epochs")
+  got = config_lib.shortened(c)
+  assert got == {"detect.epochs": {"value": 4, "method": 10}, "adapt.epochs": {"value": 2, "method": 10}}
+  text = format_health_summary({"num_examples": 10, "num_classes": 2, "num_flagged": 1, "num_clean": 9,
+                                "estimated_noise_rate": 0.1, "shortened": got})
+  assert "shortened against the method's recipe: detect.epochs=4 (10), adapt.epochs=2 (10)" in text
+  c.report.shortened = ("detect.epochs", "baselines.epochs")
+  with pytest.raises(ConfigError, match="baselines.epochs.*equals the method's value 10"):
+    config_lib.shortened(c)
+  c.report.shortened = ("detect.epoch",)
+  with pytest.raises(ConfigError, match="'detect.epoch', which is not a config field"):
+    config_lib.shortened(c)

@@ -10,6 +10,7 @@ Summary layout (every value JSON-native; undefined rates are ``None``)::
                     flagged examples whose suggestion differs from the given label, most frequent first
     phase1_recipe:  {recipe, overrides, strict_selection, warmup_epochs, warmup_loss, pseudo_labels_from_epoch,
                     schedule_decay}: the phase-1 recipe the detector trained with (config_lib.phase1_recipe)
+    shortened:      {field: {value, method}}: what the config cut from the method's recipe (report.shortened)
     corrections:    what a reviewer's corrections file changed (rows, applied, relabeled, changed, dropped,
                     kept), when the run applied one (data.corrections)
     ...             caller sections (``extra``), e.g. ``baselines: {name: {precision, recall, f1,
@@ -117,7 +118,7 @@ def build_summary(detection: Mapping[str, np.ndarray], *, given, class_names: Se
 
 # ----------------------------------------------------------------------------- text rendering
 
-_BUILTIN = {"warnings", "corrections", "phase1_recipe", "method", "num_examples", "num_classes", "num_flagged",
+_BUILTIN = {"warnings", "corrections", "phase1_recipe", "shortened", "method", "num_examples", "num_classes", "num_flagged",
             "num_clean", "estimated_noise_rate", "detection", "per_class", "confused_pairs", "baselines"}
 
 
@@ -155,6 +156,10 @@ def _value(v) -> str:
     return f"[{len(v)} items]"
   v = str(v)
   return v if len(v) <= 72 else v[:69] + "..."
+
+
+def _short(v) -> str:
+  return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def recipe_line(r: Mapping[str, Any]) -> str:
@@ -210,6 +215,9 @@ def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, 
            f"({_pct(summary['estimated_noise_rate'])})   kept as clean: {summary['num_clean']:,}"]
   if summary.get("phase1_recipe"):
     lines.append("  " + recipe_line(summary["phase1_recipe"]))
+  if summary.get("shortened"):
+    lines.append("  shortened against the method's recipe: " + ", ".join(
+        f"{k}={_short(v['value'])} ({_short(v['method'])})" for k, v in summary["shortened"].items()))
   fixes = summary.get("corrections")
   if fixes:
     lines.append(f"  corrections applied: {fixes['applied']:,} rows of {fixes['file']} ({fixes['relabeled']:,} "
