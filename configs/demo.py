@@ -36,9 +36,9 @@ def get_config(arg=None):
   c.detect.batch_size = 64
   c.detect.peft.vpt_tokens = 8  # the tiny model sees 64 patches; 20 prompt tokens would swamp them
 
-  # Phase 2 (the reference's recipe, every epoch over all 4,000 examples) for 3 of the method's 10 epochs:
+  # Phase 2 (the reference's recipe, every epoch over all 4,000 examples) for 5 of the method's 10 epochs:
   # the demo shows the pipeline end to end in a few minutes, not phase 2's best accuracy.
-  c.adapt.epochs = 3
+  c.adapt.epochs = 5
   c.baselines.methods = ("label_match", "small_loss")
   c.baselines.epochs = 5
   # The report prints each of these beside the method's value (config_lib.shortened).

@@ -121,3 +121,19 @@ def test_shortened_fields_are_reported_beside_the_methods_values_and_cannot_go_s
   c.report.shortened = ("detect.epoch",)
   with pytest.raises(ConfigError, match="'detect.epoch', which is not a config field"):
     config_lib.shortened(c)
+
+
+def test_the_screen_says_which_class_probabilities_were_exported_and_what_full_would_weigh():
+  """The report's pred_probs section (issue: ImageNet scale): full or top-k, the files, and for top-k the size
+  of the [N, C] matrix it avoided; once a bare 'Other:' entry."""
+  base = {"num_examples": 1_281_167, "num_classes": 1000, "num_flagged": 1, "num_clean": 9,
+          "estimated_noise_rate": 0.1}
+  topk = {"mode": "topk", "setting": "auto", "k": 5, "full_bytes": 4 * 1_281_167 * 1000,
+          "files": ["pred_probs_topk.npy", "pred_probs_topk_classes.npy"]}
+  text = format_health_summary({**base, "pred_probs": topk})
+  assert ("class probabilities: top-5, pred_probs_topk.npy, pred_probs_topk_classes.npy (report.pred_probs=auto); "
+          "the full [N, C] matrix would be 4.8 GiB") in text
+  assert "Other:" not in text
+  full = {"mode": "full", "setting": "full", "full_bytes": 160000, "files": ["pred_probs.npy"]}
+  assert "class probabilities: full, pred_probs.npy (report.pred_probs=full)\n" in format_health_summary(
+      {**base, "pred_probs": full}) + "\n"

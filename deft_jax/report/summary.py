@@ -118,7 +118,7 @@ def build_summary(detection: Mapping[str, np.ndarray], *, given, class_names: Se
 
 # ----------------------------------------------------------------------------- text rendering
 
-_BUILTIN = {"warnings", "corrections", "phase1_recipe", "shortened", "method", "num_examples", "num_classes", "num_flagged",
+_BUILTIN = {"warnings", "corrections", "phase1_recipe", "shortened", "pred_probs", "method", "num_examples", "num_classes", "num_flagged",
             "num_clean", "estimated_noise_rate", "detection", "per_class", "confused_pairs", "baselines"}
 
 
@@ -162,13 +162,24 @@ def _short(v) -> str:
   return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+def pred_probs_line(p: Mapping[str, Any]) -> str:
+  """'class probabilities: full, pred_probs.npy (report.pred_probs=auto)': which of the detector's class
+  probabilities the report exported, and the size the full [N, C] matrix would have had."""
+  files = ", ".join(p.get("files") or []) or "none exported"
+  what = f"top-{p['k']}" if p.get("mode") == "topk" else p.get("mode")
+  line = f"class probabilities: {what}, {files} (report.pred_probs={p.get('setting')})"
+  if p.get("mode") != "full" and p.get("full_bytes"):
+    line += f"; the full [N, C] matrix would be {p['full_bytes'] / 2**30:.1f} GiB"
+  return line
+
+
 def recipe_line(r: Mapping[str, Any]) -> str:
   """'phase-1 recipe: real_noise (strict rule, 5 SCE warm-up epochs, pseudo-labels from epoch 2, constant lr)',
   with the fields a config set against its recipe after it."""
   warm, pseudo = r.get("warmup_epochs"), r.get("pseudo_labels_from_epoch")
   parts = ["strict rule" if r.get("strict_selection") else "p_clean > 0.5",
            f"{warm} {str(r.get('warmup_loss', '')).upper()} warm-up epoch{'s' * (warm != 1)}",
-           "pseudo-labels from epoch " + (str(pseudo) if pseudo is not None else "after warm-up"),
+           f"pseudo-labels from epoch {pseudo}" if pseudo is not None else "pseudo-labels after warm-up",
            f"{r.get('schedule_decay')} lr"]
   line = f"phase-1 recipe: {r.get('recipe')} ({', '.join(parts)})"
   if r.get("overrides"):
@@ -218,6 +229,8 @@ def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, 
   if summary.get("shortened"):
     lines.append("  shortened against the method's recipe: " + ", ".join(
         f"{k}={_short(v['value'])} ({_short(v['method'])})" for k, v in summary["shortened"].items()))
+  if summary.get("pred_probs"):
+    lines.append("  " + pred_probs_line(summary["pred_probs"]))
   fixes = summary.get("corrections")
   if fixes:
     lines.append(f"  corrections applied: {fixes['applied']:,} rows of {fixes['file']} ({fixes['relabeled']:,} "
