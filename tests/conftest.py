@@ -146,8 +146,9 @@ def real_noise_workdir(tmp_path_factory):
 
   workdir = tmp_path_factory.mktemp("real_noise") / "run"
   t0 = time.time()
-  run_main(workdir, *REAL_NOISE_OVERRIDES)
+  proc = run_main(workdir, *REAL_NOISE_OVERRIDES)
   (workdir / "seconds.txt").write_text(f"{time.time() - t0:.1f}")
+  (workdir / "stdout.txt").write_text(proc.stdout)  # the report as the demo prints it (README.md quotes it)
   return workdir
 
 

@@ -420,3 +420,46 @@ def test_noise_kinds_split_the_mislabelled_examples_by_their_most_frequent_pairs
   score = np.array([0, 0, 5, 3, 4, 1, 6, 7], np.float64)  # ranks the confusable ones lowest, one other one high
   a = kinds.split_auroc(score, given, truth, pairs=1)
   assert a["confusable"] == 1.0 and a["other"] == 0.75 and a["all"] == 0.875
+
+
+# ------------------------------------------------------------------------------------------ input pipeline
+def test_pipeline_stages_stop_the_products_own_pipeline_after_each_stage():
+  import io
+
+  from PIL import Image
+
+  from benchmarks import data_throughput as dt
+  from deft_jax.data import pipeline
+  from deft_jax.data.splits import BytesReader, LabeledSplit
+
+  rng = np.random.default_rng(0)
+  blobs = []
+  for _ in range(8):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), np.uint8)).save(buf, "JPEG", quality=90)
+    blobs.append(buf.getvalue())
+  ids = [str(i) for i in range(8)]
+  split = LabeledSplit(name="jpegs", class_names=["a"], labels=np.zeros(8, np.int32), clean_labels=None, ids=ids,
+                       reader=BytesReader.from_encoded(blobs, ids))
+
+  def first_batch(augment, upto):
+    with dt.stage(upto):
+      batches = pipeline.train_batches(split, global_batch_size=8, image_size=16, seed=0, epoch=0, augment=augment,
+                                       process_index=0, process_count=1)
+      return next(batches)
+
+  for augment in ("resize_crop", "cifar"):
+    got = {upto: first_batch(augment, upto) for upto in dt.stages_for(augment)}
+    product = first_batch(augment, "normalize")["image"]
+    order = got["decode"]["index"]
+    assert got["decode"]["image"].shape == (8, 30, 40, 3)
+    np.testing.assert_array_equal(got["decode"]["image"][0], np.asarray(Image.open(io.BytesIO(blobs[order[0]]))))
+    if augment == "resize_crop":  # the window of a 30-pixel short side: round(30 * 224 / 256) = 26
+      assert got["decode_window"]["image"].shape == (8, 26, 26, 3)
+    flipped, plain = got["flip"]["image"], got["crop_resize"]["image"]
+    assert flipped.dtype == plain.dtype == np.uint8 and flipped.shape == (8, 16, 16, 3)
+    mirrored = [np.array_equal(f, p[:, ::-1]) and not np.array_equal(f, p) for f, p in zip(flipped, plain)]
+    assert all(np.array_equal(f, p) or m for f, p, m in zip(flipped, plain, mirrored)) and 0 < sum(mirrored) < 8
+    # The last stage is the pipeline itself, and the stage before it differs by the normalisation alone.
+    np.testing.assert_array_equal(got["normalize"]["image"], product)
+    np.testing.assert_allclose(product, dt.preprocess.normalize(flipped).numpy(), atol=1e-6)

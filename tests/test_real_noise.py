@@ -167,3 +167,22 @@ def test_backbone_from_random_init_on_deft_subset_beats_all_noisy_labels(real_no
   print(f"resnet_tiny (random init) test top-1 at {STEPS} steps: DEFT subset {top1['deft']:.3f}, "
         f"all noisy labels {top1['all']:.3f}")
   assert top1["deft"] > top1["all"] + 0.03, top1
+
+
+def _report_lines(text: str) -> list[str]:
+  """The printed health report: from its first line to the line before the run's closing lines."""
+  lines = text.splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith("Label health report"))
+  end = next(i for i, l in enumerate(lines) if l.startswith("deft_jax finished in"))
+  return lines[start:end]
+
+
+def test_the_readme_quotes_exactly_the_report_the_demo_prints(real_noise_workdir):
+  """README.md's first block is what `python -m deft_jax.main --config configs/demo.py` prints. This run is the
+  demo with its phase 2 lengthened (which the report part does not show), so its report must equal the README's
+  line for line: every count, rate and row. (Was: the README kept 1,723 flagged and a small-loss row that the
+  demo no longer printed.)"""
+  readme = (REPO / "README.md").read_text()
+  block = readme.split("It prints", 1)[1].split("```", 2)[1]
+  printed = (real_noise_workdir / "stdout.txt").read_text()
+  assert _report_lines(block) == _report_lines(printed)
