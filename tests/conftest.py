@@ -18,7 +18,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 from deft_jax import cpu_memory  # noqa: E402
 
-# The tests run on the CPU: keep freed host memory as `python -m deft_jax.main` does (before JAX starts).
+# The tests run on the CPU: XLA's temporaries without a page fault per 4 KB (before JAX starts). A test process
+# cannot restart itself with glibc's huge pages as `python -m deft_jax.main` does, so it keeps one heap instead.
 cpu_memory.configure({**os.environ, "JAX_PLATFORMS": "cpu"})
 
 import pytest  # noqa: E402
