@@ -79,7 +79,7 @@ def create(init: Callable[..., Any], *args, mesh, sharding_rules=(), checkpointe
     state = init_except(init, args, loaded, abstract=abstract, shardings=shardings)
   if load is not None:  # load reads the state on the host: each process must see its arrays whole
     state = load(parallel.addressable(state))
-    unset = [path for path, x in _flat_paths(state) if isinstance(x, jax.ShapeDtypeStruct)]
+    unset = [path for path, x in flat_paths(state) if isinstance(x, jax.ShapeDtypeStruct)]
     if unset:
       raise RuntimeError(f"the state's load left {len(unset)} leaf/leaves it was said to replace unset: "
                          f"{unset[:5]}")
@@ -87,7 +87,7 @@ def create(init: Callable[..., Any], *args, mesh, sharding_rules=(), checkpointe
   return state, shardings
 
 
-def _flat_paths(tree) -> list[tuple[str, Any]]:
+def flat_paths(tree) -> list[tuple[str, Any]]:
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   return [("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), x) for path, x in flat]
 
@@ -96,7 +96,7 @@ def init_except(init, args, loaded: Callable[[str], bool], *, abstract=None, sha
   """``init(*args)`` with the leaves ``loaded`` names left abstract (ShapeDtypeStructs): XLA compiles and runs
   only what computes the others (on ``shardings`` when given)."""
   abstract = abstract_state(init, *args) if abstract is None else abstract
-  paths = _flat_paths(abstract)
+  paths = flat_paths(abstract)
   keep = [not loaded(path) for path, _ in paths]
   treedef = jax.tree_util.tree_structure(abstract)
 

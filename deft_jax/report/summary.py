@@ -118,8 +118,9 @@ def build_summary(detection: Mapping[str, np.ndarray], *, given, class_names: Se
 
 # ----------------------------------------------------------------------------- text rendering
 
-_BUILTIN = {"warnings", "corrections", "phase1_recipe", "shortened", "pred_probs", "method", "num_examples", "num_classes", "num_flagged",
-            "num_clean", "estimated_noise_rate", "detection", "per_class", "confused_pairs", "baselines"}
+_BUILTIN = {"warnings", "corrections", "phase1_recipe", "shortened", "pred_probs", "method", "num_examples",
+            "num_classes", "num_flagged", "num_clean", "estimated_noise_rate", "detection", "per_class",
+            "confused_pairs", "baselines"}
 
 
 def _missing(x) -> bool:
