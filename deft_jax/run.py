@@ -204,8 +204,9 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
     comparison["keep every label"] = quality(np.ones(train.num_examples, bool))
   extra = {"baselines": comparison} if comparison else {}
   extra["phase1_recipe"] = config_lib.phase1_recipe(config)
-  if config_lib.shortened(config):
-    extra["shortened"] = config_lib.shortened(config)
+  shortened = config_lib.shortened(config)
+  if shortened:
+    extra["shortened"] = shortened
   if train.corrections is not None:
     extra["corrections"] = train.corrections
   if train.noise_report is not None and hasattr(train.noise_report, "summary"):

@@ -34,7 +34,7 @@ def build_clip(model_cfg, peft: Optional[Any] = None, checkpoint: Optional[str] 
   return clip_lib.CLIP(clip_config(model_cfg, checkpoint), PEFTConfig.from_dict(peft))
 
 
-def pretrained_leaves(root: str = "", checkpoint: Optional[str] = "yes", only: Optional[tuple] = None):
+def pretrained_leaves(root: str, checkpoint: Optional[str], only: Optional[tuple] = None):
   """``path -> bool`` over the "/"-joined leaf paths of a tree that holds a CLIP's parameters under ``root``:
   whether :func:`load_clip_weights` replaces that leaf from ``checkpoint`` (every CLIP weight but the PEFT
   parameters, which keep their initial values; with ``only``, within those top-level CLIP subtrees). None
