@@ -1,8 +1,9 @@
 """Hugging Face CLIP checkpoints (safetensors only) <-> deft_jax CLIP parameters.
 
 ``load_pretrained`` accepts a local directory (``config.json`` + ``*.safetensors``), a single
-``.safetensors`` file, or a hub id such as ``openai/clip-vit-base-patch16`` (downloaded with
-``huggingface_hub`` when online). Pickled ``pytorch_model.bin`` files are never opened.
+``.safetensors`` file, a stand-in shipped with the package (``standin:<name>``, models/standins.py), or a hub
+id such as ``openai/clip-vit-base-patch16`` (downloaded with ``huggingface_hub`` when online). Pickled
+``pytorch_model.bin`` files are never opened.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from deft_jax.models import peft, presets
+from deft_jax.models import peft, presets, standins
 from deft_jax.models.weights import CheckpointMismatchError, merge_params
 from deft_jax.tree import flatten
 from deft_jax.errors import ConfigError, MissingFileError
@@ -28,7 +29,10 @@ _HUB_FILES = ["*.safetensors", "*.json", "merges.txt", "vocab.json"]
 
 
 def resolve_checkpoint(path_or_id: str | Path) -> Path:
-  """A local directory or file for a path or hub id; downloads (safetensors + json only) when needed."""
+  """A local directory or file for a path, a shipped stand-in ("standin:<name>", models/standins.py) or a hub
+  id; downloads (safetensors + json only) when needed."""
+  if standins.is_standin(path_or_id):
+    return standins.path(path_or_id)
   p = Path(path_or_id).expanduser()
   if p.exists():
     return p
