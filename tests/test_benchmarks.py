@@ -335,11 +335,14 @@ def test_profile_summary_splits_device_time_by_kernel_category():
   assert "note" in profile_summary.summarize([{"ph": "X", "name": "host only", "ts": 0, "dur": 1}])
 
 
-def _strength_row(acc, label_set, method, f1, auroc, *, checkpoint=None, flagged=0.2):
-  return {"zero_shot_acc": acc, "checkpoint": checkpoint or f"snap{acc}", "label_set": label_set, "method": method,
-          "precision": 0.9, "recall": 0.9, "f1": f1, "auroc": auroc, "flagged_fraction": flagged,
-          "noise_rate": 0.25, "num_examples": 1000, "fnr_at_noise_budget": None if auroc is None else 0.3,
-          "test_top1": None, "command": "x"}
+def _strength_row(acc, label_set, method, f1, auroc, *, checkpoint=None, flagged=0.2, recipe=None):
+  row = {"zero_shot_acc": acc, "checkpoint": checkpoint or f"snap{acc}", "label_set": label_set, "method": method,
+         "precision": 0.9, "recall": 0.9, "f1": f1, "auroc": auroc, "flagged_fraction": flagged,
+         "noise_rate": 0.25, "num_examples": 1000, "fnr_at_noise_budget": None if auroc is None else 0.3,
+         "test_top1": None, "command": "x"}
+  if recipe:  # rows written before the field existed have none: they ran the synthetic recipe
+    row["recipe"] = recipe
+  return row
 
 
 def test_strength_table_takes_the_last_row_per_cell_and_measures_deft_against_the_best_baseline(tmp_path):
@@ -376,6 +379,36 @@ def test_strength_table_takes_the_last_row_per_cell_and_measures_deft_against_th
     table.replace_block("no markers", md)
 
 
+def test_strength_table_keeps_each_recipes_deft_rows_apart_and_shares_the_baselines(tmp_path):
+  """Was: rows carried no recipe, so a real-noise DEFT row replaced the synthetic one of the same cell."""
+  from benchmarks.experiments import strong_vlm_table as table
+  w = "worse_label"
+  rows = [_strength_row(0.8, w, "deft", 0.90, 0.95, flagged=0.20),  # no recipe field: synthetic
+          _strength_row(0.8, w, "small_loss", 0.80, 0.85, recipe="synthetic"),  # a baseline: any recipe
+          _strength_row(0.8, w, "keep_all", 0.60, None),
+          _strength_row(0.8, w, "deft", 0.70, 0.93, flagged=0.45, recipe="real_noise"),
+          _strength_row(0.8, w, "deft_strict_margin", None, 0.97, flagged=None, recipe="real_noise"),
+          _strength_row(0.5, w, "deft", 0.60, 0.70, recipe="real_noise")]  # no synthetic row at 0.5
+  f = tmp_path / "r.jsonl"
+  f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  loaded = table.load([f])
+  assert len(loaded) == 6 and table.recipes(loaded) == ["real_noise", "synthetic"]
+  syn, real = table._cells(loaded, "synthetic")[w], table._cells(loaded, "real_noise")[w]
+  assert list(syn) == [0.8] and list(real) == [0.5, 0.8]
+  assert syn[0.8]["deft"]["f1"] == 0.90 and real[0.8]["deft"]["f1"] == 0.70
+  assert real[0.8]["small_loss"] is syn[0.8]["small_loss"]  # the baselines do not depend on phase 1's recipe
+  assert table.margins(real[0.8])["f1"] == (pytest.approx(-0.10), "small_loss")
+  cmp = table.recipe_comparison(loaded)
+  assert ("| `worse_label` | 80.0 % | 25.0 % | 20.0 / 45.0 | – / – | 90.0 / 70.0 | – / – | – / – | – / – "
+          "| – / 0.970 |") in cmp
+  assert "| `worse_label` | 50.0 % | 25.0 % | – / 20.0 |" in cmp
+  doc = table.document(loaded, "p.png")
+  assert doc.index("real-noise recipe (the reference") < doc.index("synthetic-noise recipe (loose") < doc.index(
+      "What the real-noise recipe changes") < doc.index("![")
+  table.plot(loaded, tmp_path / "p.png")
+  assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_sweep_rows_score_every_method_against_the_truth_and_deft_probability_as_a_ranking(tmp_path, monkeypatch):
   from types import SimpleNamespace
 
@@ -388,18 +421,22 @@ def test_sweep_rows_score_every_method_against_the_truth_and_deft_probability_as
   (tmp_path / "detect").mkdir()
   (tmp_path / "baselines" / "label_match").mkdir(parents=True)
   (tmp_path / "config.json").write_text(json.dumps({"data": {"root": "r", "train_indices": "0:8",
-                                                             "pretrain_indices": ""}}))
+                                                             "pretrain_indices": "", "noise": {"type": "human"}},
+                                                    "detect": {"recipe": ""}}))
   keep = np.array([1, 1, 1, 1, 0, 1, 1, 0], bool)  # flags one clean and one noisy example
   margin = np.array([5, 4, 3, 2, 1, 6, 0, -1], np.float32)  # ranks the two noisy ones lowest
   np.savez(tmp_path / "detect" / "detection.npz", is_clean=keep, score=margin, pass_is_clean=keep,
-           pass_score=margin[::-1].copy())
+           pass_score=margin[::-1].copy(), pass_strict_margin=margin - 10)
   probs = np.full((8, 3), 0.1, np.float32)
   probs[np.arange(8), truth] = 0.8
   np.save(tmp_path / "detect" / "pred_probs.npy", probs)
   np.savez(tmp_path / "baselines" / "label_match" / "detection.npz", is_clean=given == truth,
            score=(given == truth).astype(np.float32))
   rows = {r["method"]: r for r in sweep.rows(tmp_path, zero_shot=0.5, checkpoint="c", label_set="s", cmd="x")}
-  assert set(rows) == {"deft", "deft_scoring_pass", "label_match", "keep_all", "deft_label_probability"}
+  assert set(rows) == {"deft", "deft_scoring_pass", "label_match", "keep_all", "deft_label_probability",
+                       "deft_strict_margin"}
+  assert {r["recipe"] for r in rows.values()} == {"real_noise"}  # recipe "" with human noise: config_lib's rule
+  assert rows["deft_strict_margin"]["auroc"] == 1.0 and rows["deft_strict_margin"]["f1"] is None
   d = rows["deft"]
   assert (d["precision"], d["recall"], d["auroc"], d["flagged_fraction"]) == (5 / 6, 5 / 6, 1.0, 0.25)
   assert d["noise_rate"] == 0.25 and d["fnr_at_noise_budget"] == 0.0

@@ -11,9 +11,11 @@ accuracy on the 10,000 test images comes from their pretrain_info.json.
       --label_sets worse_label,aggre_label,random_label1 --results benchmarks/results/detection_strong_vlm.jsonl
 
 Each row: zero_shot_acc, checkpoint, label_set, method (deft, deft_scoring_pass, label_match, small_loss, gmm,
-cleanlab_cl, cleanlab_datalab, keep_all; and deft_label_probability, a ranking only, with null precision,
-recall, f1 and flagged_fraction: DEFT's scoring-pass softmax over its positive prompts, read at the given
-label), precision, recall, f1, auroc (null for keep_all), flagged_fraction,
+cleanlab_cl, cleanlab_datalab, keep_all; and two rankings only, with null precision, recall, f1 and
+flagged_fraction: deft_label_probability, DEFT's scoring-pass softmax over its positive prompts read at the
+given label, and deft_strict_margin, min(m_y, m_y - max_{k != y} m_k) of the scoring pass), recipe (phase 1's,
+config_lib.recipe_name: "synthetic" or "real_noise"; rows written before it existed ran "synthetic"), precision,
+recall, f1, auroc (null for keep_all), flagged_fraction,
 noise_rate, num_examples, fnr_at_noise_budget (the share of the truly noisy examples a method misses when it
 flags exactly round(noise_rate * N) examples, its lowest-ranked ones; null for keep_all), test_top1 (where the
 method's own model classifies), command. ``--rows_only`` scores workdirs a sweep left, without running anything.
@@ -39,7 +41,7 @@ def command(args, checkpoint: Path, label_set: str, workdir: Path) -> list[str]:
   return [sys.executable, "-m", "deft_jax.main",
           f"--config=configs/cifar10n_strong_vlm.py:root={args.root},label_set={label_set}",
           f"--workdir={workdir}", "--config.stages=('detect',)", f"--config.model.checkpoint={checkpoint}",
-          f"--config.baselines.methods={tuple(args.methods.split(','))!r}".replace(" ", ""),
+          f"--config.baselines.methods={tuple(m for m in args.methods.split(',') if m)!r}".replace(" ", ""),
           *args.extra]
 
 
@@ -62,6 +64,13 @@ def given_and_true_labels(workdir: Path, label_set: str) -> tuple[np.ndarray, np
   return np.asarray(split.labels), np.asarray(split.clean_labels)
 
 
+def recipe_of(workdir: Path) -> str:
+  """The phase-1 recipe a sweep workdir ran (config_lib.recipe_name of its config.json)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from deft_jax.config_lib import recipe_name  # pylint: disable=g-import-not-at-top
+  return recipe_name(ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())))
+
+
 def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cmd: str) -> list[dict]:
   sys.path.insert(0, str(REPO))
   from deft_jax.detect.train import label_probability  # pylint: disable=g-import-not-at-top
@@ -81,12 +90,16 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
   probs = workdir / "detect" / "pred_probs.npy"
   if probs.exists():  # a ranking only: DEFT's positive-prompt softmax probability of the given label
     methods["deft_label_probability"] = (None, label_probability(np.load(probs), given)[1], None)
+  if "pass_strict_margin" in det:  # a ranking only: min(m_y, m_y - max_{k != y} m_k) of the scoring pass
+    methods["deft_strict_margin"] = (None, det["pass_strict_margin"], None)
+  recipe = recipe_of(workdir)
   out = []
   for name, (is_clean, score, test_top1) in methods.items():
     m = (dict(precision=None, recall=None, f1=None) if is_clean is None
          else detection_metrics(is_clean, given, truth))
     out.append({
         "zero_shot_acc": zero_shot, "checkpoint": checkpoint, "label_set": label_set, "method": name,
+        "recipe": recipe,
         "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
         "auroc": None if score is None else auroc(score, clean),
         "flagged_fraction": None if is_clean is None else float(1 - is_clean.mean()),

@@ -22,33 +22,52 @@ import argparse
 import json
 from pathlib import Path
 
-METHODS = ("deft", "deft_scoring_pass", "deft_label_probability", "label_match", "small_loss", "gmm", "cleanlab_cl",
-           "cleanlab_datalab", "keep_all")
+METHODS = ("deft", "deft_scoring_pass", "deft_label_probability", "deft_strict_margin", "label_match", "small_loss",
+           "gmm", "cleanlab_cl", "cleanlab_datalab", "keep_all")
 DISPLAY = {"deft": "DEFT", "deft_scoring_pass": "DEFT scoring pass", "deft_label_probability": "DEFT p+(label)",
-           "label_match": "label-match",
+           "deft_strict_margin": "DEFT strict margin", "label_match": "label-match",
            "small_loss": "small-loss", "gmm": "GMM", "cleanlab_cl": "cleanlab CL", "cleanlab_datalab": "Datalab",
            "keep_all": "keep all"}
 BASELINES = ("label_match", "small_loss", "gmm", "cleanlab_cl", "cleanlab_datalab")
 LABEL_SETS = ("aggre_label", "random_label1", "worse_label")
+RECIPES = {"real_noise": "the real-noise recipe (the reference's for human noise: strict rule, 5 SCE warm-up "
+                         "epochs, pseudo-labels from epoch 2, constant lr)",
+           "synthetic": "the synthetic-noise recipe (loose rule p_clean > 0.5, 1 CE warm-up epoch, cosine lr)"}
 BEGIN, END = "<!-- strong-vlm:begin -->", "<!-- strong-vlm:end -->"
 
 
+def is_deft(method: str) -> bool:
+  """DEFT's rows depend on phase 1's recipe; the baselines' do not (they never read config.detect)."""
+  return method.startswith("deft")
+
+
 def load(paths) -> list[dict]:
-  """The rows of every file, the last one per (checkpoint, label set, method) kept, in first-seen order."""
+  """The rows of every file, the last one per (recipe, checkpoint, label set, method) kept, in first-seen
+  order. A row without "recipe" ran the synthetic one (the only one before the field existed); a baseline's row
+  gets recipe None, whichever recipe its DEFT run had."""
   rows = {}
   for path in paths:
     for line in Path(path).read_text().splitlines():
       if line.strip():
         r = json.loads(line)
-        rows[(r["checkpoint"], r["label_set"], r["method"])] = r
+        r["recipe"] = r.get("recipe", "synthetic") if is_deft(r["method"]) else None
+        rows[(r["recipe"], r["checkpoint"], r["label_set"], r["method"])] = r
   return list(rows.values())
 
 
-def _cells(rows):
-  """{label_set: {zero_shot_acc: {method: row}}}, label sets in LABEL_SETS order, strengths ascending."""
+def recipes(rows) -> list[str]:
+  return [k for k in RECIPES if any(r["recipe"] == k for r in rows)]
+
+
+def _cells(rows, recipe="synthetic"):
+  """{label_set: {zero_shot_acc: {method: row}}} of DEFT under ``recipe`` and every baseline, label sets in
+  LABEL_SETS order, strengths ascending; a strength without a DEFT row of the recipe is left out."""
   out: dict = {}
   for r in rows:
-    out.setdefault(r["label_set"], {}).setdefault(r["zero_shot_acc"], {})[r["method"]] = r
+    if r["recipe"] in (None, recipe):
+      out.setdefault(r["label_set"], {}).setdefault(r["zero_shot_acc"], {})[r["method"]] = r
+  out = {s: {a: c for a, c in by.items() if any(is_deft(m) for m in c)} for s, by in out.items()}
+  out = {s: by for s, by in out.items() if by}
   order = [s for s in LABEL_SETS if s in out] + sorted(s for s in out if s not in LABEL_SETS)
   return {s: dict(sorted(out[s].items())) for s in order}
 
@@ -80,8 +99,8 @@ def margins(cell: dict, method: str = "deft") -> dict:
   return out
 
 
-def markdown(rows) -> str:
-  cells = _cells(rows)
+def markdown(rows, recipe="synthetic") -> str:
+  cells = _cells(rows, recipe)
   present = [m for m in METHODS if any(m in c for s in cells.values() for c in s.values())]
   lines = []
   for label_set, by_strength in cells.items():
@@ -113,38 +132,86 @@ def markdown(rows) -> str:
   return "\n".join(lines) + "\n"
 
 
+PLOTTED_DEFT = ("deft", "deft_label_probability")  # per recipe; the other DEFT rankings are in the tables only
+RECIPE_STYLE = {"synthetic": "-", "real_noise": "-."}
+
+
 def plot(rows, path) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-  cells = _cells(rows)
-  fig = Figure(figsize=(4.2 * len(cells), 7.6))
+  shown_recipes = recipes(rows)
+  by_recipe = {k: _cells(rows, k) for k in shown_recipes}
+  label_sets = list(dict.fromkeys(s for c in by_recipe.values() for s in c))
+  fig = Figure(figsize=(4.2 * len(label_sets), 7.8))
   FigureCanvasAgg(fig)
-  axes = fig.subplots(2, len(cells), squeeze=False)
+  axes = fig.subplots(2, len(label_sets), squeeze=False)
   colors = {m: f"C{i}" for i, m in enumerate(METHODS)}  # one colour per method in every panel
   handles = {}
-  for j, (label_set, by_strength) in enumerate(cells.items()):
+  for j, label_set in enumerate(label_sets):
     for i, key in enumerate(("f1", "auroc")):
       ax = axes[i][j]
-      for m in METHODS:
-        pts = [(100 * acc, c[m][key]) for acc, c in by_strength.items() if m in c and c[m][key] is not None]
-        if pts:
+      for k in shown_recipes:
+        by_strength = by_recipe[k].get(label_set, {})
+        for m in METHODS:
+          if (is_deft(m) and m not in PLOTTED_DEFT) or (not is_deft(m) and k != shown_recipes[0]):
+            continue
+          pts = [(100 * acc, c[m][key]) for acc, c in by_strength.items() if m in c and c[m][key] is not None]
+          if not pts:
+            continue
           xs, ys = zip(*pts)
-          style = "-" if m.startswith("deft") else ("--" if m == "keep_all" else ":")
+          style = RECIPE_STYLE[k] if is_deft(m) else ("--" if m == "keep_all" else ":")
+          name = f"{DISPLAY[m]} ({k.replace('_', '-')} recipe)" if is_deft(m) else DISPLAY[m]
           (line,) = ax.plot(xs, [100 * y if key == "f1" else y for y in ys], style, marker="o", ms=4,
-                            color=colors[m], label=DISPLAY[m], lw=2.2 if m == "deft" else 1.3)
-          handles.setdefault(m, line)
-      noise = _any_row(by_strength)["noise_rate"]
-      ax.set_title(f"{label_set} ({100 * noise:.1f} % noise)", fontsize=10)
+                            color=colors[m], label=name, lw=2.2 if m == "deft" else 1.3)
+          handles.setdefault(name, line)
+      noise = next(iter(next(iter(by_recipe[k].get(label_set, {0: {"x": {"noise_rate": 0}}}).values())).values()))
+      ax.set_title(f"{label_set} ({100 * noise['noise_rate']:.1f} % noise)", fontsize=10)
       ax.set_xlabel("VLM zero-shot accuracy (%)")
       ax.set_ylabel("F1 of the clean selection (%)" if key == "f1" else "AUROC (given label is right)")
       ax.grid(alpha=0.3)
-  shown = [m for m in METHODS if m in handles]
-  fig.legend([handles[m] for m in shown], [DISPLAY[m] for m in shown], loc="lower center", ncol=min(5, len(shown)),
-             fontsize=8, frameon=False)
-  fig.tight_layout(rect=(0, 0.07, 1, 1))
+  fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=7.5, frameon=False)
+  fig.tight_layout(rect=(0, 0.09, 1, 1))
   Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
+
+
+def recipe_comparison(rows) -> str:
+  """Per (label set, strength) run under both recipes: the share DEFT flags, its F1 and its AUROC, synthetic
+  recipe / real-noise recipe."""
+  syn, real = _cells(rows, "synthetic"), _cells(rows, "real_noise")
+  lines = ["| label set | zero-shot | noise | DEFT flags | scoring pass flags | DEFT F1 | scoring pass F1 | "
+           "margin AUROC (pass) | p+(label) AUROC | strict margin AUROC |", "|---" * 10 + "|"]
+  for label_set, by_strength in real.items():
+    for acc, cell in by_strength.items():
+      other = syn.get(label_set, {}).get(acc, {})
+
+      def pair(m, key, fmt, cell=cell, other=other):
+        a = fmt(other[m][key]) if m in other else "–"
+        b = fmt(cell[m][key]) if m in cell else "–"
+        return f"{a} / {b}"
+      noise = next(iter(cell.values()))["noise_rate"]
+      lines.append(f"| `{label_set}` | {100 * acc:.1f} % | {100 * noise:.1f} % | "
+                   + " | ".join([pair("deft", "flagged_fraction", _pct),
+                                 pair("deft_scoring_pass", "flagged_fraction", _pct),
+                                 pair("deft", "f1", _pct), pair("deft_scoring_pass", "f1", _pct),
+                                 pair("deft_scoring_pass", "auroc", _auc),
+                                 pair("deft_label_probability", "auroc", _auc),
+                                 pair("deft_strict_margin", "auroc", _auc)]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def document(rows, plot_path="") -> str:
+  """The whole block: per recipe (real-noise first) the tables of markdown(), then the recipes side by side."""
+  parts = []
+  for k in recipes(rows):
+    parts += [f"#### Phase 1 by {RECIPES[k]}", "", markdown(rows, k)]
+  if len(recipes(rows)) > 1:
+    parts += ["#### What the real-noise recipe changes (each cell: synthetic recipe / real-noise recipe)", "",
+              recipe_comparison(rows)]
+  if plot_path:
+    parts.append(f"![detector F1 and AUROC by VLM strength, both phase-1 recipes]({plot_path})\n")
+  return "\n".join(parts)
 
 
 def replace_block(text: str, block: str) -> str:
@@ -162,10 +229,9 @@ def main():
   p.add_argument("--readme", default="", help="replace the strong-VLM block of this Markdown file")
   args = p.parse_args()
   rows = load(args.results)
-  block = markdown(rows)
   if args.plot:
     plot(rows, args.plot)
-    block += f"\n![detector F1 and AUROC by VLM strength]({args.plot})\n"
+  block = document(rows, args.plot)
   if args.readme:
     path = Path(args.readme)
     path.write_text(replace_block(path.read_text(), block))
