@@ -1,0 +1,88 @@
+r"""The shipped stand-in's quality test of the suite (tests/test_standin.py) at several seeds: the spread of each
+comparison it asserts.
+
+Each seed runs DEFT (phase 1 and its scoring pass) and CLIP label-match with the shipped stand-in
+(``model.checkpoint=standin:cifar10_tiny32``, configs/cifar10n_strong_vlm.py otherwise) on the first 2,000
+of the 10,000 held-out CIFAR-10 training images, with their CIFAR-10N ``worse_label`` labels (the stand-in never
+saw them), and ``--config.seed=S`` (the detection stream). A workdir that already holds a finished seed is read,
+not rerun. Prints one JSON line per seed and the min / max of every comparison over the seeds.
+
+  PYTHONPATH=. python benchmarks/experiments/standin_seeds.py --root ../shared/assets --out /tmp/standin_seeds \
+      --seeds 0 1 2 [--recipe real_noise]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LABEL_SET = "worse_label"
+TRAIN_INDICES = "0:2000"
+
+
+def overrides(recipe: str = "") -> tuple[str, ...]:
+  """The suite's command line after the config (a recipe of "" keeps the config's)."""
+  return ("--config.stages=('detect',)", "--config.model.checkpoint=standin:cifar10_tiny32",
+          f"--config.data.train_indices={TRAIN_INDICES}", "--config.baselines.methods=('label_match',)",
+          *((f"--config.detect.recipe={recipe}",) if recipe else ()))
+
+
+def config_arg(root) -> str:
+  return f"--config=configs/cifar10n_strong_vlm.py:root={root},label_set={LABEL_SET}"
+
+
+def comparisons(workdir: Path) -> dict:
+  """F1 (of the clean selection) and AUROC (of the ranking) of DEFT, label-match and keep-all, and the
+  differences tests/test_standin.py asserts, from a finished run."""
+  import numpy as np
+
+  from deft_jax.data import cifar_offline
+  from deft_jax.report import auroc, detection_metrics
+
+  data = json.loads((workdir / "config.json").read_text())["data"]
+  train = cifar_offline.load_cifar10n_offline(data["root"], label_set=LABEL_SET, train_indices=TRAIN_INDICES,
+                                              test_size=1)["train"]
+  clean = train.labels == train.clean_labels
+  out = {}
+  for name, d in {"deft": workdir / "detect", "label_match": workdir / "baselines" / "label_match"}.items():
+    det = np.load(d / "detection.npz")
+    out[f"{name}_f1"] = detection_metrics(det["is_clean"], train.labels, train.clean_labels)["f1"]
+    out[f"{name}_auroc"] = auroc(det["score"], clean)
+    out[f"{name}_flagged"] = 1.0 - float(np.mean(det["is_clean"]))
+  det = np.load(workdir / "detect" / "detection.npz")
+  out["deft_pass_f1"] = detection_metrics(det["pass_is_clean"], train.labels, train.clean_labels)["f1"]
+  out["keep_all_f1"] = detection_metrics(np.ones_like(clean), train.labels, train.clean_labels)["f1"]
+  out["noise_rate"] = 1.0 - float(clean.mean())
+  out["deft_minus_keep_all_f1"] = out["deft_f1"] - out["keep_all_f1"]
+  out["deft_minus_label_match_f1"] = out["deft_f1"] - out["label_match_f1"]
+  out["deft_minus_label_match_auroc"] = out["deft_auroc"] - out["label_match_auroc"]
+  return {k: round(float(v), 4) for k, v in out.items()}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--root", required=True, help="the folder holding cifar10-jpeg/ and cifar-n-labels/")
+  p.add_argument("--out", type=Path, required=True)
+  p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  p.add_argument("--recipe", default="", help="detect.recipe (default: the config's)")
+  args = p.parse_args()
+  rows = []
+  for seed in args.seeds:
+    wd = args.out / f"seed{seed}"
+    if not (wd / "baselines" / "label_match" / "detection.npz").exists():
+      env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+      subprocess.run([sys.executable, "-m", "deft_jax.main", config_arg(args.root), f"--workdir={wd}",
+                      f"--config.seed={seed}", *overrides(args.recipe)], cwd=REPO, env=env, check=True)
+    rows.append({"seed": seed, **comparisons(wd)})
+    print(json.dumps(rows[-1]), flush=True)
+  print(json.dumps({"spread": {k: [min(r[k] for r in rows), max(r[k] for r in rows)]
+                               for k in rows[0] if k != "seed"}}))
+
+
+if __name__ == "__main__":
+  main()
