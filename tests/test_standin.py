@@ -67,9 +67,9 @@ def test_a_damaged_or_missing_standin_is_named_and_never_loaded(tmp_path, monkey
     clip_weights.resolve_checkpoint("standin:cifar10_huge")
 
 
-def test_the_standin_classifies_1000_test_images_zero_shot_as_measured(assets_dir):
+def test_the_standin_classifies_1000_test_images_zero_shot_as_measured(assets_dir, mesh1):
   from deft_jax.pretrain import standin
-  got = standin.zero_shot_accuracy("standin:cifar10_tiny32", str(assets_dir), test_size=1000)
+  got = standin.zero_shot_accuracy("standin:cifar10_tiny32", str(assets_dir), test_size=1000, mesh=mesh1)
   print(got)
   for k, want in ZERO_SHOT_1000.items():
     assert got[k] == pytest.approx(want, abs=ZERO_SHOT_TOL), (k, got)

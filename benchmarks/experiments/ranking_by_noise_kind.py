@@ -5,8 +5,8 @@ Human annotators mostly swap look-alike classes (CIFAR-10: truck/automobile, cat
 finished run (a workdir of benchmarks/experiments/strong_vlm_sweep.py, or any run on cifar10n_offline) this
 splits the mislabelled examples into "confusable" (their (true, given) pair is one of the ``--pairs`` most
 frequent pairs among the mislabelled examples) and "other", and prints each ranking score's AUROC for clean
-against all noisy, against confusable noise only and against other noise only: DEFT's margin, DEFT's
-positive-prompt probability of the given label, and every baseline the run has.
+against all noisy, against confusable noise only and against other noise only: DEFT's margin, its strict-rule
+margin, DEFT's positive-prompt probability of the given label, and every baseline the run has.
 
   PYTHONPATH=. python benchmarks/experiments/ranking_by_noise_kind.py --workdir W --label_set worse_label
 """
@@ -59,6 +59,8 @@ def main():
   scores = {}
   det = dict(np.load(w / "detect" / "detection.npz"))
   scores["DEFT margin (scoring pass)"] = det["pass_margin"]
+  if "pass_strict_margin" in det:
+    scores["DEFT strict margin"] = det["pass_strict_margin"]
   if (w / "detect" / "pred_probs.npy").exists():
     scores["DEFT p+(given label)"] = label_probability(np.load(w / "detect" / "pred_probs.npy"), given)[1]
   for f in sorted((w / "baselines").glob("*/detection.npz")):

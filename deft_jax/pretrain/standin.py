@@ -47,9 +47,10 @@ def export(src: str | Path, name: str, *, dest_root: Path = standins.DIR) -> tup
   return out, standins.sha256_of(out / standins.WEIGHTS)
 
 
-def zero_shot_accuracy(checkpoint: str, root: str, *, test_size: int = 0, batch_size: int = 256) -> dict:
+def zero_shot_accuracy(checkpoint: str, root: str, *, test_size: int = 0, batch_size: int = 256, mesh=None) -> dict:
   """Zero-shot top-1 of ``checkpoint`` on the first ``test_size`` CIFAR-10 test images of ``root`` (the shared
-  assets layout): {"ensemble": the 12 caption templates averaged, "single": "a photo of a {}."}."""
+  assets layout): {"ensemble": the 12 caption templates averaged, "single": "a photo of a {}."}. ``mesh``: the
+  devices to run on (default: all of them)."""
   test = cifar_offline.load_cifar10n_offline(root, train_indices="0:1", test_size=test_size)["test"]
   cfg = clip_weights.config_from_checkpoint(checkpoint)
   model = clip_lib.CLIP(cfg)
@@ -57,7 +58,7 @@ def zero_shot_accuracy(checkpoint: str, root: str, *, test_size: int = 0, batch_
   params = clip_weights.load_pretrained(checkpoint, abstract, scan=cfg.scan)
   data = ml_collections.ConfigDict({"image_size": cfg.vision.image_size, "normalization": "clip"})
   evaluate = ZeroShotEval(model, test, Tokenizer(context_length=cfg.text.context_length),
-                          mesh=parallel.make_mesh(), batch_size=batch_size,
+                          mesh=mesh or parallel.make_mesh(), batch_size=batch_size,
                           data_kw=image_spec(data, cfg.vision.image_size).pipeline_kw(),
                           template_sets={"ensemble": zeroshot.TEMPLATES, "single": (zeroshot.ZERO_SHOT_TEMPLATE,)})
   return evaluate(jax.tree.map(jax.numpy.asarray, params))
