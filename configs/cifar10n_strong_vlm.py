@@ -64,7 +64,8 @@ def get_config(arg=None):
   # synthetic recipe is measured better (BENCHMARKS.md "Detection by VLM strength", both recipes on the same
   # 9 cells): the strict rule rejects every image whose best class is not its label, and a 76 % zero-shot VLM
   # disagrees with many correct labels, so the real-noise recipe flags 30 / 36 / 53 % of aggre_label /
-  # random_label1 / worse_label (9 / 18 / 41 % noise) and its F1 is 2.6-7.5 points lower (17-26 at 45 %).
+  # random_label1 / worse_label (9 / 18 / 41 % noise; synthetic: 13 / 18 / 30 %) and its F1 is 8.0 / 5.4 / 1.5
+  # points lower; at the weaker snapshots (45-73 % zero-shot) 8.6-26.9 points lower.
   c.detect.recipe = "synthetic"
   c.baselines.methods = ("label_match", "small_loss", "gmm")
 

@@ -64,8 +64,8 @@ def _cells(rows, recipe="synthetic"):
   LABEL_SETS order, strengths ascending; a strength without a DEFT row of the recipe is left out."""
   out: dict = {}
   for r in rows:
-    if r["recipe"] in (None, recipe):
-      out.setdefault(r["label_set"], {}).setdefault(r["zero_shot_acc"], {})[r["method"]] = r
+    if r["recipe"] in (None, recipe):  # strengths to 0.1 point: two pretraining runs of one command differ by less
+      out.setdefault(r["label_set"], {}).setdefault(round(r["zero_shot_acc"], 3), {})[r["method"]] = r
   out = {s: {a: c for a, c in by.items() if any(is_deft(m) for m in c)} for s, by in out.items()}
   out = {s: by for s, by in out.items() if by}
   order = [s for s in LABEL_SETS if s in out] + sorted(s for s in out if s not in LABEL_SETS)
