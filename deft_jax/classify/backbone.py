@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,17 +17,20 @@ from deft_jax.models import backbones
 
 def backbone_classifier(name: str, *, num_classes: int, mesh, rng, inputs: ImageSpec, checkpoint: str = "",
                         dtype: str = "float32", use_reference_optimizer: bool = True,
-                        sharding_rules: Sequence = ()) -> Classifier:
+                        sharding_rules: Sequence = (), attention_impl: Optional[str] = None) -> Classifier:
   """A ``deft_jax.models.backbones`` model with a new head; every parameter trains. Its own normalisation
   statistics replace ``inputs``' (the backbone was pretrained with them); ``inputs.image_size`` resizes a ViT.
 
   ``checkpoint``: "" = the backbone's reference checkpoint (random init when it has none, as the tiny test
-  backbones), "none" = random init, else a path or hub id.
+  backbones), "none" = random init, else a path or hub id. ``attention_impl``: a ViT's attention backend
+  (None: its default).
   """
   spec = backbones.get_backbone(name)
   overrides = {}
   if inputs.image_size and inputs.image_size != spec.image_size and spec.family == "vit":
     overrides["image_size"] = inputs.image_size  # the loader resamples the position embedding
+  if attention_impl and spec.family == "vit":
+    overrides["attention_impl"] = attention_impl
   model = spec.build(num_classes, dtype=jnp.dtype(dtype), **overrides)
   dummy = spec.dummy_images(1, model)
   pretrained = checkpoint != "none" and bool(checkpoint or spec.checkpoints)
