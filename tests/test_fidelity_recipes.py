@@ -100,7 +100,7 @@ def _scored(monkeypatch, s_pos, s_neg, labels, strict=True):
 
   from deft_jax.detect import step as detect_step
   s_pos, s_neg = jnp.asarray(s_pos, jnp.float32), jnp.asarray(s_neg, jnp.float32)
-  monkeypatch.setattr(step_lib, "image_logits", lambda *a, **k: (s_pos, s_neg, None))
+  monkeypatch.setattr(detect_step, "image_logits", lambda *a, **k: (s_pos, s_neg, None))
   batch = {"image": None, "label": jnp.asarray(labels, jnp.int32), "index": jnp.arange(len(labels)),
            "mask": jnp.ones(len(labels), bool)}
   return jax.device_get(detect_step.score_images(None, None, None, batch, strict=strict))
