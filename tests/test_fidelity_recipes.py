@@ -246,13 +246,13 @@ def test_ssf_starts_at_normal_scale_and_shift_and_scales_before_lora_adds():
   assert any("ssf_q/scale" in k for k in attn) and any("q_lora/lora_a" in k for k in attn)
   import flax.linen as nn
 
-  from deft_jax.models import clip as clip_lib
+  from deft_jax.models.peft_layers import peft_dense
   block = peft_lib.PEFTConfig(ssf=True, lora_rank=2, lora_targets=("q",)).block(0, 1)
 
   class Dense(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return clip_lib._dense(x, 6, "q_proj", "q", block, np.float32)
+      return peft_dense(x, 6, "q_proj", "q", block, np.float32)
 
   x = np.asarray(jax.random.normal(jax.random.key(1), (2, 6)))
   p = Dense().init(jax.random.key(2), x)["params"]
