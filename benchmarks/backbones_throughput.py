@@ -1,90 +1,65 @@
 """Train-step throughput of the phase-2 backbones: one JSON line per backbone.
 
-A step is forward + backward + an SGD (momentum 0.9) update, jitted with the train state donated,
-timed after warm-up with ``block_until_ready``. ResNet steps also update batch-norm statistics.
-Runs on one device (the first); sharded throughput belongs to the adaptation stage's harness.
+A step is the product's own phase-2 step (deft_jax.classify.trainer.Trainer over the backbone's Classifier,
+classify/backbone.py): forward + backward + the update of the backbone's reference optimiser, as ``adapt.method
+= "fft"`` with ``adapt.backbone = <name>`` runs it, jitted with the train state donated, timed after warm-up
+with ``block_until_ready``. ResNet steps also update batch-norm statistics. Random weights. Runs on one device
+(the first); sharded throughput belongs to the harness.
 
-  python benchmarks/backbones_throughput.py                                   # 224 px, batch 64
-  python benchmarks/backbones_throughput.py --batch 8 --steps 3 --backbones resnet50,vit_b16
+  python -m benchmarks.backbones_throughput                                   # 224 px, batch 64
+  python -m benchmarks.backbones_throughput --batch 8 --steps 3 --backbones resnet50,vit_b16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from deft_jax.models.backbones import get_backbone  # noqa: E402
+from benchmarks import common
+from deft_jax import config_lib, parallel
+from deft_jax.classify import backbone as backbone_lib
+from deft_jax.classify import trainer as trainer_lib
+from deft_jax.data.config import ImageSpec
 
 DEFAULT_BACKBONES = "resnet50,convnext_tiny,vit_b16,mae_vit_b16"
 
 
-def make_train_step(model, has_batch_stats: bool, tx: optax.GradientTransformation):
-  """``(state, images, labels) -> (state, loss)`` with ``state`` donated."""
-
-  def step(state, images, labels):
-    def loss_fn(params):
-      variables = {"params": params}
-      if has_batch_stats:
-        variables["batch_stats"] = state["batch_stats"]
-        logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-      else:
-        logits, updates = model.apply(variables, images, train=True), {}
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, updates
-
-    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    deltas, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new = {"params": optax.apply_updates(state["params"], deltas), "opt_state": opt_state}
-    if has_batch_stats:
-      new["batch_stats"] = updates["batch_stats"]
-    return new, loss
-
-  return jax.jit(step, donate_argnums=(0,))
-
-
 def bench(name: str, batch: int, image_size: int, dtype, steps: int, warmup: int, num_classes: int,
           attention_impl: str | None) -> dict:
-  spec = get_backbone(name)
-  overrides = {}
-  if spec.family == "vit":
-    overrides["image_size"] = image_size
-    if attention_impl:
-      overrides["attention_impl"] = attention_impl
-  model = spec.build(num_classes, dtype=dtype, **overrides)
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.normal(size=(batch, image_size, image_size, 3)), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, num_classes, size=(batch,)), jnp.int32)
-
+  mesh = parallel.make_mesh([("data", 1)], jax.devices()[:1])
+  a = config_lib.base_config().adapt
   t0 = time.perf_counter()
-  variables = jax.jit(lambda r: model.init(r, images[:1], train=False))(jax.random.key(0))
-  jax.block_until_ready(variables)
+  clf = backbone_lib.backbone_classifier(
+      name, num_classes=num_classes, mesh=mesh, rng=jax.random.key(0), inputs=ImageSpec(image_size, (), ()),
+      checkpoint="none", dtype=jnp.dtype(dtype).name, attention_impl=attention_impl)
+  settings = trainer_lib.make_settings(a.loss, a.loss_params, steps_per_epoch=1)
+  tr = trainer_lib.Trainer(clf, optim_cfg=a.optim, schedule_cfg=a.schedule, settings=settings,
+                           total_steps=warmup + steps + 1, steps_per_epoch=1, mesh=mesh)
+  state = tr.init_state(jax.random.key(1), num_examples=batch, num_classes=num_classes)
+  jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  tx = optax.sgd(1e-3, momentum=0.9)
-  state = {"params": variables["params"], "opt_state": tx.init(variables["params"])}
-  if spec.has_batch_stats:
-    state["batch_stats"] = variables["batch_stats"]
-
-  step = make_train_step(model, spec.has_batch_stats, tx)
+  rng = np.random.default_rng(0)
+  size = clf.inputs.image_size
+  batch_arrays = parallel.shard_batch({
+      "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+      "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32),
+      "index": np.arange(batch, dtype=np.int32), "mask": np.ones(batch, bool)}, mesh)
+  step = tr.jit_train_step(state)
   t0 = time.perf_counter()
-  compiled = step.lower(state, images, labels).compile()
+  state, metrics = step(state, batch_arrays)  # the first call compiles
+  jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t0
 
   def one_step():
     nonlocal state
-    state, loss = compiled(state, images, labels)
-    return loss
+    state, m = step(state, batch_arrays)
+    return m["loss"]
 
   times, loss = common.time_steps(one_step, jax.block_until_ready, warmup=warmup, iters=steps)
   step_s = statistics.median(times)
@@ -93,8 +68,8 @@ def bench(name: str, batch: int, image_size: int, dtype, steps: int, warmup: int
   dev = jax.devices()[0]
   return {
       "backbone": name, "platform": dev.platform, "device": dev.device_kind, "batch": batch,
-      "image_size": image_size, "dtype": jnp.dtype(dtype).name,
-      "params_m": round(sum(x.size for x in jax.tree.leaves(variables["params"])) / 1e6, 2),
+      "image_size": size, "dtype": jnp.dtype(dtype).name, "optimizer": tr.optim_cfg["name"],
+      "params_m": round(sum(x.size for x in jax.tree.leaves(state["params"])) / 1e6, 2),
       "init_s": round(init_s, 1), "compile_s": round(compile_s, 1), "step_ms": round(step_s * 1e3, 1),
       "images_per_s": round(batch / step_s, 2), "steps": steps, "warmup": warmup,
   }

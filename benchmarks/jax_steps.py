@@ -2,8 +2,8 @@
 
 Phase 1 is ``deft_jax.detect.detector.Detector``'s state and jitted step (params ``{"clip", "prompts"}``,
 prompts + PEFT trainable, SGD momentum 0.9, lr 0.03, wd 5e-4, per-example online records of a CIFAR-100-sized
-dataset). Phase 2 is ``deft_jax.adapt.trainer.Trainer``'s state and jitted step on the reference FFT classifier
-of ``deft_jax.adapt.classifier.clip_classifier`` (the visual blocks and a new head train, SGD momentum 0.9,
+dataset). Phase 2 is ``deft_jax.classify.trainer.Trainer``'s state and jitted step on the reference FFT classifier
+of ``deft_jax.classify.classifier.clip_classifier`` (the visual blocks and a new head train, SGD momentum 0.9,
 lr 5e-4, wd 5e-4, masked-mean CE). Both come from ``config_lib.base_config()`` with the benchmark's model
 settings. Random weights: speed does not depend on them. The batch lives on the device (this measures the
 model, not the input pipeline). Everything runs on one device. No TensorFlow and no CLU is imported.
@@ -19,12 +19,12 @@ import numpy as np
 
 from benchmarks import common, flops
 from deft_jax import config_lib, parallel
-from deft_jax.adapt import classifier as clf_lib
-from deft_jax.adapt import trainer as trainer_lib
-from deft_jax.data.config import image_spec
-from deft_jax.detect import prompts as prompts_lib
+from deft_jax.classify import classifier as clf_lib
+from deft_jax.classify import trainer as trainer_lib
+from deft_jax.classify.run_clip import RunCLIP
 from deft_jax.detect.detector import Detector
 from deft_jax.models import presets
+from deft_jax.models import prompts as prompts_lib
 
 NUM_EXAMPLES = 50_000  # CIFAR-100's train split: the size of the phase-1 online records
 EPOCHS = 10
@@ -112,8 +112,7 @@ def build_phase2_fft(cfg: common.BenchConfig, *, mesh=None, trainable: str = "bl
   config.adapt.trainable = trainable
   model_cfg = clip_config(cfg)
   a = config.adapt
-  clf = clf_lib.clip_classifier(config.model, num_classes=cfg.num_classes, mesh=mesh, rng=jax.random.key(0),
-                                checkpoint=None, inputs=image_spec(config.data, model_cfg.vision.image_size),
+  clf = clf_lib.clip_classifier(RunCLIP(config, None), num_classes=cfg.num_classes, mesh=mesh, rng=jax.random.key(0),
                                 trainable=a.trainable)
   spe = -(-NUM_EXAMPLES // cfg.batch)
   settings = trainer_lib.make_settings(a.loss, a.loss_params, steps_per_epoch=spe)

@@ -95,7 +95,7 @@ def build(cfg: common.BenchConfig, dev: torch.device):
       model = torch_peer.FFTModel(hf, cfg.num_classes)
       lr = 5e-4
     elif cfg.step == "phase1_vpt_deep":
-      from deft_jax.detect.prompts import build_template
+      from deft_jax.models.prompts import build_template
       from deft_jax.models.tokenizer import Tokenizer
       template = build_template(common.class_names(cfg.num_classes), Tokenizer(), n_ctx=cfg.n_ctx)
       text_len = int(template.ids.shape[1])

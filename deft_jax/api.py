@@ -148,10 +148,40 @@ def find_label_issues(
 
   from deft_jax import config_lib, parallel
   from deft_jax.checkpoint import check_workdir
-  from deft_jax.detect import train as detect
+  from deft_jax.classify.run_clip import RunCLIP
+  from deft_jax.detect import train as detect_train
   from deft_jax.report import build_summary, label_issues_table
 
-  clean = None if clean_labels is None else np.asarray(clean_labels)
+  split = _train_split(images, labels, class_names, tfds=tfds, split=split, data_dir=data_dir,
+                       image_column=image_column, label_column=label_column,
+                       clean_labels=None if clean_labels is None else np.asarray(clean_labels), ids=ids)
+  config = config_lib.base_config()
+  config.stages = ("detect",)
+  config.data.source = "api"
+  config.model.checkpoint = checkpoint
+  for key, value in (overrides or {}).items():
+    config_lib.set_field(config, key, value)
+  clip = RunCLIP(config, checkpoint)
+  if not config.data.image_size or config.data.image_size == 224:
+    config.data.image_size = clip.config.vision.image_size
+  workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="deft_jax_"))
+  check_workdir(workdir, config)
+  mesh = parallel.make_mesh(config.mesh)
+  writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
+  detection = detect_train.run(config, workdir, train_split=split, mesh=mesh, writer=writer, clip=clip)
+  writer.close()
+  table = label_issues_table(detection, given=split.labels, class_names=split.class_names,
+                             clean_labels=split.clean_labels, ids=split.ids)
+  if return_summary:
+    return table, build_summary(detection, given=split.labels, class_names=split.class_names,
+                                clean_labels=split.clean_labels)
+  return table
+
+
+def _train_split(images, labels, class_names, *, tfds, split, data_dir, image_column, label_column, clean_labels,
+                 ids):
+  """The LabeledSplit that find_label_issues audits, from whichever form its images came in."""
+  clean = clean_labels
   if tfds is not None:
     if images is not None or labels is not None:
       raise ConfigError("give either tfds= or images and labels, not both")
@@ -170,33 +200,7 @@ def find_label_issues(
     if labels is None or class_names is None:
       raise ConfigError("images as an array or paths need labels and class_names")
     split = _split_from_arrays(images, labels, class_names, clean, ids)
-  config = config_lib.base_config()
-  config.stages = ("detect",)
-  config.data.source = "api"
-  config.model.checkpoint = checkpoint
-  for key, value in (overrides or {}).items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise ConfigError(f"unknown config field {key!r}")
-    node[leaf] = value
-  if not config.data.image_size or config.data.image_size == 224:
-    from deft_jax.models import build
-    config.data.image_size = build.clip_config(config.model, checkpoint).vision.image_size
-  workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="deft_jax_"))
-  check_workdir(workdir, config)
-  mesh = parallel.make_mesh(config.mesh)
-  writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
-  detection = detect.run(config, workdir, train_split=split, mesh=mesh, writer=writer, checkpoint=checkpoint)
-  writer.close()
-  table = label_issues_table(detection, given=split.labels, class_names=split.class_names,
-                             clean_labels=split.clean_labels, ids=split.ids)
-  if return_summary:
-    return table, build_summary(detection, given=split.labels, class_names=split.class_names,
-                                clean_labels=split.clean_labels)
-  return table
+  return split
 
 
 def _image_fn(images):

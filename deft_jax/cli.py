@@ -100,12 +100,9 @@ def _bad_override(argv: Sequence[str]) -> Optional[str]:
   except Exception:  # noqa: BLE001 -- the config's own error is reported instead
     return None
   for name, value in overrides:
-    node, done = config, []
-    for part in name.split("."):
-      fields = list(node.keys()) if hasattr(node, "keys") else []
-      if part not in fields:
-        parent = ".".join(done) or "the config"
-        return (f"unknown config field {name!r} (--config.{name}={value}): {parent} has "
-                f"{', '.join(sorted(map(str, fields)))}")
-      node, done = node[part], done + [part]
+    missing = config_lib.missing_field(config, name)
+    if missing is not None:
+      parent, fields = missing
+      return (f"unknown config field {name!r} (--config.{name}={value}): {parent or 'the config'} has "
+              f"{', '.join(fields)}")
   return None

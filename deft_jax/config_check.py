@@ -139,7 +139,7 @@ def _choices(values) -> str:
 
 
 def _baselines() -> list[str]:
-  from deft_jax import baselines  # pylint: disable=g-import-not-at-top  (pkgutil only: no JAX)
+  from deft_jax import baselines  # pylint: disable=g-import-not-at-top  (the registry's names only: no JAX)
   return baselines.available()
 
 
@@ -172,15 +172,15 @@ def _section_checks(s: str) -> list[Check]:
 
 
 def _peft_checks(s: str) -> list[Check]:
-  from deft_jax.models import peft  # pylint: disable=g-import-not-at-top  (no JAX)
+  from deft_jax.models import peft as peft_lib  # pylint: disable=g-import-not-at-top  (no JAX)
   return [
       Check(f"{s}.peft.vpt", _choices(VPT_MODES), _one_of(VPT_MODES)),
       Check(f"{s}.peft.vpt_tokens", f"an integer >= 0, >= 1 unless {s}.peft.vpt='none'",
             lambda v, ctx: _is_int(v) and (v >= 1 or v == 0 and ctx.get(f"{s}.peft.vpt") == "none")),
       Check(f"{s}.peft.lora_rank", "an integer >= 0", _int(0)),
       Check(f"{s}.peft.lora_alpha", "None or a number > 0", _optional(_real(0, lo_open=True))),
-      Check(f"{s}.peft.lora_targets", f"a list of {', '.join(peft.LORA_TARGETS)}",
-            lambda v, ctx: isinstance(v, (list, tuple)) and set(v) <= set(peft.LORA_TARGETS)),
+      Check(f"{s}.peft.lora_targets", f"a list of {', '.join(peft_lib.LORA_TARGETS)}",
+            lambda v, ctx: isinstance(v, (list, tuple)) and set(v) <= set(peft_lib.LORA_TARGETS)),
       Check(f"{s}.peft.adapter_dim", "an integer >= 0", _int(0)),
       Check(f"{s}.peft.partial", "None or an integer >= 1", _optional(_int(1))),
   ]

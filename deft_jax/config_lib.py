@@ -7,6 +7,7 @@ e.g. ``--config.detect.epochs=3``; unknown fields are an error.
 """
 
 import dataclasses
+from typing import Optional
 
 import ml_collections
 from ml_collections import config_dict
@@ -208,6 +209,29 @@ def shortened(config) -> dict:
       raise ConfigError(f"report.shortened names {field!r}, but it equals the method's value {default!r}")
     out[field] = {"value": value, "method": default}
   return out
+
+
+def missing_field(config, field: str) -> Optional[tuple[str, list[str]]]:
+  """None when the dotted ``field`` ("detect.epochs") is a field of ``config``; else (its deepest part that is
+  one, "" for the config itself, and the fields that part has)."""
+  node, done = config, []
+  for part in field.split("."):
+    fields = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in fields:
+      return ".".join(done), sorted(map(str, fields))
+    node, done = node[part], done + [part]
+  return None
+
+
+def set_field(config, field: str, value) -> None:
+  """Sets the dotted ``field`` of ``config`` (an override); a field the config does not have is a ConfigError."""
+  if missing_field(config, field) is not None:
+    raise ConfigError(f"unknown config field {field!r}")
+  *parents, leaf = field.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
 
 
 def _dotted(config, field: str):

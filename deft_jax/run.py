@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -22,22 +22,14 @@ from deft_jax import checkpoint as ckpt_lib
 from deft_jax import config_check, config_lib, parallel, stages
 from deft_jax.data import datasets
 from deft_jax.errors import ConfigError, MissingFileError
+from deft_jax.tree import flatten
+
+TRAIN_ON = ("deft", "all", "clean_oracle")  # and any baseline of deft_jax/baselines/
+
 
 def _hparams(config) -> dict[str, Any]:
-  flat = {}
-
-  def rec(d, prefix):
-    for k, v in d.items():
-      key = f"{prefix}.{k}" if prefix else k
-      if isinstance(v, dict):
-        rec(v, key)
-      elif isinstance(v, (int, float, str, bool)):
-        flat[key] = v
-      else:
-        flat[key] = str(v)
-
-  rec(ckpt_lib.config_to_dict(config), "")
-  return flat
+  flat = flatten(ckpt_lib.config_to_dict(config), sep=".")
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
 def check_stages(config) -> list[str]:
@@ -81,38 +73,23 @@ def run(config, workdir: str | Path) -> dict:
   summary: dict[str, Any] = {"workdir": str(workdir), "stages": todo}
   if train.corrections is not None:
     summary["corrections"] = train.corrections
-  from deft_jax.pretrain import train as pretrain
-  checkpoint = config.model.checkpoint or None
-  if checkpoint == "pretrain":  # the CLIP this run's pretrain stage makes
-    checkpoint = str(pretrain.outputs(workdir)["clip"])
-  if "pretrain" in todo:
-    path = pretrain.run(config, workdir, splits=splits, mesh=mesh, writer=writer)
-    info = path / "pretrain_info.json"
-    if info.exists():
-      summary["pretrain"] = json.loads(info.read_text())
-  elif config.model.checkpoint == "pretrain" and not (Path(checkpoint) / "model.safetensors").exists():
-    raise MissingFileError(f"model.checkpoint='pretrain' but {checkpoint} does not exist: add 'pretrain' to "
-                            "config.stages or point model.checkpoint at a CLIP checkpoint")
-
-  from deft_jax.detect import train as detect
+  checkpoint = _pretrain(config, workdir, todo, splits=splits, mesh=mesh, writer=writer, summary=summary)
+  from deft_jax.classify.run_clip import RunCLIP
+  from deft_jax.detect import train as detect_train
+  clip = RunCLIP(config, checkpoint)  # the run's CLIP, made once for every stage that follows
   detection = None
-  detection_file = detect.outputs(workdir)["detection"]
+  detection_file = detect_train.outputs(workdir)["detection"]
   if "detect" in todo:
-    detection = detect.run(config, workdir, train_split=train, mesh=mesh, writer=writer, checkpoint=checkpoint)
+    detection = detect_train.run(config, workdir, train_split=train, mesh=mesh, writer=writer, clip=clip)
     from deft_jax import baselines
-    compared = baselines.run_configured(config, train, mesh=mesh, clip_checkpoint=checkpoint, workdir=workdir,
-                                        writer=writer, eval_splits=_eval_splits(splits))
+    compared = baselines.run_configured(config, train, mesh=mesh, clip=clip, workdir=workdir, writer=writer,
+                                        eval_splits=_eval_splits(splits))
     summary["detection"] = write_report(config, workdir, train, detection, compared, writer)
   elif detection_file.exists():
     detection = ckpt_lib.load_npz(detection_file)
 
   if "adapt" in todo or "evaluate" in todo:
-    from deft_jax.adapt import train as adapt
-    if config.adapt.train_on == "deft" and detection is None and config.adapt.method in adapt.TRAINED:
-      raise MissingFileError(f"adapt.train_on='deft' needs the detect stage's output ({detection_file}): add "
-                              "'detect' to config.stages")
-    summary["adapt"] = adapt.run(config, workdir, splits=splits, mesh=mesh, writer=writer,
-                                 clip_checkpoint=checkpoint, detection=detection)
+    summary["adapt"] = _phase2(config, workdir, detection, splits=splits, mesh=mesh, writer=writer, clip=clip)
   summary["seconds"] = round(time.time() - t0, 1)
   if jax.process_index() == 0:
     print(final_lines(summary, workdir), flush=True)
@@ -120,6 +97,71 @@ def run(config, workdir: str | Path) -> dict:
   writer.close()
   ckpt_lib.write_json(workdir / "summary.json", summary, default=_json_default)
   return summary
+
+
+def _pretrain(config, workdir: Path, todo, *, splits, mesh, writer, summary: dict) -> Optional[str]:
+  """The pretrain stage when configured; returns the run's CLIP checkpoint (its own with model.checkpoint =
+  'pretrain')."""
+  from deft_jax.pretrain import train as pretrain_train
+  checkpoint = config.model.checkpoint or None
+  if checkpoint == "pretrain":  # the CLIP this run's pretrain stage makes
+    checkpoint = str(pretrain_train.outputs(workdir)["clip"])
+  if "pretrain" in todo:
+    path = pretrain_train.run(config, workdir, splits=splits, mesh=mesh, writer=writer)
+    info = path / "pretrain_info.json"
+    if info.exists():
+      summary["pretrain"] = json.loads(info.read_text())
+  elif config.model.checkpoint == "pretrain" and not (Path(checkpoint) / "model.safetensors").exists():
+    raise MissingFileError(f"model.checkpoint='pretrain' but {checkpoint} does not exist: add 'pretrain' to "
+                            "config.stages or point model.checkpoint at a CLIP checkpoint")
+  return checkpoint
+
+
+def _phase2(config, workdir: Path, detection: Optional[dict], *, splits, mesh, writer, clip) -> dict:
+  """Phase 2 on the selection ``adapt.train_on`` names (computed here, unless phase 2 is complete)."""
+  from deft_jax import adapt
+  from deft_jax.adapt import train as adapt_train
+  from deft_jax.detect import train as detect_train
+  trains = adapt.trains(config)
+  if config.adapt.train_on == "deft" and detection is None and trains:
+    raise MissingFileError(f"adapt.train_on='deft' needs the detect stage's output "
+                           f"({detect_train.outputs(workdir)['detection']}): add 'detect' to config.stages")
+  mask = None
+  if trains and not adapt_train.outputs(workdir)["results"].exists():  # a finished phase 2 is reused as it is
+    mask = train_mask(config, splits["train"], detection, mesh=mesh, clip=clip, workdir=workdir, writer=writer,
+                      eval_splits=_eval_splits(splits))
+  return adapt_train.run(config, workdir, splits=splits, mesh=mesh, writer=writer, clip=clip, mask=mask,
+                         phase1_params=detect_train.outputs(workdir)["learned_params"])
+
+
+def train_mask(config, train_split, detection: Optional[dict], *, mesh, clip, workdir=None, writer=None,
+               eval_splits=None) -> np.ndarray:
+  """bool [N]: the training examples phase 2 uses under ``config.adapt.train_on`` (DEFT's selection, every
+  label, the clean oracle's, or a baseline's, computed here when the report did not compare it already)."""
+  from deft_jax import baselines
+  on = config.adapt.train_on
+  n = train_split.num_examples
+  if on == "deft":
+    if detection is None or "is_clean" not in detection:
+      raise ConfigError("adapt.train_on='deft' needs the detector's output (run the detect stage first)")
+    mask = np.asarray(detection["is_clean"], bool)
+  elif on == "all":
+    mask = np.ones(n, bool)
+  elif on == "clean_oracle":
+    if train_split.clean_labels is None:
+      raise ConfigError(f"adapt.train_on='clean_oracle' needs clean labels; {train_split.name} has none")
+    mask = (train_split.clean_labels >= 0) & (train_split.labels == train_split.clean_labels)
+  elif on in baselines.available():
+    out = baselines.run(on, config, train_split, mesh=mesh, clip=clip, workdir=workdir, writer=writer,
+                        eval_splits=eval_splits)
+    mask = np.asarray(out["is_clean"], bool)
+  else:
+    raise ConfigError(f"unknown adapt.train_on {on!r}; choose one of {list(TRAIN_ON) + baselines.available()}")
+  if mask.shape != (n,):
+    raise ConfigError(f"the {on!r} selection has shape {mask.shape}, the train split has {n} examples")
+  if not mask.any():
+    raise ConfigError(f"the {on!r} selection is empty: nothing to fine-tune on")
+  return mask
 
 
 def _load_data(data_cfg: dict, workdir: Path) -> dict:
@@ -175,8 +217,9 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
   """Writes workdir/report/, logs the health summary, and adds summaries to TensorBoard; ``compared`` holds the
   baselines' outputs by name."""
   from deft_jax import baselines
-  from deft_jax.detect import train as detect
-  from deft_jax.report import build_and_write_report, metrics as rm
+  from deft_jax.detect import train as detect_train
+  from deft_jax.report import build_and_write_report
+  from deft_jax.report import metrics as report_metrics
   from deft_jax.report.plots import suspects_grid_array
   from deft_jax.report.summary import vlm_warnings
 
@@ -186,10 +229,10 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
     truly_clean = train.labels == train.clean_labels
 
     def quality(is_clean, score=None):  # score: the ranking score (higher = more likely clean)
-      m = rm.detection_metrics(is_clean, train.labels, train.clean_labels)
+      m = report_metrics.detection_metrics(is_clean, train.labels, train.clean_labels)
       out = {k: float(m[k]) for k in ("precision", "recall", "f1")}
       if score is not None:
-        out["auroc"] = float(rm.auroc(score, truly_clean, mask=known))
+        out["auroc"] = float(report_metrics.auroc(score, truly_clean, mask=known))
       return out
 
     # The selected method itself is the report's headline; here go the alternatives it is compared with.
@@ -222,11 +265,11 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
   if warnings:
     extra["warnings"] = warnings
   image_fn = (lambda idx: train.load_images(idx)) if config.report.write_images else None
-  files = detect.outputs(workdir)
-  arrays = {files[key].name: files[key] for key in detect.EXPORTED
+  files = detect_train.outputs(workdir)
+  arrays = {files[key].name: files[key] for key in detect_train.EXPORTED
             if config.report.export_arrays and files[key].exists()}  # the report copies the files, in blocks
   if config.report.export_arrays:
-    extra["pred_probs"] = detect.pred_probs_summary(config, train.num_examples, train.num_classes, arrays)
+    extra["pred_probs"] = detect_train.pred_probs_summary(config, train.num_examples, train.num_classes, arrays)
   lead = jax.process_index() == 0  # one writer; the other processes hold the same detection
   table, summary, text = build_and_write_report(
       stages.directory(workdir, "report"), detection, given=train.labels, class_names=train.class_names,

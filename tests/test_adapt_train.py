@@ -9,12 +9,17 @@ import pytest
 from clu import metric_writers
 
 from conftest import tiny_config
-from deft_jax import baselines, config_lib, parallel
-from deft_jax.adapt import build, evaluate, train, trainer as trainer_lib
+from deft_jax import adapt, baselines, config_lib, parallel, run
+from deft_jax.adapt import methods
+from deft_jax.adapt import train as adapt_train
+from deft_jax.classify import classifier as clf_lib
+from deft_jax.classify import evaluate
+from deft_jax.classify import trainer as trainer_lib
+from deft_jax.classify.run_clip import RunCLIP
 from deft_jax.data import cifar_offline, pipeline
-from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect import step as detect_step
 from deft_jax.models import clip as clip_lib
+from deft_jax.models import prompts as prompts_lib
 from deft_jax.models import clip_weights, presets, zeroshot
 from deft_jax.models.peft import PEFTConfig
 from deft_jax.models.tokenizer import Tokenizer
@@ -42,9 +47,16 @@ def _config(ckpt, **adapt):
   return c
 
 
+def _phase2(config, names, mesh, ckpt, *, calibration_images=None, phase1_params=None):
+  """The classifier of config.adapt.method, as the phase-2 stage builds it."""
+  ctx = methods.Context(config, names, RunCLIP(config, ckpt), mesh, jax.random.key(0), phase1_params=phase1_params,
+                        calibration_images=calibration_images)
+  return adapt.build(config.adapt.method, ctx)
+
+
 def _classifier(config, splits, mesh, ckpt):
-  return build.phase2_classifier(config, splits["train"].class_names, mesh=mesh, checkpoint=ckpt,
-                                 rng=jax.random.key(0), calibration_images=train.calibration_images(splits["train"]))
+  return _phase2(config, splits["train"].class_names, mesh, ckpt,
+                 calibration_images=clf_lib.calibration_images(splits["train"]))
 
 
 def _train_steps(config, clf, split, mesh, steps=2):
@@ -118,9 +130,9 @@ def test_peft_variant_trains_only_peft_parameters_and_head(ckpt, splits, mesh1):
 def test_text_initialised_head_reproduces_the_zero_shot_classifier(ckpt, splits, mesh1):
   config = _config(ckpt, head_init="text")
   clf = _classifier(config, splits, mesh1, ckpt)
-  zs = build.zeroshot_classifier(config, splits["train"].class_names, mesh=mesh1, checkpoint=ckpt,
-                                 rng=jax.random.key(0))
-  images = train.calibration_images(splits["train"])(clf.inputs)
+  zs = clf_lib.zeroshot_classifier(RunCLIP(config, ckpt), splits["train"].class_names,
+                                   config.adapt.zeroshot_templates, mesh=mesh1, rng=jax.random.key(0))
+  images = clf_lib.calibration_images(splits["train"])(clf.inputs)
   head_logits = np.asarray(clf.apply(clf.variables, images)[0])
   zs_logits = np.asarray(zs.apply(zs.variables, images)[0])
   np.testing.assert_array_equal(head_logits.argmax(1), zs_logits.argmax(1))
@@ -132,8 +144,7 @@ def test_text_initialised_head_reproduces_the_zero_shot_classifier(ckpt, splits,
 
 def test_zero_shot_classifier_matches_models_zeroshot(ckpt, splits, mesh1):
   config = _config(ckpt, method="zeroshot")
-  zs = build.phase2_classifier(config, splits["train"].class_names, mesh=mesh1, checkpoint=ckpt,
-                               rng=jax.random.key(0))
+  zs = _phase2(config, splits["train"].class_names, mesh1, ckpt)
   model = clip_lib.CLIP(presets.get_preset("tiny"))
   params = clip_weights.load_pretrained(ckpt, jax.eval_shape(lambda k: clip_lib.init_params(model, k),
                                                              jax.random.key(0)))
@@ -157,14 +168,12 @@ def test_no_adaptation_classifies_with_phase_one_prompts_and_peft(ckpt, splits, 
   learned.update({"clip/" + k: np.asarray(v) for k, v in flatten(params).items() if "vpt_prompt" in k})
   (tmp_path / "detect").mkdir()
   np.savez(tmp_path / "detect" / "learned_params.npz", **learned)
-  clf = build.phase2_classifier(config, names, mesh=mesh1, checkpoint=ckpt, rng=jax.random.key(0),
-                                workdir=tmp_path)
+  clf = _phase2(config, names, mesh1, ckpt, phase1_params=tmp_path / "detect" / "learned_params.npz")
   x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
   s_pos, _ = detect_step.logits(model, {"clip": params, "prompts": prompts}, x, template)
   np.testing.assert_allclose(clf.apply(clf.variables, x)[0], s_pos, rtol=1e-4, atol=1e-4)
   with pytest.raises(FileNotFoundError, match="detect stage"):
-    build.phase2_classifier(config, names, mesh=mesh1, checkpoint=ckpt, rng=jax.random.key(0),
-                            workdir=tmp_path / "elsewhere")
+    _phase2(config, names, mesh1, ckpt, phase1_params=tmp_path / "elsewhere" / "detect" / "learned_params.npz")
 
 
 def test_evaluation_is_exact_under_padding_and_device_count(ckpt, splits, mesh1):
@@ -199,8 +208,7 @@ def test_elr_memory_in_the_train_state_changes_only_at_visited_indices(ckpt, spl
 
 def test_backbone_registry_model_trains_with_batch_stats(splits, mesh1):
   config = _config("", backbone="resnet_tiny", backbone_checkpoint="none")
-  clf = build.phase2_classifier(config, splits["train"].class_names, mesh=mesh1, checkpoint=None,
-                                rng=jax.random.key(0))
+  clf = _phase2(config, splits["train"].class_names, mesh1, None)
   assert clf.optim["name"] == "adamw" and "batch_stats" in clf.variables
   tr, init, final, metrics = _train_steps(config, clf, splits["train"], mesh1)
   assert np.isfinite(metrics["loss"])
@@ -211,10 +219,10 @@ def test_backbone_registry_model_trains_with_batch_stats(splits, mesh1):
 
 def test_stage_writes_results_atomically_and_reuses_them(ckpt, splits, mesh1, tmp_path):
   config = _config(ckpt, steps=3, epoch_over="selected")
-  detection = {"is_clean": np.arange(N_TRAIN) % 2 == 0}
+  mask = np.arange(N_TRAIN) % 2 == 0
   writer = metric_writers.LoggingWriter()
-  res = train.run(config, tmp_path, splits=splits, mesh=mesh1, writer=writer, clip_checkpoint=ckpt,
-                  detection=detection)
+  res = adapt_train.run(config, tmp_path, splits=splits, mesh=mesh1, writer=writer, clip=RunCLIP(config, ckpt),
+                        mask=mask)
   assert res["num_selected"] == N_TRAIN // 2 and res["steps"] == 3
   assert res["epochs_equivalent"] == pytest.approx(3 / 2)  # 10 examples -> 2 steps per epoch
   on_disk = json.loads((tmp_path / "adapt" / "results.json").read_text())
@@ -222,26 +230,26 @@ def test_stage_writes_results_atomically_and_reuses_them(ckpt, splits, mesh1, tm
   with np.load(tmp_path / "adapt" / "predictions.npz") as f:
     logits = f["test_logits"]
   assert res["test"]["top1"] == pytest.approx(np.mean(logits.argmax(1) == splits["test"].labels))
-  assert train.run(config, tmp_path, splits=splits, mesh=mesh1, writer=writer, clip_checkpoint=ckpt,
-                   detection=None) == on_disk  # complete: reused, nothing retrained
+  assert adapt_train.run(config, tmp_path, splits=splits, mesh=mesh1, writer=writer, clip=RunCLIP(config, ckpt),
+                         mask=None) == on_disk  # complete: reused, nothing retrained
 
 
 def test_train_on_sources(ckpt, splits, mesh1):
   config = _config(ckpt)
   split = splits["train"]
-  kw = dict(mesh=mesh1, clip_checkpoint=ckpt)
+  kw = dict(mesh=mesh1, clip=RunCLIP(config, ckpt))
   config.adapt.train_on = "clean_oracle"
-  np.testing.assert_array_equal(train.train_mask(config, split, None, **kw), split.labels == split.clean_labels)
+  np.testing.assert_array_equal(run.train_mask(config, split, None, **kw), split.labels == split.clean_labels)
   config.adapt.train_on = "all"
-  assert train.train_mask(config, split, None, **kw).all()
+  assert run.train_mask(config, split, None, **kw).all()
   config.adapt.train_on = "deft"
   with pytest.raises(ValueError, match="detect stage"):
-    train.train_mask(config, split, None, **kw)
+    run.train_mask(config, split, None, **kw)
   with pytest.raises(ValueError, match="empty"):
-    train.train_mask(config, split, {"is_clean": np.zeros(N_TRAIN, bool)}, **kw)
+    run.train_mask(config, split, {"is_clean": np.zeros(N_TRAIN, bool)}, **kw)
   config.adapt.train_on = "nonexistent"
   with pytest.raises(ValueError, match="turn"):  # the message lists the baselines
-    train.train_mask(config, split, None, **kw)
+    run.train_mask(config, split, None, **kw)
 
 
 def _check_contract(out, n):
@@ -256,9 +264,10 @@ def _check_contract(out, n):
 def test_label_match_selector_is_zero_shot_prediction_equals_label(ckpt, splits, mesh1, tmp_path):
   config = _config(ckpt)
   split = splits["train"]
-  out = baselines.run("label_match", config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)
+  out = baselines.run("label_match", config, split, mesh=mesh1, clip=RunCLIP(config, ckpt), workdir=tmp_path)
   _check_contract(out, N_TRAIN)
-  zs = build.zeroshot_classifier(config, split.class_names, mesh=mesh1, checkpoint=ckpt, rng=jax.random.key(0))
+  zs = clf_lib.zeroshot_classifier(RunCLIP(config, ckpt), split.class_names, config.adapt.zeroshot_templates,
+                                   mesh=mesh1, rng=jax.random.key(0))
   logits = evaluate.predict(zs, zs.variables, split, mesh=mesh1, batch_size=B)
   np.testing.assert_array_equal(out["suggested"], logits.argmax(1))
   np.testing.assert_array_equal(out["is_clean"], logits.argmax(1) == split.labels)
@@ -271,7 +280,7 @@ def test_label_match_selector_is_zero_shot_prediction_equals_label(ckpt, splits,
 def test_training_selectors_return_the_detector_contract(ckpt, splits, mesh1, tmp_path):
   config = _config(ckpt)
   split = splits["train"]
-  sl = baselines.run("small_loss", config, split, mesh=mesh1, clip_checkpoint=ckpt)
+  sl = baselines.run("small_loss", config, split, mesh=mesh1, clip=RunCLIP(config, ckpt))
   _check_contract(sl, N_TRAIN)
   # Last epoch: r = the split's noise rate (real noise: no nominal rate); floor((1 - r) * 8) of each full batch
   # of 8, at least 1 of the last 4.
@@ -279,10 +288,10 @@ def test_training_selectors_return_the_detector_contract(ckpt, splits, mesh1, tm
   want = 2 * max(int(np.floor((1 - r) * 8)), 1) + max(int(np.floor((1 - r) * 4)), 1)
   assert sl["is_clean"].sum() == want
   config.baselines.gmm.model = "selector"
-  g = baselines.run("gmm", config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)
+  g = baselines.run("gmm", config, split, mesh=mesh1, clip=RunCLIP(config, ckpt), workdir=tmp_path)
   _check_contract(g, N_TRAIN)
   np.testing.assert_array_equal(g["is_clean"], g["p_clean"] > 0.5)
-  again = baselines.run("gmm", config, split, mesh=mesh1, clip_checkpoint=ckpt, workdir=tmp_path)  # cached
+  again = baselines.run("gmm", config, split, mesh=mesh1, clip=RunCLIP(config, ckpt), workdir=tmp_path)  # cached
   np.testing.assert_array_equal(again["p_clean"], g["p_clean"])
 
 
@@ -290,10 +299,9 @@ def test_a_resumed_stage_reproduces_the_uninterrupted_one(ckpt, splits, mesh1, t
   # Each epoch visits all 20 examples (10 selected; the loss is masked): 3 steps per epoch, 6 in all.
   config = _config(ckpt, epochs=2, loss="elr")
   config.checkpoint_every_steps = 2
-  detection = {"is_clean": np.arange(N_TRAIN) % 2 == 0}
-  kw = dict(splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(), clip_checkpoint=ckpt,
-            detection=detection)
-  first = train.run(config, tmp_path, **kw)
+  kw = dict(splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(), clip=RunCLIP(config, ckpt),
+            mask=np.arange(N_TRAIN) % 2 == 0)
+  first = adapt_train.run(config, tmp_path, **kw)
   out = tmp_path / "adapt"
   with np.load(out / "predictions.npz") as f:
     logits = f["test_logits"]
@@ -301,7 +309,7 @@ def test_a_resumed_stage_reproduces_the_uninterrupted_one(ckpt, splits, mesh1, t
   assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]
   shutil.rmtree(out / "checkpoints" / "6")
   (out / "results.json").unlink()
-  again = train.run(config, tmp_path, **kw)
+  again = adapt_train.run(config, tmp_path, **kw)
   assert again["steps"] == first["steps"] == 6
   with np.load(out / "predictions.npz") as f:
     np.testing.assert_allclose(f["test_logits"], logits, rtol=1e-5, atol=1e-6)
@@ -311,8 +319,9 @@ def test_vlpt_evaluation_computes_the_class_prompts_once_not_per_batch(ckpt, spl
   """Old behaviour caught: VLPT's apply ran the text tower over its C class prompts on every evaluation batch.
   Prepared once, the per-batch function must not call the text side and must give the same logits."""
   config = _config(ckpt, method="vlpt")
-  clf = build.vlpt_classifier(config, splits["train"].class_names, mesh=mesh1, checkpoint=ckpt,
-                              rng=jax.random.key(0), peft=PEFTConfig())
+  clf = clf_lib.vlpt_classifier(RunCLIP(config, ckpt), class_names=splits["train"].class_names, mesh=mesh1,
+                                rng=jax.random.key(0), peft=PEFTConfig(),
+                                layout=prompts_lib.PromptLayout.from_config(config.detect))
   test = splits["test"]
   x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
   want = np.asarray(clf.apply(clf.variables, x)[0])

@@ -121,13 +121,13 @@ def test_hugging_face_dataset_gives_the_table_of_the_same_files_on_disk(ckpt, tm
 
 def test_tfds_name_and_split_read_labels_and_class_names_from_the_dataset(ckpt, tmp_path, monkeypatch):
   import tensorflow_datasets as tfds
-  from deft_jax import checkpoint
+  from deft_jax import checkpoint as ckpt_lib
   from deft_jax.data import tfds_sources
   # tfds.testing.mock_data redirects the whole process's file system while it builds a dataset (once per epoch
   # here): an asynchronous Orbax save running at that moment would write into the mock's temp dir. Saves are
   # synchronous in this test so that none overlaps.
-  init = checkpoint.StageCheckpointer.__init__
-  monkeypatch.setattr(checkpoint.StageCheckpointer, "__init__",
+  init = ckpt_lib.StageCheckpointer.__init__
+  monkeypatch.setattr(ckpt_lib.StageCheckpointer, "__init__",
                       lambda self, *a, **k: init(self, *a, **{**k, "async_save": False}))
   with tfds.testing.mock_data(num_examples=12):
     want = tfds_sources.load_tfds("cifar10", split="test")

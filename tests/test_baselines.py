@@ -1,6 +1,7 @@
 """The comparison detectors of deft_jax/baselines/: the registry, the output contract, and cleanlab's routes."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from conftest import tiny_config
 from deft_jax import baselines
 from deft_jax.baselines import _cleanlab, _common, cleanlab_cl
+from deft_jax.classify.run_clip import RunCLIP
 from deft_jax.data import cifar_offline
 from deft_jax.errors import ConfigError
 
@@ -31,6 +33,14 @@ def test_registry_lists_every_baseline_module_with_its_name_and_stream():
     baselines.get("nope")
 
 
+def test_every_baseline_module_is_in_the_registry():
+  """A module added to deft_jax/baselines/ without its line in BASELINES would never run: the table and the files
+  agree."""
+  files = sorted(p.stem for p in Path(baselines.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+  assert files == baselines.available()
+  assert all(target == f"deft_jax.baselines.{name}" for name, target in baselines.BASELINES.items())
+
+
 def _separable(split, dim=16, seed=0):
   """Features that the true labels separate cleanly (one direction per class, little noise)."""
   rng = np.random.default_rng(seed)
@@ -45,7 +55,7 @@ def test_cleanlab_routes_find_the_flipped_labels_of_a_separable_case(name, split
   monkeypatch.setattr(_common, "clip_image_embeddings", lambda *a, **k: _separable(split))
   c = tiny_config()
   c.baselines.cleanlab.knn = 5
-  out = baselines.run(name, c, split, mesh=mesh1, clip_checkpoint=None)
+  out = baselines.run(name, c, split, mesh=mesh1, clip=RunCLIP(c, None))
   assert set(out) >= set(_common.CONTRACT)
   assert out["is_clean"].dtype == bool and out["suggested"].dtype == np.int32 and out["p_clean"].dtype == np.float32
   truly_clean = split.labels == split.clean_labels
@@ -79,6 +89,6 @@ def test_baselines_on_real_images_with_a_real_clip_return_the_contract(split, me
   and types of the detector contract."""
   c = tiny_config(tiny_clip)
   for name in ("cleanlab_cl", "cleanlab_datalab", "label_match"):
-    out = baselines.run(name, c, split, mesh=mesh1, clip_checkpoint=tiny_clip)
+    out = baselines.run(name, c, split, mesh=mesh1, clip=RunCLIP(c, tiny_clip))
     _common.check_contract(out, N, name)
     assert np.isfinite(out["score"]).all()

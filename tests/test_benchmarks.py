@@ -27,7 +27,7 @@ XLA_FLOPS_RATIO_TINY = (1.0, 1.4)
 # What a bare JAX GPU machine lacks (TensorFlow, CLU; ml_collections is one small wheel to carry) and the product
 # modules that need them: the benchmarks time the product's own steps without any of these.
 BLOCKED = ("tensorflow", "tensorflow_datasets", "clu", "deft_jax.data.pipeline", "deft_jax.data.datasets",
-           "deft_jax.detect.train", "deft_jax.adapt.train", "deft_jax.adapt.fit", "deft_jax.loop", "deft_jax.run")
+           "deft_jax.detect.train", "deft_jax.adapt.train", "deft_jax.classify.fit", "deft_jax.loop", "deft_jax.run")
 
 
 # ------------------------------------------------------------------------------------------ FLOP counting
@@ -209,7 +209,7 @@ def _hf_state(params) -> dict:
 
 def test_torch_fft_peer_computes_the_same_logits_as_deft_jax(torch_mods):
   torch, torch_peer = torch_mods
-  from deft_jax.adapt.classifier import CLIPClassifier
+  from deft_jax.classify.classifier import CLIPClassifier
 
   config = presets.get_preset("tiny")
   model = CLIPClassifier(config, 7)
@@ -232,8 +232,8 @@ def test_torch_fft_peer_computes_the_same_logits_as_deft_jax(torch_mods):
 def test_torch_vpt_deep_peer_computes_the_same_logits_and_loss_as_deft_jax(torch_mods):
   torch, torch_peer = torch_mods
   from deft_jax.detect import losses
-  from deft_jax.detect import prompts as prompts_lib
-  from deft_jax.detect import step as step_lib
+  from deft_jax.models import prompts as prompts_lib
+  from deft_jax.detect import step as detect_step
   from deft_jax.models import clip as clip_lib
   from deft_jax.models.peft import PEFTConfig
   from deft_jax.models.tokenizer import Tokenizer
@@ -256,7 +256,7 @@ def test_torch_vpt_deep_peer_computes_the_same_logits_and_loss_as_deft_jax(torch
   rng = np.random.default_rng(0)
   images = rng.normal(size=(6, 32, 32, 3)).astype(np.float32)
   labels = rng.integers(0, 5, 6).astype(np.int32)
-  s_pos, s_neg = step_lib.logits(jmodel, params, jnp.asarray(images), template)
+  s_pos, s_neg = detect_step.logits(jmodel, params, jnp.asarray(images), template)
   with torch.no_grad():
     t_pos, t_neg = peer.logits(torch.from_numpy(images.transpose(0, 3, 1, 2)))
   np.testing.assert_allclose(t_pos.numpy(), np.asarray(s_pos), rtol=1e-4, atol=1e-4)
@@ -277,7 +277,7 @@ def test_torch_vpt_deep_peer_computes_the_same_logits_and_loss_as_deft_jax(torch
 def test_benchmark_modules_import_without_tensorflow_or_clu(tmp_path):
   code = ("import benchmarks.harness, benchmarks.run_jax, benchmarks.jax_steps, benchmarks.run_torch, "
           "benchmarks.torch_peer, benchmarks.flops, benchmarks.summarize, benchmarks.profile_summary, "
-          "benchmarks.clip_forward, deft_jax.detect.step, deft_jax.detect.prompts")
+          "benchmarks.clip_forward, deft_jax.detect.step, deft_jax.models.prompts")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([_blocking_site(tmp_path), str(REPO)]))
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

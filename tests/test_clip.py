@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="torch is the parity reference (pip 
 import transformers  # noqa: E402
 
 from deft_jax.models import clip as clip_lib  # noqa: E402
-from deft_jax.models import clip_weights, peft, presets  # noqa: E402
+from deft_jax.models import clip_weights, peft as peft_lib, presets  # noqa: E402
 from deft_jax.models.tokenizer import Tokenizer  # noqa: E402
 from deft_jax.models.weights import CheckpointMismatchError  # noqa: E402
 from deft_jax.tree import flatten  # noqa: E402
@@ -117,9 +117,9 @@ def test_lora_and_residual_adapter_at_init_are_bit_identical_to_plain_model():
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   ids = jnp.asarray(Tokenizer()(TEXTS[:2]))
   ref = _apply(plain, params, images, ids)
-  for p in (peft.PEFTConfig(lora_rank=4, lora_targets=("q", "k", "v", "out", "fc1", "fc2")),
-            peft.PEFTConfig(adapter_dim=8, adapter_residual=True),
-            peft.PEFTConfig(lora_rank=2, adapter_dim=4, adapter_residual=True, partial=1)):
+  for p in (peft_lib.PEFTConfig(lora_rank=4, lora_targets=("q", "k", "v", "out", "fc1", "fc2")),
+            peft_lib.PEFTConfig(adapter_dim=8, adapter_residual=True),
+            peft_lib.PEFTConfig(lora_rank=2, adapter_dim=4, adapter_residual=True, partial=1)):
     model = clip_lib.CLIP(cfg, p)
     extra = clip_lib.init_params(model, jax.random.key(3))
     merged = {**flatten(extra), **flatten(params)}
@@ -134,7 +134,7 @@ def test_lora_and_residual_adapter_at_init_are_bit_identical_to_plain_model():
 @pytest.mark.parametrize("mode", ["deep", "shallow"])
 def test_vpt_changes_outputs_and_prompts_receive_gradients(mode):
   cfg = _tiny()
-  model = clip_lib.CLIP(cfg, peft.PEFTConfig(vpt=mode, vpt_tokens=5))
+  model = clip_lib.CLIP(cfg, peft_lib.PEFTConfig(vpt=mode, vpt_tokens=5))
   params = clip_lib.init_params(model, jax.random.key(0))
   plain = {k: v for k, v in flatten(params).items() if "vpt_prompt" not in k}
   from deft_jax.tree import unflatten
@@ -144,7 +144,7 @@ def test_vpt_changes_outputs_and_prompts_receive_gradients(mode):
   assert np.abs(np.asarray(f_vpt - f_plain)).max() > 1e-3
   prompts = {k for k in flatten(params) if "vpt_prompt" in k}
   assert len(prompts) == (2 if mode == "deep" else 1)
-  bound = peft.vpt_init_bound(cfg.vision.patch_size, cfg.vision.width)
+  bound = peft_lib.vpt_init_bound(cfg.vision.patch_size, cfg.vision.width)
   for k in prompts:
     assert np.abs(flatten(params)[k]).max() <= bound
 
@@ -157,7 +157,7 @@ def test_vpt_changes_outputs_and_prompts_receive_gradients(mode):
 
 
 def test_vpt_deep_scanned_equals_unscanned():
-  p = peft.PEFTConfig(vpt="deep", vpt_tokens=3, lora_rank=2)
+  p = peft_lib.PEFTConfig(vpt="deep", vpt_tokens=3, lora_rank=2)
   cfg = _tiny()
   model = clip_lib.CLIP(cfg, p)
   params = clip_lib.init_params(model, jax.random.key(0))
@@ -171,7 +171,7 @@ def test_vpt_deep_scanned_equals_unscanned():
                     method=clip_lib.CLIP.encode_image)
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
   with pytest.raises(ValueError, match="scan=True needs the same PEFT"):
-    clip_lib.init_params(clip_lib.CLIP(cfg.replace(scan=True), peft.PEFTConfig(vpt="deep", partial=1)),
+    clip_lib.init_params(clip_lib.CLIP(cfg.replace(scan=True), peft_lib.PEFTConfig(vpt="deep", partial=1)),
                          jax.random.key(0))
 
 
@@ -267,7 +267,7 @@ def test_loader_refuses_pickles_and_missing_checkpoints(tmp_path):
 def test_loader_keeps_peft_init_and_rejects_checkpoint_of_another_preset(tmp_path):
   _saved_tiny(tmp_path)
   cfg = clip_weights.config_from_checkpoint(tmp_path)
-  model = clip_lib.CLIP(cfg, peft.PEFTConfig(vpt="deep", vpt_tokens=4, lora_rank=2))
+  model = clip_lib.CLIP(cfg, peft_lib.PEFTConfig(vpt="deep", vpt_tokens=4, lora_rank=2))
   init = clip_lib.init_params(model, jax.random.key(5))
   loaded = flatten(clip_weights.load_pretrained(tmp_path, init))
   for k, v in flatten(init).items():

@@ -57,9 +57,9 @@ def test_mocked_imagenet_validation_keeps_first_50_classes_with_readable_names(m
 
 def test_first_50_imagenet_names_match_tfds_wordnet_list():
   from tensorflow_datasets.datasets.siscore import labels  # pylint: disable=g-import-not-at-top
-  from deft_jax.data import class_names  # pylint: disable=g-import-not-at-top
-  assert [class_names.first_lemma(x) for x in labels.IMAGENET_LABELS_LIST[:50]] == list(
-      class_names.IMAGENET_FIRST50)
+  from deft_jax.data import class_names as names_lib  # pylint: disable=g-import-not-at-top
+  assert [names_lib.first_lemma(x) for x in labels.IMAGENET_LABELS_LIST[:50]] == list(
+      names_lib.IMAGENET_FIRST50)
 
 
 # --------------------------------------------------------------- controlled fake

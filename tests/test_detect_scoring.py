@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 from deft_jax import parallel
 from deft_jax.detect import scoring
-from deft_jax.detect import step as step_lib
+from deft_jax.detect import step as detect_step
 from deft_jax.detect import train as detect_train
 from deft_jax.detect.detector import Detector
 
@@ -49,7 +49,7 @@ def test_pass_with_text_features_once_matches_the_per_batch_scores_and_writes_fi
   det = _detector(mesh4, n)
   params = det.init_state(jax.random.key(0))["params"]
   per_batch = det.jit_score(params, with_embedding=True)
-  want = step_lib.gather_by_index([per_batch(params, parallel.shard_batch(b, mesh4)) for b in _batches(n)], n)
+  want = parallel.gather_by_index([per_batch(params, parallel.shard_batch(b, mesh4)) for b in _batches(n)], n)
   got = detect_train.score_split(det, params, _split(n), batch_size=8, data_kw={}, with_embedding=True,
                                  directory=tmp_path, batches=_batches(n))
   for k in ("p_clean", "margin", "label_prob", "pred_probs", "embedding"):

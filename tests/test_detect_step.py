@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_config
 from deft_jax import optim, parallel
 from deft_jax.detect import losses
-from deft_jax.detect import step as step_lib
+from deft_jax.detect import step as detect_step
 from deft_jax.detect.detector import Detector
 from deft_jax.tree import flatten
 
@@ -82,7 +82,7 @@ def _grads_of(det, params, term, batch, step):
   rng = jax.random.key(3)
 
   def f(p):
-    _, aux = step_lib.loss_fn(p, batch, rng, step, model=det.model, template=det.template, settings=det.settings)
+    _, aux = detect_step.loss_fn(p, batch, rng, step, model=det.model, template=det.template, settings=det.settings)
     return aux[term]
 
   return flatten(jax.jit(jax.grad(f))(params))
@@ -234,12 +234,12 @@ def test_pretrained_leaves_are_neither_initialised_nor_compiled_yet_the_state_is
   whole CLIP's random initialisation was compiled and run in every stage (5-8 s of XLA:CPU compilation each),
   only to be thrown away by the load."""
   from deft_jax import train_state
-  from deft_jax.models import build
+  from deft_jax.models import build as model_build
 
   det = Detector(_config(), class_names=[f"class {i}" for i in range(C)], num_examples=N, mesh=mesh1,
                  checkpoint=tiny_clip, steps_per_epoch=2)
   fresh = dict(train_state.flat_paths(jax.device_get(det.init_state(jax.random.key(3)))))
-  monkeypatch.setattr(build, "pretrained_leaves", lambda *a, **k: None)  # the old path: init everything
+  monkeypatch.setattr(model_build, "pretrained_leaves", lambda *a, **k: None)  # the old path: init everything
   full = dict(train_state.flat_paths(jax.device_get(det.init_state(jax.random.key(3)))))
   assert sorted(fresh) == sorted(full)
   for k in full:
@@ -247,7 +247,7 @@ def test_pretrained_leaves_are_neither_initialised_nor_compiled_yet_the_state_is
   assert any("vpt" in k for k in full) and any("lora" in k for k in full)  # fresh leaves inside the CLIP
 
   monkeypatch.undo()
-  predicate = build.pretrained_leaves("params/clip", tiny_clip)
+  predicate = model_build.pretrained_leaves("params/clip", tiny_clip)
   init = det._init  # pylint: disable=protected-access
   paths = [p for p, _ in train_state.flat_paths(train_state.abstract_state(init, jax.random.key(3)))]
   skipped = [p for p in paths if predicate(p)]

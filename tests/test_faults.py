@@ -123,13 +123,16 @@ def test_a_bad_value_is_one_message_naming_field_value_and_range(field, value, e
 
 def test_the_enum_values_are_those_the_stages_accept():
   from deft_jax import optim
-  from deft_jax.adapt import build, classifier, losses, train as adapt_train
+  from deft_jax import adapt, run
+  from deft_jax.adapt import train as adapt_train
   from deft_jax.baselines import gmm
+  from deft_jax.classify import classifier as clf_lib
+  from deft_jax.classify import losses
   from deft_jax.data import noise
   from deft_jax.detect import train as detect_train
-  assert config_check.ADAPT_METHODS == build.METHODS
-  assert config_check.ADAPT_TRAINED == adapt_train.TRAINED
-  assert config_check.TRAIN_ON == adapt_train.TRAIN_ON
+  assert config_check.ADAPT_METHODS == tuple(adapt.METHODS)
+  assert config_check.ADAPT_TRAINED == tuple(k for k, m in adapt.METHODS.items() if m.trains)
+  assert config_check.TRAIN_ON == run.TRAIN_ON
   assert config_check.EPOCH_OVER == adapt_train.EPOCH_OVER
   assert config_check.LOSSES == losses.LOSSES
   assert config_check.GMM_MODELS == gmm.MODELS
@@ -139,19 +142,19 @@ def test_the_enum_values_are_those_the_stages_accept():
   # Spelt in their modules' error paths only: each module takes every value of the table and refuses another.
   from deft_jax.models.peft import PEFTConfig
   for name in config_check.TRAINABLE:
-    assert classifier.clip_rules(name, PEFTConfig())
+    assert clf_lib.clip_rules(name, PEFTConfig())
   with pytest.raises(config_check.ConfigError):
-    classifier.clip_rules("heads", PEFTConfig())
+    clf_lib.clip_rules("heads", PEFTConfig())
   for decay in config_check.DECAYS:
     optim.make_schedule({"lr": 0.1, "decay": decay}, total_steps=10)
   with pytest.raises(config_check.ConfigError):
     optim.make_schedule({"lr": 0.1, "decay": "step"}, total_steps=10)
-  from deft_jax.detect import prompts
+  from deft_jax.models import prompts as prompts_lib
   from deft_jax.models.tokenizer import Tokenizer
   for position in config_check.CLASS_TOKEN_POSITIONS:
-    prompts.build_template(["cat", "dog"], Tokenizer(), n_ctx=2, position=position)
+    prompts_lib.build_template(["cat", "dog"], Tokenizer(), n_ctx=2, position=position)
   with pytest.raises(config_check.ConfigError):
-    prompts.build_template(["cat", "dog"], Tokenizer(), n_ctx=2, position="back")
+    prompts_lib.build_template(["cat", "dog"], Tokenizer(), n_ctx=2, position="back")
 
 
 def test_the_readme_lists_the_checks_of_the_table():

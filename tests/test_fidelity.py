@@ -12,21 +12,25 @@ import tensorflow as tf
 from clu import metric_writers
 
 from conftest import REPO, tiny_config
-from deft_jax import baselines, config_lib, loop, optim
-from deft_jax.adapt import build, train as adapt_train
+from deft_jax import adapt, baselines, config_lib, loop, optim, run
+from deft_jax.adapt import methods
+from deft_jax.adapt import train as adapt_train
 from deft_jax.baselines import _common, _gmm_fit
-from deft_jax.baselines import gmm as gmm_baseline
+from deft_jax.baselines import gmm
 from deft_jax.checkpoint import StageCheckpointer
+from deft_jax.classify import classifier as clf_lib
+from deft_jax.classify.run_clip import RunCLIP
 from deft_jax.data import cifar_offline, preprocess
-from deft_jax.detect import prompts as prompts_lib
 from deft_jax.detect import train as detect_train
 from deft_jax.detect.detector import Detector
 from deft_jax.errors import ConfigError, DivergedError
 from deft_jax.models import clip as clip_lib
 from deft_jax.models import peft as peft_lib
+from deft_jax.models import prompts as prompts_lib
 from deft_jax.models.tokenizer import Tokenizer
 from deft_jax.tree import flatten
-from deft_jax.report import auroc, metrics as M
+from deft_jax.report import auroc
+from deft_jax.report import metrics as report_metrics
 from deft_jax.report.inputs import check_inputs
 from deft_jax.report.summary import summary_from_inputs
 from deft_jax.report.table import table_from_inputs
@@ -47,8 +51,9 @@ def test_nan_logits_are_an_error_naming_the_stage_and_equal_logits_are_not_all_c
   reported 100 %."""
   labels = np.arange(10)
   with pytest.raises(DivergedError, match="adapt, test split.*not finite"):
-    M.classification_metrics(labels, logits=np.full((10, 10), np.nan), num_classes=10, stage="adapt, test split")
-  zeros = M.classification_metrics(labels, logits=np.zeros((10, 10)), num_classes=10, topk=(1, 5))
+    report_metrics.classification_metrics(labels, logits=np.full((10, 10), np.nan), num_classes=10,
+                                          stage="adapt, test split")
+  zeros = report_metrics.classification_metrics(labels, logits=np.zeros((10, 10)), num_classes=10, topk=(1, 5))
   assert zeros["top1"] == pytest.approx(0.1)  # argmax is class 0: only the example labelled 0 is right
   assert zeros["top5"] == pytest.approx(0.5)
 
@@ -271,11 +276,11 @@ def test_phase2_epochs_visit_every_example_and_average_the_loss_over_the_selecte
   assert c.adapt.epoch_over == "all"
   mask = np.arange(N_TRAIN) % 4 == 0  # 5 of 20 selected
   res = adapt_train.run(c, tmp_path / "all", splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(),
-                        clip_checkpoint=tiny_clip, detection={"is_clean": mask})
+                        clip=RunCLIP(c, tiny_clip), mask=mask)
   assert res["steps"] == 2 * math.ceil(N_TRAIN / B) and res["num_selected"] == 5
   c.adapt.epoch_over = "selected"
   res = adapt_train.run(c, tmp_path / "selected", splits=splits, mesh=mesh1,
-                        writer=metric_writers.LoggingWriter(), clip_checkpoint=tiny_clip, detection={"is_clean": mask})
+                        writer=metric_writers.LoggingWriter(), clip=RunCLIP(c, tiny_clip), mask=mask)
   assert res["steps"] == 2 * math.ceil(5 / B)
 
 
@@ -298,12 +303,12 @@ def test_gmm_baseline_is_the_phase2_model_fitted_like_the_reference(tiny_clip, s
   assert (sig.parameters["max_iter"].default, sig.parameters["tol"].default) == (10, 1e-2)
   c = tiny_config(tiny_clip)
   assert c.baselines.gmm.model == "phase2"
-  ctx = _common.Context(c, splits["train"], mesh1, tiny_clip, "gmm", 1)
-  clf, budget, optim_cfg, _ = gmm_baseline.model_and_recipe(ctx, model="phase2")
-  assert clf.rules == build.clf.clip_rules("blocks", peft_lib.PEFTConfig())  # phase 2's FFT rules
+  ctx = _common.Context(c, splits["train"], mesh1, RunCLIP(c, tiny_clip), "gmm", 1)
+  clf, budget, optim_cfg, _ = gmm.model_and_recipe(ctx, model="phase2")
+  assert clf.rules == clf_lib.clip_rules("blocks", peft_lib.PEFTConfig())  # phase 2's FFT rules
   assert optim_cfg == c.adapt.optim and budget.epochs == c.adapt.epochs
   c.adapt.epochs = 2
-  out = baselines.run("gmm", c, splits["train"], mesh=mesh1, clip_checkpoint=tiny_clip, workdir=tmp_path,
+  out = baselines.run("gmm", c, splits["train"], mesh=mesh1, clip=RunCLIP(c, tiny_clip), workdir=tmp_path,
                       eval_splits={"test": splits["test"]})
   # The same model's test accuracy is kept with its mask: a count of right answers over the test split.
   n_test = splits["test"].num_examples
@@ -319,8 +324,8 @@ def test_vlpt_trains_only_its_prompts_and_visual_prompts(tiny_clip, splits, mesh
   baseline. Its prompts and VPT train; every pretrained weight stays bit-identical."""
   c = tiny_config(tiny_clip, adapt=dict(method="vlpt", train_on="all", peft=dict(vpt="deep", vpt_tokens=2)))
   c.adapt.schedule.lr = 0.03
-  clf = build.phase2_classifier(c, splits["train"].class_names, mesh=mesh1, checkpoint=tiny_clip,
-                                rng=jax.random.key(0))
+  clf = adapt.build("vlpt", methods.Context(c, splits["train"].class_names, RunCLIP(c, tiny_clip), mesh1,
+                                            jax.random.key(0)))
   before = {k: np.asarray(v) for k, v in flatten(jax.device_get(clf.variables["params"])).items()}
   tr, state = adapt_train.train_classifier(c, clf, splits["train"], np.ones(N_TRAIN, bool), mesh=mesh1,
                                            writer=metric_writers.LoggingWriter(), out_dir=tmp_path)
@@ -332,7 +337,8 @@ def test_vlpt_trains_only_its_prompts_and_visual_prompts(tiny_clip, splits, mesh
     assert np.array_equal(v, after[k]) != (k in trained), k
   vc = _load_config("cifar100n", "method=vlpt")
   assert vc.adapt.method == "vlpt" and vc.adapt.train_on == "all" and "detect" not in vc.stages
-  out = baselines.run("vlpt", tiny_config(tiny_clip), splits["train"], mesh=mesh1, clip_checkpoint=tiny_clip)
+  bc = tiny_config(tiny_clip)
+  out = baselines.run("vlpt", bc, splits["train"], mesh=mesh1, clip=RunCLIP(bc, tiny_clip))
   np.testing.assert_array_equal(out["is_clean"], out["suggested"] == splits["train"].labels)
 
 
@@ -341,8 +347,11 @@ def test_turn_keeps_what_a_linear_probe_gmm_keeps_and_phase2_trains_on_it(tiny_c
   c = tiny_config(tiny_clip, adapt=dict(train_on="turn"))
   tc = _load_config("cub200", "method=turn")
   assert tc.adapt.train_on == "turn" and tc.adapt.method == "fft" and "detect" not in tc.stages
-  res = adapt_train.run(c, tmp_path, splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(),
-                        clip_checkpoint=tiny_clip, detection=None)
+  clip = RunCLIP(c, tiny_clip)
+  mask = run.train_mask(c, splits["train"], None, mesh=mesh1, clip=clip, workdir=tmp_path,
+                        eval_splits={"test": splits["test"]})
+  res = adapt_train.run(c, tmp_path, splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(), clip=clip,
+                        mask=mask)
   kept = np.load(tmp_path / "baselines" / "turn" / "detection.npz")
   assert res["train_on"] == "turn" and res["num_selected"] == int(kept["is_clean"].sum())
   assert "test_top1" in kept.files  # the probe's own accuracy
@@ -363,7 +372,7 @@ def test_best_accuracy_over_epochs_and_every_epochs_clean_mask_are_kept(tiny_cli
   clean mask of every phase-1 epoch (the paper's epoch-sensitivity figure)."""
   c = tiny_config(tiny_clip, adapt=dict(epochs=3, eval_every_epochs=1))
   res = adapt_train.run(c, tmp_path, splits=splits, mesh=mesh1, writer=metric_writers.LoggingWriter(),
-                        clip_checkpoint=tiny_clip, detection={"is_clean": np.ones(N_TRAIN, bool)})
+                        clip=RunCLIP(c, tiny_clip), mask=np.ones(N_TRAIN, bool))
   history = json.loads((tmp_path / "adapt" / adapt_train.HISTORY_FILE).read_text())
   assert [h["epoch"] for h in history] == [1, 2, 3]
   best = max(history, key=lambda h: (h["test"], -h["epoch"]))

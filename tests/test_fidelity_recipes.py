@@ -98,12 +98,12 @@ def _scored(monkeypatch, s_pos, s_neg, labels, strict=True):
   """The scoring pass's per-batch outputs (step.score_images) for given logits (the model is bypassed)."""
   import jax.numpy as jnp
 
-  from deft_jax.detect import step as step_lib
+  from deft_jax.detect import step as detect_step
   s_pos, s_neg = jnp.asarray(s_pos, jnp.float32), jnp.asarray(s_neg, jnp.float32)
-  monkeypatch.setattr(step_lib, "image_logits", lambda *a, **k: (s_pos, s_neg, None))
+  monkeypatch.setattr(detect_step, "image_logits", lambda *a, **k: (s_pos, s_neg, None))
   batch = {"image": None, "label": jnp.asarray(labels, jnp.int32), "index": jnp.arange(len(labels)),
            "mask": jnp.ones(len(labels), bool)}
-  return jax.device_get(step_lib.score_images(None, None, None, batch, strict=strict))
+  return jax.device_get(detect_step.score_images(None, None, None, batch, strict=strict))
 
 
 def test_label_probability_is_a_log_softmax_that_does_not_round_to_zero_at_logit_scale_100(monkeypatch):
@@ -246,13 +246,13 @@ def test_ssf_starts_at_normal_scale_and_shift_and_scales_before_lora_adds():
   assert any("ssf_q/scale" in k for k in attn) and any("q_lora/lora_a" in k for k in attn)
   import flax.linen as nn
 
-  from deft_jax.models import clip as clip_lib
+  from deft_jax.models.peft_layers import peft_dense
   block = peft_lib.PEFTConfig(ssf=True, lora_rank=2, lora_targets=("q",)).block(0, 1)
 
   class Dense(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return clip_lib._dense(x, 6, "q_proj", "q", block, np.float32)
+      return peft_dense(x, 6, "q_proj", "q", block, np.float32)
 
   x = np.asarray(jax.random.normal(jax.random.key(1), (2, 6)))
   p = Dense().init(jax.random.key(2), x)["params"]
@@ -304,7 +304,7 @@ def test_real_world_gmm_baseline_warms_up_5_of_10_epochs_at_a_constant_lr():
 def test_ctx_init_can_keep_16_context_vectors_by_padding_the_words():
   """Was: ctx_init="a photo of a" always shrank the contexts from 16 vectors to the 4 words' tokens, so a
   comparison with the random init changed the init and the context length at once; ctx_init_pad keeps n_ctx."""
-  from deft_jax.detect import prompts as prompts_lib
+  from deft_jax.models import prompts as prompts_lib
   from deft_jax.models.tokenizer import Tokenizer
   tok, width = Tokenizer(), 8
   table = np.asarray(jax.random.normal(jax.random.key(0), (tok.vocab_size, width)))

@@ -21,8 +21,9 @@ import numpy as np
 from clu import metric_writers
 
 from conftest import REAL_NOISE_ADAPT_STEPS, REPO, run_main
-from deft_jax import config_lib, parallel
-from deft_jax.adapt import train as adapt
+from deft_jax import config_lib, parallel, run
+from deft_jax.adapt import train as adapt_train
+from deft_jax.classify.run_clip import RunCLIP
 from deft_jax.data import datasets
 from deft_jax.report import detection_metrics
 
@@ -138,8 +139,8 @@ def test_fft_on_deft_subset_beats_fft_on_all_noisy_labels_at_equal_steps(real_no
   c = demo_config()
   c.adapt.update(dict(method="fft", train_on="all", steps=STEPS))
   mesh = parallel.make_mesh([("data", 1)], jax.devices()[:1])
-  every = adapt.run(c, tmp_path / "all", splits=splits, mesh=mesh, writer=metric_writers.LoggingWriter(),
-                    clip_checkpoint=clip, detection=detection)
+  every = adapt_train.run(c, tmp_path / "all", splits=splits, mesh=mesh, writer=metric_writers.LoggingWriter(),
+                          clip=RunCLIP(c, clip), mask=np.ones(train.num_examples, bool))
   assert every["steps"] == STEPS
   top1 = {"deft": deft["test"]["top1"], "all": every["test"]["top1"]}
   print(f"FFT test top-1 at {STEPS} steps: DEFT subset {top1['deft']:.3f}, all noisy labels {top1['all']:.3f} "
@@ -160,8 +161,9 @@ def test_backbone_from_random_init_on_deft_subset_beats_all_noisy_labels(real_no
     c.adapt.update(dict(method="fft", train_on=selection, steps=STEPS, backbone="resnet_tiny",
                         backbone_checkpoint="none", backbone_optimizer=False))
     c.adapt.schedule.lr = 0.05
-    res = adapt.run(c, tmp_path / selection, splits=splits, mesh=mesh, writer=metric_writers.LoggingWriter(),
-                    clip_checkpoint=None, detection=detection)
+    mask = run.train_mask(c, splits["train"], detection, mesh=mesh, clip=RunCLIP(c, None))
+    res = adapt_train.run(c, tmp_path / selection, splits=splits, mesh=mesh, writer=metric_writers.LoggingWriter(),
+                          clip=RunCLIP(c, None), mask=mask)
     assert res["backbone"] == "resnet_tiny" and res["steps"] == STEPS
     top1[selection] = res["test"]["top1"]
   print(f"resnet_tiny (random init) test top-1 at {STEPS} steps: DEFT subset {top1['deft']:.3f}, "

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from deft_jax.report import metrics as M
+from deft_jax.report import metrics as report_metrics
 
 
 # given:        0  0  0  1  1  1  2  2
@@ -19,7 +19,7 @@ SELECTED = np.array([1, 1, 0, 1, 0, 0, 1, 1], bool)
 
 
 def test_detection_metrics_match_hand_counts():
-  m = M.detection_metrics(SELECTED, GIVEN, TRUTH)
+  m = report_metrics.detection_metrics(SELECTED, GIVEN, TRUTH)
   # known: 7; truly clean: {0,2,3,5,6} = 5; selected ∩ known: {0,1,3,6} = 4; tp: {0,3,6} = 3
   assert (m["count"], m["selected"], m["known"], m["truly_clean"], m["true_positive"]) == (8, 5, 7, 5, 3)
   assert m["precision"] == pytest.approx(3 / 4)
@@ -34,14 +34,14 @@ def test_masked_examples_never_count():
   mask = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)
   garbage = GIVEN.copy()
   garbage[6:] = 999  # padding labels are not validated or counted
-  m = M.detection_metrics(SELECTED, garbage, TRUTH, mask=mask)
+  m = report_metrics.detection_metrics(SELECTED, garbage, TRUTH, mask=mask)
   assert (m["count"], m["selected"], m["truly_clean"], m["true_positive"]) == (6, 3, 4, 2)
   assert m["precision"] == pytest.approx(2 / 3)
   assert m["recall"] == pytest.approx(2 / 4)
 
 
 def test_empty_selection_has_precision_zero_and_f1_zero():
-  m = M.detection_metrics(np.zeros(8, bool), GIVEN, TRUTH)
+  m = report_metrics.detection_metrics(np.zeros(8, bool), GIVEN, TRUTH)
   assert m["precision"] == 0.0
   assert m["recall"] == 0.0
   assert m["f1"] == 0.0
@@ -49,15 +49,15 @@ def test_empty_selection_has_precision_zero_and_f1_zero():
 
 
 def test_without_ground_truth_only_selection_statistics_are_reported():
-  m = M.detection_metrics(SELECTED, GIVEN)
+  m = report_metrics.detection_metrics(SELECTED, GIVEN)
   assert "precision" not in m and "recall" not in m
   assert m["selected_fraction"] == pytest.approx(5 / 8)
-  all_unknown = M.detection_metrics(SELECTED, GIVEN, np.full(8, -1))
+  all_unknown = report_metrics.detection_metrics(SELECTED, GIVEN, np.full(8, -1))
   assert math.isnan(all_unknown["precision"]) and math.isnan(all_unknown["recall"])
 
 
 def test_per_class_metrics_by_given_label_with_empty_class_nan():
-  per = M.per_class_detection_metrics(SELECTED, GIVEN, 4, TRUTH)
+  per = report_metrics.per_class_detection_metrics(SELECTED, GIVEN, 4, TRUTH)
   np.testing.assert_array_equal(per["count"], [3, 3, 2, 0])
   np.testing.assert_array_equal(per["selected"], [2, 1, 2, 0])
   np.testing.assert_allclose(per["estimated_noise_rate"][:3], [1 / 3, 2 / 3, 0.0])
@@ -69,21 +69,21 @@ def test_per_class_metrics_by_given_label_with_empty_class_nan():
   np.testing.assert_allclose(per["true_noise_rate"][:3], [1 / 3, 1 / 3, 0.0])
   for key in ("precision", "recall", "f1", "estimated_noise_rate", "true_noise_rate"):
     assert np.isnan(per[key][3]), key
-  assert M.macro_average(per["precision"]) == pytest.approx((0.5 + 1 + 1) / 3)
+  assert report_metrics.macro_average(per["precision"]) == pytest.approx((0.5 + 1 + 1) / 3)
 
 
 def test_macro_average_of_all_nan_is_nan_without_warning():
   with np.errstate(all="raise"):
-    assert math.isnan(M.macro_average([np.nan, np.nan]))
+    assert math.isnan(report_metrics.macro_average([np.nan, np.nan]))
 
 
 def test_per_class_rejects_given_labels_outside_range():
-  with pytest.raises(M.MetricInputError, match=r"\[0, 2\).*entry 3 is 2"):
-    M.per_class_detection_metrics(SELECTED[:4], np.array([0, 1, 1, 2]), 2)
+  with pytest.raises(report_metrics.MetricInputError, match=r"\[0, 2\).*entry 3 is 2"):
+    report_metrics.per_class_detection_metrics(SELECTED[:4], np.array([0, 1, 1, 2]), 2)
 
 
 def test_average_ranks_share_ties():
-  np.testing.assert_allclose(M.average_ranks([10, 20, 20, 5, 20]), [2, 4, 4, 1, 4])
+  np.testing.assert_allclose(report_metrics.average_ranks([10, 20, 20, 5, 20]), [2, 4, 4, 1, 4])
 
 
 def _auroc_by_pairs(scores, positive):
@@ -92,23 +92,23 @@ def _auroc_by_pairs(scores, positive):
 
 
 def test_auroc_hand_values_and_ties_count_half():
-  assert M.auroc([0.9, 0.8, 0.1, 0.2], np.array([1, 1, 0, 0], bool)) == 1.0
-  assert M.auroc([0.1, 0.2, 0.9, 0.8], np.array([1, 1, 0, 0], bool)) == 0.0
+  assert report_metrics.auroc([0.9, 0.8, 0.1, 0.2], np.array([1, 1, 0, 0], bool)) == 1.0
+  assert report_metrics.auroc([0.1, 0.2, 0.9, 0.8], np.array([1, 1, 0, 0], bool)) == 0.0
   # pairs: (0.5 vs 0.5) = 1/2, (0.5 vs 0.1) = 1, (0.7 vs 0.5) = 1, (0.7 vs 0.1) = 1 -> 3.5 / 4
-  assert M.auroc([0.5, 0.7, 0.5, 0.1], np.array([1, 1, 0, 0], bool)) == pytest.approx(0.875)
+  assert report_metrics.auroc([0.5, 0.7, 0.5, 0.1], np.array([1, 1, 0, 0], bool)) == pytest.approx(0.875)
 
 
 def test_auroc_equals_pairwise_definition_on_random_data_with_ties():
   rng = np.random.default_rng(0)
   scores = rng.integers(0, 6, 200) / 5.0  # few distinct values -> many ties
   positive = rng.random(200) < 0.4
-  assert M.auroc(scores, positive) == pytest.approx(_auroc_by_pairs(scores, positive), abs=1e-12)
+  assert report_metrics.auroc(scores, positive) == pytest.approx(_auroc_by_pairs(scores, positive), abs=1e-12)
 
 
 def test_auroc_undefined_for_single_class_and_respects_mask():
-  assert math.isnan(M.auroc([0.1, 0.2], np.array([True, True])))
+  assert math.isnan(report_metrics.auroc([0.1, 0.2], np.array([True, True])))
   mask = np.array([True, True, False])
-  assert math.isnan(M.auroc([0.1, 0.2, 0.3], np.array([True, True, False]), mask=mask))
+  assert math.isnan(report_metrics.auroc([0.1, 0.2, 0.3], np.array([True, True, False]), mask=mask))
 
 
 def test_topk_counts_label_among_k_best_and_ties_follow_the_argmax_convention():
@@ -116,31 +116,31 @@ def test_topk_counts_label_among_k_best_and_ties_follow_the_argmax_convention():
   class index wins a tie, as argmax does."""
   logits = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [2.0, 2.0, 0.0], [2.0, 2.0, 0.0]])
   labels = np.array([1, 0, 1, 0])
-  np.testing.assert_array_equal(M.topk_correct(logits, labels, 1), [False, False, False, True])
-  np.testing.assert_array_equal(M.topk_correct(logits, labels, 1), logits.argmax(1) == labels)
-  np.testing.assert_array_equal(M.topk_correct(logits, labels, 2), [True, False, True, True])
-  np.testing.assert_array_equal(M.topk_correct(logits, labels, 5), [True, True, True, True])
+  np.testing.assert_array_equal(report_metrics.topk_correct(logits, labels, 1), [False, False, False, True])
+  np.testing.assert_array_equal(report_metrics.topk_correct(logits, labels, 1), logits.argmax(1) == labels)
+  np.testing.assert_array_equal(report_metrics.topk_correct(logits, labels, 2), [True, False, True, True])
+  np.testing.assert_array_equal(report_metrics.topk_correct(logits, labels, 5), [True, True, True, True])
 
 
 def test_classification_metrics_ignore_padding_and_report_per_class():
   logits = np.array([[5.0, 0, 0, 0], [0, 5.0, 0, 0], [5.0, 0, 0, 0], [0, 0, 5.0, 0], [0, 5.0, 0, 0]])
   labels = np.array([0, 1, 1, 2, -7])  # last row is padding with a junk label
   mask = np.array([1, 1, 1, 1, 0], bool)
-  out = M.classification_metrics(labels, num_classes=4, logits=logits, mask=mask, topk=(1, 2))
+  out = report_metrics.classification_metrics(labels, num_classes=4, logits=logits, mask=mask, topk=(1, 2))
   assert out["count"] == 4
   assert out["top1"] == pytest.approx(3 / 4)
   assert out["top2"] == pytest.approx(1.0)  # ties at 0 favour the label for the missed example
   np.testing.assert_allclose(out["per_class_accuracy"][:3], [1.0, 0.5, 1.0])
   assert np.isnan(out["per_class_accuracy"][3])
   assert out["mean_per_class_accuracy"] == pytest.approx(2.5 / 3)
-  preds = M.classification_metrics(labels, num_classes=4, predictions=logits.argmax(1), mask=mask)
+  preds = report_metrics.classification_metrics(labels, num_classes=4, predictions=logits.argmax(1), mask=mask)
   assert preds["top1"] == pytest.approx(3 / 4)
 
 
 def test_bad_metric_input_names_the_problem():
-  with pytest.raises(M.MetricInputError, match="given has 3 entries, expected 8"):
-    M.detection_metrics(SELECTED, GIVEN[:3])
-  with pytest.raises(M.MetricInputError, match="is_clean must be bool"):
-    M.detection_metrics(SELECTED.astype(float), GIVEN)
-  with pytest.raises(M.MetricInputError, match="exactly one of logits or predictions"):
-    M.classification_metrics(GIVEN, num_classes=3)
+  with pytest.raises(report_metrics.MetricInputError, match="given has 3 entries, expected 8"):
+    report_metrics.detection_metrics(SELECTED, GIVEN[:3])
+  with pytest.raises(report_metrics.MetricInputError, match="is_clean must be bool"):
+    report_metrics.detection_metrics(SELECTED.astype(float), GIVEN)
+  with pytest.raises(report_metrics.MetricInputError, match="exactly one of logits or predictions"):
+    report_metrics.classification_metrics(GIVEN, num_classes=3)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax.detect import prompts
+from deft_jax.models import prompts as prompts_lib
 from deft_jax.models import clip as clip_lib
 from deft_jax.models import presets, text_prefix, zeroshot
 from deft_jax.models.tokenizer import Tokenizer
@@ -41,7 +41,7 @@ def _loss(feats, key=jax.random.key(7)):
 
 def _features_and_grads(model, params, ctx, template, **kw):
   def f(c):
-    feats = prompts.text_features(model, params, c, template, **kw)
+    feats = prompts_lib.text_features(model, params, c, template, **kw)
     return _loss(feats), feats
   (_, feats), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(ctx)
   return feats, grads
@@ -66,11 +66,11 @@ def _max_diffs(a, b):
 def test_shared_prefix_path_gives_the_full_paths_features_and_context_gradients(
     tiny, tok, monkeypatch, position, class_specific, prefix, max_groups, chunk):
   model, params = tiny
-  template = prompts.build_template(NAMES, tok, n_ctx=4, position=position)
-  ctx = prompts.init_prompts(jax.random.key(1), template, 32, class_specific=class_specific)
+  template = prompts_lib.build_template(NAMES, tok, n_ctx=4, position=position)
+  ctx = prompts_lib.init_prompts(jax.random.key(1), template, 32, class_specific=class_specific)
   ctx = jax.tree.map(lambda c: c * 25.0, ctx)  # contexts of unit scale, as after training
   monkeypatch.setattr(text_prefix, "MAX_BUCKETS", max_groups)
-  layout = prompts.text_layout(template, class_specific=class_specific)
+  layout = prompts_lib.text_layout(template, class_specific=class_specific)
   assert layout.prefix == prefix
   padded = layout.suffix_tokens - (template.eot + 1 - prefix).sum()
   assert (padded == 0) == (max_groups == 8)  # 8 buckets: every suffix unpadded; 1 or 2: some padded
@@ -87,17 +87,17 @@ def test_shared_prefix_path_gives_the_full_paths_features_and_context_gradients(
 
 
 def test_layout_shares_sos_and_context_once_and_buckets_suffixes_by_length(tok):
-  template = prompts.build_template(NAMES, tok, n_ctx=16)
-  layout = prompts.text_layout(template)
+  template = prompts_lib.build_template(NAMES, tok, n_ctx=16)
+  layout = prompts_lib.text_layout(template)
   lengths = template.eot + 1 - 17
   assert layout.prefix == 17 and layout.length == template.ids.shape[1]
   assert sorted(i for rows, _ in layout.buckets for i in rows) == list(range(len(NAMES)))
   for rows, s in layout.buckets:
     assert s == lengths[list(rows)].max()  # each bucket is padded to its own longest suffix only
   assert [s for _, s in layout.buckets] == sorted(s for _, s in layout.buckets)
-  one = prompts.text_layout(template, max_groups=1)
+  one = prompts_lib.text_layout(template, max_groups=1)
   assert one.buckets == ((tuple(int(i) for i in np.argsort(lengths, kind="stable")), int(lengths.max())),)
-  assert prompts.text_layout(template, share_prefix=False).prefix == 0
+  assert prompts_lib.text_layout(template, share_prefix=False).prefix == 0
 
 
 def test_buckets_minimise_padded_tokens():
@@ -144,14 +144,14 @@ def test_zero_shot_features_through_the_shared_path_equal_the_full_path(tiny, to
 def test_a_run_recorded_before_prefix_sharing_resumes_with_it(tmp_path):
   from conftest import tiny_config
 
-  from deft_jax import checkpoint
+  from deft_jax import checkpoint as ckpt_lib
   from deft_jax.errors import WorkdirConflictError
 
   old = tiny_config()
   del old.detect["text_prefix_sharing"]
-  checkpoint.check_workdir(tmp_path, old)
+  ckpt_lib.check_workdir(tmp_path, old)
   (tmp_path / "detect" / "checkpoints").mkdir(parents=True)
   (tmp_path / "detect" / "checkpoints" / "0").write_text("x")  # phase 1 has outputs
-  checkpoint.check_workdir(tmp_path, tiny_config(detect=dict(text_prefix_sharing=False, text_chunk=64)))
+  ckpt_lib.check_workdir(tmp_path, tiny_config(detect=dict(text_prefix_sharing=False, text_chunk=64)))
   with pytest.raises(WorkdirConflictError):  # a change of results is still refused
-    checkpoint.check_workdir(tmp_path, tiny_config(detect=dict(n_ctx=8)))
+    ckpt_lib.check_workdir(tmp_path, tiny_config(detect=dict(n_ctx=8)))

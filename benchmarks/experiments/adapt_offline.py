@@ -33,9 +33,9 @@ from absl import logging as absl_logging  # noqa: E402
 from clu import metric_writers  # noqa: E402
 
 from deft_jax import config_lib, parallel  # noqa: E402
-from deft_jax.adapt import train as adapt  # noqa: E402
+from deft_jax.adapt import train as adapt_train  # noqa: E402
 from deft_jax.data import datasets  # noqa: E402
-from deft_jax.detect import train as detect  # noqa: E402
+from deft_jax.detect import train as detect_train  # noqa: E402
 from deft_jax.report import metrics as report_metrics  # noqa: E402
 
 VARIANTS = {
@@ -86,7 +86,7 @@ def main(argv=None):
     detection = dict(np.load(Path(args.run) / "detect" / "detection.npz"))
   else:
     clip = args.clip
-    detection = detect.run(config, out / "detect", train_split=train, mesh=mesh, writer=writer, checkpoint=clip)
+    detection = detect_train.run(config, out / "detect", train_split=train, mesh=mesh, writer=writer, checkpoint=clip)
   m = report_metrics.detection_metrics(detection["is_clean"], train.labels, train.clean_labels)
   print(json.dumps({"clip": clip, "detection": {k: round(float(m[k]), 4) for k in ("precision", "recall", "f1")},
                     "selected": int(detection["is_clean"].sum())}), flush=True)
@@ -100,7 +100,7 @@ def main(argv=None):
       c.adapt.update(dict(backbone=args.backbone, backbone_checkpoint="none", backbone_optimizer=False))
     t0 = time.time()
     tag = "" if args.backbone == "clip" else f"{args.backbone}_"
-    res = adapt.run(c, out / f"{tag}{name}_s{args.steps}_lr{args.lr:g}_seed{args.seed}", splits=splits, mesh=mesh,
+    res = adapt_train.run(c, out / f"{tag}{name}_s{args.steps}_lr{args.lr:g}_seed{args.seed}", splits=splits, mesh=mesh,
                     writer=writer, clip_checkpoint=clip, detection=detection)
     row = {"variant": name, "backbone": args.backbone, "lr": args.lr, "seed": args.seed,
            "test_top1": res["test"]["top1"],

@@ -32,7 +32,7 @@ from deft_jax import config_lib, parallel  # noqa: E402
 from deft_jax.data import datasets  # noqa: E402
 from deft_jax.data.config import image_spec  # noqa: E402
 from deft_jax.detect import detector as detector_lib  # noqa: E402
-from deft_jax.detect import prompts as prompts_lib  # noqa: E402
+from deft_jax.models import prompts as prompts_lib  # noqa: E402
 from deft_jax.detect import train as detect_train  # noqa: E402
 from deft_jax.models import zeroshot  # noqa: E402
 from deft_jax.report import auroc  # noqa: E402

@@ -1,12 +1,14 @@
-"""Phase 2 driver: selects the training subset, trains the configured classifier resumably, evaluates it.
+"""Phase 2 driver: trains the configured classifier resumably on the selected examples, evaluates it.
 
 Config section ``adapt`` (defaults in config_lib.base_config):
 
-- ``method``: "fft" | "peft" | "vlpt" | "none" | "zeroshot" (see adapt/build.py); ``backbone``: "clip" or a
-  ``models.backbones`` name (``backbone_checkpoint``, ``backbone_optimizer``).
+- ``method``: a phase-2 method of the registry adapt.METHODS ("fft" | "peft" | "vlpt" | "none" | "zeroshot", see
+  adapt/methods.py); ``backbone``: "clip" or a ``models.backbones`` name (``backbone_checkpoint``,
+  ``backbone_optimizer``).
 - ``train_on``: which labels train. "deft" (the detector's ``is_clean``), "all" (every given label), the name of
   any baseline (its mask, deft_jax/baselines/), "clean_oracle" (the examples whose given label equals the
-  known clean label; examples without a known clean label are left out).
+  known clean label; examples without a known clean label are left out). run.py computes this selection
+  (run.train_mask) and hands it to :func:`run`.
 - ``epoch_over``: "all" (the reference: every epoch visits all N training examples, ceil(N / batch) steps, and
   each batch's loss is the mean over its selected examples; a batch without one contributes a zero loss) or
   "selected" (every epoch visits only the selected subset, ceil(|S| / batch) steps).
@@ -32,21 +34,21 @@ from typing import Optional
 import jax
 import numpy as np
 
-from deft_jax import baselines, stages
-from deft_jax.adapt import build, evaluate
-from deft_jax.adapt import fit as fit_lib
-from deft_jax.adapt import trainer as trainer_lib
+from deft_jax import adapt, stages
+from deft_jax.adapt import methods
 from deft_jax.checkpoint import StageCheckpointer, save_npz, write_json
+from deft_jax.classify import classifier as clf_lib
+from deft_jax.classify import evaluate
+from deft_jax.classify import fit as fit_lib
+from deft_jax.classify import trainer as trainer_lib
 from deft_jax.report import metrics as report_metrics
 from deft_jax.report.summary import format_pct
 from deft_jax.errors import ConfigError
 
-TRAIN_ON = ("deft", "all", "clean_oracle")  # and any baseline of deft_jax/baselines/
 RESULTS_FILE = "results.json"
 HISTORY_FILE = "eval_history.json"  # top-1 per evaluated epoch (adapt.eval_every_epochs > 0)
 PREDICTIONS_FILE = "predictions.npz"
 _STREAM = 7  # of the run seed, for phase 2
-CALIBRATION_IMAGES = 256
 
 
 def outputs(workdir) -> dict[str, Path]:
@@ -55,46 +57,6 @@ def outputs(workdir) -> dict[str, Path]:
   d = stages.directory(workdir, "adapt")
   return {"dir": d, "results": d / RESULTS_FILE, "predictions": d / PREDICTIONS_FILE, "history": d / HISTORY_FILE,
           "checkpoints": d / "checkpoints"}
-
-
-def train_mask(config, train_split, detection: Optional[dict], *, mesh, clip_checkpoint, workdir=None,
-               writer=None, eval_splits=None) -> np.ndarray:
-  """bool [N]: the training examples phase 2 uses under ``config.adapt.train_on``."""
-  on = config.adapt.train_on
-  n = train_split.num_examples
-  if on == "deft":
-    if detection is None or "is_clean" not in detection:
-      raise ConfigError("adapt.train_on='deft' needs the detector's output (run the detect stage first)")
-    mask = np.asarray(detection["is_clean"], bool)
-  elif on == "all":
-    mask = np.ones(n, bool)
-  elif on == "clean_oracle":
-    if train_split.clean_labels is None:
-      raise ConfigError(f"adapt.train_on='clean_oracle' needs clean labels; {train_split.name} has none")
-    mask = (train_split.clean_labels >= 0) & (train_split.labels == train_split.clean_labels)
-  elif on in baselines.available():
-    out = baselines.run(on, config, train_split, mesh=mesh, clip_checkpoint=clip_checkpoint, workdir=workdir,
-                        writer=writer, eval_splits=eval_splits)
-    mask = np.asarray(out["is_clean"], bool)
-  else:
-    raise ConfigError(f"unknown adapt.train_on {on!r}; choose one of {list(TRAIN_ON) + baselines.available()}")
-  if mask.shape != (n,):
-    raise ConfigError(f"the {on!r} selection has shape {mask.shape}, the train split has {n} examples")
-  if not mask.any():
-    raise ConfigError(f"the {on!r} selection is empty: nothing to fine-tune on")
-  return mask
-
-
-def calibration_images(split, limit: int = CALIBRATION_IMAGES):
-  """``inputs -> images``: the first ``limit`` images of ``split``, resized and normalised on the host (identical
-  on every process)."""
-
-  def fn(inputs):
-    idx = np.arange(min(limit, split.num_examples))
-    x = split.load_images(idx, inputs.image_size).astype(np.float32) / 255.0
-    return (x - np.asarray(inputs.mean, np.float32)) / np.asarray(inputs.std, np.float32)
-
-  return fn
 
 
 def _selection_info(mask: np.ndarray, train_split) -> dict:
@@ -129,7 +91,6 @@ def best_over_epochs(history: list[dict], final: dict, last_epoch: float) -> dic
 
 
 EPOCH_OVER = ("all", "selected")
-TRAINED = ("fft", "peft", "vlpt")  # the methods that train on the selected labels
 
 
 def train_classifier(config, classifier, train, mask, *, mesh, writer, out_dir: Path, eval_splits=None):
@@ -167,7 +128,7 @@ def train_classifier(config, classifier, train, mask, *, mesh, writer, out_dir: 
     return {f"{name}_top1": v for name, v in top1.items()}
 
   with StageCheckpointer(out_dir / "checkpoints", every_steps=config.checkpoint_every_steps) as ckpt:
-    state = tr.init_state(jax.random.fold_in(build.rng_for(config, _STREAM), 1), num_examples=data.num_examples,
+    state = tr.init_state(jax.random.fold_in(trainer_lib.rng_for(config, _STREAM), 1), num_examples=data.num_examples,
                           num_classes=data.num_classes, sample_mask=sample_mask, checkpointer=ckpt)
     fit_lib.log_budget("adapt", data, budget, spe, total)
     state = fit_lib.fit(tr, state, data, stage="adapt", budget=budget, seed=int(config.seed) + _STREAM,
@@ -177,9 +138,12 @@ def train_classifier(config, classifier, train, mask, *, mesh, writer, out_dir: 
   return tr, state
 
 
-def run(config, workdir: str | Path, *, splits, mesh, writer, clip_checkpoint: Optional[str],
-        detection: Optional[dict]) -> dict:
-  """Phase 2 (resuming if possible); returns the results also written to ``workdir/adapt/results.json``."""
+def run(config, workdir: str | Path, *, splits, mesh, writer, clip, mask: Optional[np.ndarray],
+        phase1_params: Optional[Path] = None) -> dict:
+  """Phase 2 (resuming if possible) with the run's CLIP ``clip`` (classify.run_clip.RunCLIP); returns the results
+  also written to ``workdir/adapt/results.json``. ``mask`` (bool [N]): the selected training examples
+  (``adapt.train_on``, run.train_mask), for the methods that train; ``phase1_params``: phase 1's learned
+  parameters file, for method "none"."""
   out = outputs(workdir)
   out_dir, results_path = out["dir"], out["results"]
   if results_path.exists():
@@ -187,27 +151,28 @@ def run(config, workdir: str | Path, *, splits, mesh, writer, clip_checkpoint: O
     return json.loads(results_path.read_text())
   a = config.adapt
   train = splits["train"]
-  info = {"method": a.method, "backbone": a.backbone if a.method in TRAINED else "clip"}
+  trains = adapt.trains(config)
+  info = {"method": a.method, "backbone": a.backbone if trains else "clip"}
   eval_splits = {k: splits[k] for k in evaluate.EVAL_SPLITS if k in splits}
-  if a.method in TRAINED:
-    mask = train_mask(config, train, detection, mesh=mesh, clip_checkpoint=clip_checkpoint, workdir=workdir,
-                      writer=writer, eval_splits=eval_splits)
+  ctx = methods.Context(config, train.class_names, clip, mesh, trainer_lib.rng_for(config, _STREAM),
+                        phase1_params=phase1_params)
+  if trains:
+    if mask is None:
+      raise ConfigError(f"adapt.method={a.method!r} trains on a selection (adapt.train_on), and none was given")
     subset = train.subset(np.flatnonzero(mask), name=f"{train.name}[{a.train_on}]")
     info.update(train_on=a.train_on, loss=a.loss, trainable=a.trainable if a.method == "fft" else a.method,
                 head_init=a.head_init, epoch_over=a.epoch_over, **_selection_info(mask, train))
     logging.info("[adapt] %s on %d of %d examples (train_on %s)", a.method, subset.num_examples,
                  train.num_examples, a.train_on)
-    classifier = build.phase2_classifier(config, train.class_names, mesh=mesh, checkpoint=clip_checkpoint,
-                                         rng=build.rng_for(config, _STREAM), workdir=workdir,
-                                         calibration_images=calibration_images(subset))
+    ctx.calibration_images = clf_lib.calibration_images(subset)
+    classifier = adapt.build(a.method, ctx)
     tr, state = train_classifier(config, classifier, train, mask, mesh=mesh, writer=writer, out_dir=out_dir,
                                  eval_splits=eval_splits)
     variables = tr.variables(state)
     info["steps"] = int(jax.device_get(state["step"]))
     info["epochs_equivalent"] = info["steps"] / tr.steps_per_epoch
   else:
-    classifier = build.phase2_classifier(config, train.class_names, mesh=mesh, checkpoint=clip_checkpoint,
-                                         rng=build.rng_for(config, _STREAM), workdir=workdir)
+    classifier = adapt.build(a.method, ctx)
     variables = classifier.variables
     info["steps"] = 0
   ev = evaluate.evaluate(classifier, variables, eval_splits, mesh=mesh, batch_size=a.eval_batch_size,

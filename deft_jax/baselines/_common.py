@@ -12,11 +12,14 @@ import jax
 import numpy as np
 from clu import metric_writers
 
-from deft_jax.adapt import build, evaluate
-from deft_jax.adapt import fit as fit_lib
-from deft_jax.adapt import trainer as trainer_lib
 from deft_jax.checkpoint import StageCheckpointer
+from deft_jax.classify import classifier as clf_lib
+from deft_jax.classify import evaluate
+from deft_jax.classify import fit as fit_lib
+from deft_jax.classify import trainer as trainer_lib
+from deft_jax.classify.run_clip import RunCLIP
 from deft_jax.errors import DeftError
+from deft_jax.models.peft import PEFTConfig
 
 CONTRACT = ("p_clean", "is_clean", "suggested", "margin", "label_score", "score")
 
@@ -24,13 +27,13 @@ CONTRACT = ("p_clean", "is_clean", "suggested", "margin", "label_score", "score"
 @dataclasses.dataclass
 class Context:
   """What a baseline's ``detect(ctx)`` works with: the run's config and train split, where to run (mesh),
-  which CLIP, where to keep checkpoints (``out_dir``, None without a workdir), the TensorBoard writer, the
+  the run's CLIP, where to keep checkpoints (``out_dir``, None without a workdir), the TensorBoard writer, the
   evaluation splits, and its own name and seed stream."""
 
   config: Any
   split: Any
   mesh: Any
-  clip_checkpoint: Optional[str]
+  clip: RunCLIP
   name: str
   stream: int
   out_dir: Optional[Path] = None
@@ -39,16 +42,22 @@ class Context:
 
   @property
   def rng(self):
-    return build.rng_for(self.config, self.stream)
+    return trainer_lib.rng_for(self.config, self.stream)
 
   @property
-  def clip(self) -> dict:
-    """The keyword arguments of adapt.build's classifier builders: this baseline's mesh, CLIP and key."""
-    return dict(mesh=self.mesh, checkpoint=self.clip_checkpoint, rng=self.rng)
+  def where(self) -> dict:
+    """The keyword arguments of the kit's classifier builders: this baseline's mesh, key and sharding rules."""
+    return dict(mesh=self.mesh, rng=self.rng, sharding_rules=self.config.sharding_rules)
 
   @property
   def stage(self) -> str:
     return f"baselines/{self.name}"
+
+
+def selector_classifier(ctx: Context) -> clf_lib.Classifier:
+  """The training baselines' model: CLIP with ``baselines.peft`` (VPT-deep by default) and a linear head."""
+  return clf_lib.clip_classifier(ctx.clip, num_classes=ctx.split.num_classes, **ctx.where,
+                             peft=PEFTConfig.from_dict(ctx.config.baselines.peft), trainable="peft", head_init="random")
 
 
 def contract(*, p_clean, is_clean, suggested, margin, score, label_score=None, **extra) -> dict[str, np.ndarray]:
@@ -155,16 +164,13 @@ def clip_image_embeddings(ctx: Context) -> np.ndarray:
   order: the features that cleanlab's recipes for foundation models start from."""
   from deft_jax import parallel, train_state  # pylint: disable=g-import-not-at-top
   from deft_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from deft_jax.detect.step import gather_by_index  # pylint: disable=g-import-not-at-top
-  from deft_jax.models import build as model_build  # pylint: disable=g-import-not-at-top
   from deft_jax.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
 
   config, mesh = ctx.config, ctx.mesh
-  model = model_build.build_clip(config.model, None, ctx.clip_checkpoint)
+  model = ctx.clip.model()
   params, _ = train_state.create(lambda: clip_lib.init_params(model, ctx.rng), mesh=mesh,
-                                 sharding_rules=config.sharding_rules,
-                                 load=lambda p: model_build.load_clip_weights(model, p, ctx.clip_checkpoint),
-                                 loaded=model_build.pretrained_leaves("", ctx.clip_checkpoint))
+                                 sharding_rules=config.sharding_rules, load=lambda p: ctx.clip.load(model, p),
+                                 loaded=ctx.clip.pretrained_leaves(""))
 
   def fn(p, batch):
     emb = clip_lib.normalize(model.apply({"params": p}, batch["image"], method=clip_lib.CLIP.encode_image))
@@ -172,9 +178,9 @@ def clip_image_embeddings(ctx: Context) -> np.ndarray:
 
   jitted = jax.jit(fn, out_shardings=parallel.replicated(mesh))
   batches = pipeline.eval_batches(ctx.split, global_batch_size=int(config.baselines.eval_batch_size),
-                                  **build.clip_inputs(config, ctx.clip_checkpoint).pipeline_kw())
+                                  **ctx.clip.inputs.pipeline_kw())
   chunks = [jitted(params, parallel.shard_batch(local, mesh)) for local in batches]
-  return gather_by_index(chunks, ctx.split.num_examples)["embedding"].astype(np.float32)
+  return parallel.gather_by_index(chunks, ctx.split.num_examples)["embedding"].astype(np.float32)
 
 
 def test_accuracy(ctx: Context, tr: trainer_lib.Trainer, state) -> dict:

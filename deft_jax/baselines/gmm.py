@@ -18,10 +18,10 @@ import logging
 import jax
 import numpy as np
 
-from deft_jax.adapt import build, evaluate
-from deft_jax.adapt import trainer as trainer_lib
-from deft_jax.adapt.train import calibration_images
 from deft_jax.baselines import _common, _gmm_fit
+from deft_jax.classify import classifier as clf_lib
+from deft_jax.classify import evaluate
+from deft_jax.classify import trainer as trainer_lib
 from deft_jax.errors import ConfigError
 from deft_jax.models.peft import PEFTConfig
 
@@ -47,15 +47,16 @@ def model_and_recipe(ctx, *, model: str):
   selectors' VPT + head model with the baselines' recipe (None: _common.train's defaults)."""
   if model not in MODELS:
     raise ConfigError(f"baselines.gmm.model must be one of {MODELS}, got {model!r}")
-  names, kw = ctx.split.class_names, ctx.clip
+  names = ctx.split.class_names
   epochs, _ = epochs_and_warmup(ctx.config)
   if model == "selector":
     b = ctx.config.baselines
     budget = None if epochs is None else trainer_lib.TrainBudget(epochs=int(epochs), batch_size=int(b.batch_size))
-    return build.selector_classifier(ctx.config, names, **kw), budget, None, None
+    return _common.selector_classifier(ctx), budget, None, None
   a = ctx.config.adapt
-  c = build.clip_head_classifier(ctx.config, names, **kw, peft=PEFTConfig(), trainable=a.trainable,
-                                 head_init=a.head_init, calibration_images=calibration_images(ctx.split))
+  c = clf_lib.clip_classifier(ctx.clip, num_classes=len(names), **ctx.where, peft=PEFTConfig(), trainable=a.trainable,
+                          head_init=a.head_init, class_features=ctx.clip.class_features(names, a.zeroshot_templates),
+                          calibration_images=clf_lib.calibration_images(ctx.split))
   epochs = a.epochs if epochs is None else epochs
   return c, trainer_lib.TrainBudget(epochs=int(epochs), batch_size=int(a.batch_size)), a.optim, a.schedule
 

@@ -11,7 +11,6 @@ visit, the ranking score its logarithm.
 import logging
 
 from deft_jax import parallel
-from deft_jax.adapt import build
 from deft_jax.baselines import _common
 
 NAME = "small-loss"
@@ -23,7 +22,7 @@ def detect(ctx):
   rate = _common.nominal_noise_rate(ctx.config, ctx.split, "the small-loss baseline", b.small_loss.rate)
   logging.info("[baselines/small_loss] forget rate r = %.4f, ramped over %d warm-up epoch(s)", rate,
                int(b.warmup_epochs))
-  classifier = build.selector_classifier(ctx.config, ctx.split.class_names, **ctx.clip)
+  classifier = _common.selector_classifier(ctx)
   _, state = _common.train(ctx, classifier, settings_kw=dict(
       loss_mask="small_loss", small_loss_rate=float(rate), warmup_epochs=int(b.warmup_epochs), record_online=True))
   online = parallel.to_host(state["online"])

@@ -9,8 +9,8 @@ evaluation splits is kept (``test_top1``). The full fine-tuning is phase 2 with 
 (the ``turn`` variant of the paper configs).
 """
 
-from deft_jax.adapt import build
 from deft_jax.baselines import _common
+from deft_jax.classify import classifier as clf_lib
 from deft_jax.baselines.gmm import loss_posterior_contract
 from deft_jax.models.peft import PEFTConfig
 
@@ -19,7 +19,7 @@ STREAM = 104
 
 
 def detect(ctx):
-  probe = build.clip_head_classifier(ctx.config, ctx.split.class_names, **ctx.clip, peft=PEFTConfig(),
-                                     trainable="head", head_init="random")
+  probe = clf_lib.clip_classifier(ctx.clip, num_classes=ctx.split.num_classes, **ctx.where, peft=PEFTConfig(),
+                              trainable="head", head_init="random")
   tr, state = _common.train(ctx, probe)
   return loss_posterior_contract(ctx, tr, state)

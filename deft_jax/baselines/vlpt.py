@@ -4,17 +4,19 @@ lr); a label is clean iff the trained classifier predicts it. p_clean = its prob
 the ranking score the log of it; its accuracy on the evaluation splits is kept (``test_top1``).
 """
 
-from deft_jax.adapt import build
 from deft_jax.baselines import _common
+from deft_jax.classify import classifier as clf_lib
 from deft_jax.models.peft import PEFTConfig
+from deft_jax.models.prompts import PromptLayout
 
 NAME = "VLPT (prompts trained with CE)"
 STREAM = 105
 
 
 def detect(ctx):
-  classifier = build.vlpt_classifier(ctx.config, ctx.split.class_names, **ctx.clip,
-                                     peft=PEFTConfig.from_dict(ctx.config.baselines.peft))
+  classifier = clf_lib.vlpt_classifier(ctx.clip, class_names=ctx.split.class_names, **ctx.where,
+                                   peft=PEFTConfig.from_dict(ctx.config.baselines.peft),
+                                   layout=PromptLayout.from_config(ctx.config.detect))
   tr, state = _common.train(ctx, classifier)
   return _common.from_predictions(_common.predict(ctx, tr, state), ctx.split.labels,
                                   **_common.test_accuracy(ctx, tr, state))

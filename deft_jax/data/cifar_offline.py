@@ -152,14 +152,12 @@ def load_demo(*, label_set: str = "worse_label", train_indices="", test_size: in
   }
 
 
-@sources.register("demo", generic=False)
-def _demo(cfg) -> dict[str, LabeledSplit]:
+def demo_source(cfg) -> dict[str, LabeledSplit]:
   return load_demo(label_set=cfg.label_set or "worse_label", train_indices=cfg.train_indices,
                    test_size=cfg.test_size)
 
 
-@sources.register("cifar10n_offline", generic=False)
-def _cifar10n_offline(cfg) -> dict[str, LabeledSplit]:
+def cifar10n_offline_source(cfg) -> dict[str, LabeledSplit]:
   return load_cifar10n_offline(sources.need_root(cfg), label_set=cfg.label_set or "worse_label",
                                train_indices=cfg.train_indices, pretrain_indices=cfg.pretrain_indices,
                                test_size=cfg.test_size)

@@ -12,8 +12,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from deft_jax.data import (cifar_offline, corrections, folders, noise, sampling, sources,  # noqa: F401 (registering)
-                           tfds_sources)
+from deft_jax.data import cifar_offline, corrections, folders, noise, sampling, sources
 from deft_jax.data.config import default_data_config
 from deft_jax.data.splits import LabeledSplit, drop_corrupt
 from deft_jax.data.errors import ClassNamesError, DataError

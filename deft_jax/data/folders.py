@@ -359,32 +359,27 @@ def load_webvision(root: str, *, subset: str = "google",
           "test": build(["info/val_filelist.txt"], val_dir, "test")}
 
 
-# ------------------------------------------------------------------------------------ data.source names
+# ---------------------------------------------------------------- data.source loaders (data/sources.py SOURCES)
 
-@sources.register("image_folder")
-def _image_folder(cfg) -> dict[str, LabeledSplit]:
+def image_folder_source(cfg) -> dict[str, LabeledSplit]:
   return load_image_folder(sources.need_root(cfg),
                            class_names=load_class_names(cfg.class_names, cfg.class_names_file))
 
 
-@sources.register("csv")
-def _csv(cfg) -> dict[str, LabeledSplit]:
+def csv_source(cfg) -> dict[str, LabeledSplit]:
   return load_csv(cfg.train_file, test_file=cfg.test_file, class_names=cfg.class_names,
                   class_names_file=cfg.class_names_file, root=cfg.root)
 
 
-@sources.register("tiny_imagenet")
-def _tiny_imagenet(cfg) -> dict[str, LabeledSplit]:
+def tiny_imagenet_source(cfg) -> dict[str, LabeledSplit]:
   return load_tiny_imagenet(sources.need_root(cfg))
 
 
-@sources.register("clothing1m")
-def _clothing1m(cfg) -> dict[str, LabeledSplit]:
+def clothing1m_source(cfg) -> dict[str, LabeledSplit]:
   return load_clothing1m(sources.need_root(cfg))
 
 
-@sources.register("webvision")
-def _webvision(cfg) -> dict[str, LabeledSplit]:
+def webvision_source(cfg) -> dict[str, LabeledSplit]:
   """WebVision's first num_classes (50) classes; with data.imagenet_val, ImageNet val of them as "test2"."""
   from deft_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
 

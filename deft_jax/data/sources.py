@@ -1,14 +1,16 @@
 """The registry of data sources: ``data.source`` names one, and its loader turns the data config into splits.
 
-Adding a dataset layout is a loader beside the others (folders.py for folder layouts) registered with
-``@register("name")``, and a config file that sets ``data.source = "name"``:
+:data:`SOURCES` is the registry (deft_jax/registry.py): a name -> the import path of its loader, loaded when a
+run reads that source. Adding a dataset layout is a loader beside the others (folders.py for folder layouts),
+its line in :data:`SOURCES`, and a config file that sets ``data.source = "name"``:
 
-  @sources.register("my_layout")
-  def _my_layout(cfg):                      # cfg: the data ConfigDict (deft_jax/data/config.py)
+  def my_layout_source(cfg):                # cfg: the data ConfigDict (deft_jax/data/config.py)
     return {"train": ..., "test": ...}      # LabeledSplits
 
+  "my_layout": Source("deft_jax.data.folders:my_layout_source"),
+
 ``generic=True`` (the default) lets datasets.get_dataset apply ``data.train_indices`` and ``data.test_size``
-after loading; sources that subset while loading (the CIFAR-10N ones) register with ``generic=False``.
+after loading; sources that subset while loading (the CIFAR-10N ones) have ``generic=False``.
 "TFDS:<name>" sources are one loader for every TFDS dataset (tfds_sources.py).
 """
 
@@ -17,28 +19,32 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from deft_jax import registry
 from deft_jax.data.errors import DataError, UnknownSourceError
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  name: str
-  load: Callable
+  loader: str  # "module:function" of ``(data config) -> {"train": LabeledSplit, "test": ...}``
   generic: bool = True
 
+  @property
+  def load(self) -> Callable:
+    return registry.load(self.loader)
 
-SOURCES: dict[str, Source] = {}
+
 TFDS_PREFIX = "tfds:"
 PAPER_TFDS = ("cifar100", "caltech_birds2011", "cars196", "cifar10_n", "cifar100_n", "imagenet2012")
-
-
-def register(name: str, *, generic: bool = True):
-  def deco(fn):
-    if name in SOURCES:
-      raise ValueError(f"data source {name!r} is registered twice")
-    SOURCES[name] = Source(name, fn, generic)
-    return fn
-  return deco
+SOURCES = {
+    "image_folder": Source("deft_jax.data.folders:image_folder_source"),
+    "csv": Source("deft_jax.data.folders:csv_source"),
+    "tiny_imagenet": Source("deft_jax.data.folders:tiny_imagenet_source"),
+    "clothing1m": Source("deft_jax.data.folders:clothing1m_source"),
+    "webvision": Source("deft_jax.data.folders:webvision_source"),
+    "demo": Source("deft_jax.data.cifar_offline:demo_source", generic=False),
+    "cifar10n_offline": Source("deft_jax.data.cifar_offline:cifar10n_offline_source", generic=False),
+    TFDS_PREFIX: Source("deft_jax.data.tfds_sources:tfds_source"),
+}
 
 
 def known() -> list[str]:

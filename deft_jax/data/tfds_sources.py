@@ -296,8 +296,7 @@ def _check_cub_names(labels, label_names):
                             f"{raw!r}, which is class {i} in deft_jax's CUB list")
 
 
-@sources.register(sources.TFDS_PREFIX)
-def _from_config(cfg) -> dict[str, LabeledSplit]:
+def tfds_source(cfg) -> dict[str, LabeledSplit]:
   """data.source = "tfds:<name>": its train and test splits (ImageNet's test split is "validation")."""
   name = cfg.source[len(sources.TFDS_PREFIX):]
   base = name.split(":")[0]

@@ -12,49 +12,45 @@ import jax
 import jax.numpy as jnp
 
 from deft_jax import config_lib, optim, parallel, train_state
-from deft_jax.detect import prompts as prompts_lib
-from deft_jax.detect import step as step_lib
-from deft_jax.models import build
+from deft_jax.classify.classifier import prompt_rules
+from deft_jax.classify.run_clip import RunCLIP
+from deft_jax.detect import step as detect_step
 from deft_jax.models import clip as clip_lib
-from deft_jax.models.peft import PEFTConfig, trainable_patterns
-from deft_jax.models.tokenizer import Tokenizer
+from deft_jax.models import prompts as prompts_lib
+from deft_jax.models.peft import PEFTConfig
 from deft_jax.errors import ConfigError
 
 
 def default_rules(peft: PEFTConfig) -> list[tuple[str, Any]]:
   """Prompts and PEFT parameters train at the base lr; every pretrained weight is frozen."""
-  rules = [(r"prompts/(pos|neg)_ctx", 1.0)]
-  rules += [(f"clip/{p}", 1.0) for p in trainable_patterns(peft)]
-  rules.append((r"clip/.*", None))
-  return rules
+  return prompt_rules(r"prompts/(pos|neg)_ctx", peft)
 
 
 class Detector:
   """Everything static about one detection run: model, prompt layout, optimiser, jitted functions."""
 
-  def __init__(self, config, *, class_names, num_examples: int, mesh, checkpoint: Optional[str],
-               steps_per_epoch: int):
+  def __init__(self, config, *, class_names, num_examples: int, mesh, checkpoint: Optional[str] = None,
+               steps_per_epoch: int, clip: Optional[RunCLIP] = None):
+    """``clip``: the run's CLIP (run.py builds it once); without it, the one of ``config`` and ``checkpoint``."""
     d = config.detect
     self.config, self.mesh = config, mesh
+    self.clip = clip or RunCLIP(config, checkpoint)
     self.peft = PEFTConfig.from_dict(d.peft)
-    self.model = build.build_clip(config.model, self.peft, checkpoint)
-    self.checkpoint = checkpoint
-    self.tokenizer = Tokenizer.for_checkpoint(checkpoint, context_length=self.model.config.text.context_length)
-    self.template = prompts_lib.build_template(class_names, self.tokenizer, n_ctx=d.n_ctx, ctx_init=d.ctx_init,
-                                               position=d.class_token_position,
-                                               ctx_init_pad=bool(d.get("ctx_init_pad", False)))
+    self.model = self.clip.model(self.peft)
+    self.layout = prompts_lib.PromptLayout.from_config(d)
+    self.template = self.layout.template(class_names, self.clip.tokenizer)
     self.num_examples = num_examples
     self.steps_per_epoch = steps_per_epoch
     self.total_steps = d.epochs * steps_per_epoch
     self.recipe = recipe = config_lib.phase1_recipe(config)  # detect.recipe with the fields that override it
     warm = int(recipe["warmup_epochs"])
     pseudo = recipe["pseudo_labels_from_epoch"]
-    self.settings = step_lib.DetectSettings(
+    self.settings = detect_step.DetectSettings(
         steps_per_epoch=steps_per_epoch, warmup_epochs=warm,
         pseudo_label_start_epoch=warm if pseudo is None else _first_epoch_index(pseudo),
         strict=bool(recipe["strict_selection"]),
-        warmup_loss=recipe["warmup_loss"], text_chunk=int(d.text_chunk),
-        text_prefix_sharing=bool(d.get("text_prefix_sharing", True)))
+        warmup_loss=recipe["warmup_loss"], text_chunk=self.layout.text_chunk,
+        text_prefix_sharing=self.layout.share_prefix)
     self.rules = [tuple(r) for r in d.trainable] if d.trainable else default_rules(self.peft)
     self.sharding_rules = [tuple(r) for r in config.sharding_rules]
     self.tx, self.schedules = optim.make_optimizer(
@@ -67,8 +63,8 @@ class Detector:
   def _init_params(self, k_model, k_prompts) -> dict:
     clip_params = clip_lib.init_params(self.model, k_model)
     prompts = prompts_lib.init_prompts(k_prompts, self.template, self.model.config.text.width,
-                                       class_specific=bool(self.config.detect.class_specific),
-                                       token_embedding=_token_embedding(clip_params))
+                                       class_specific=self.layout.class_specific,
+                                       token_embedding=prompts_lib.token_embedding(clip_params))
     return {"clip": clip_params, "prompts": prompts}
 
   def _abstract_params(self):
@@ -79,23 +75,19 @@ class Detector:
     params = self._init_params(k_model, k_prompts)
     return {"step": jnp.int32(0), "rng": jax.random.key_data(k_train), "params": params,
             "opt_state": self.tx.init(params),
-            "online": step_lib.init_online(self.num_examples, self.config.detect.epochs)}
+            "online": detect_step.init_online(self.num_examples, self.config.detect.epochs)}
 
   def _load(self, state) -> dict:
-    clip = build.load_clip_weights(self.model, state["params"]["clip"], self.checkpoint)
-    prompts = state["params"]["prompts"]
-    if self.template.init_ids is not None:  # ctx_init: the contexts start from the pretrained word embeddings
-      prompts = prompts_lib.init_prompts(jax.random.key(0), self.template, self.model.config.text.width,
-                                         class_specific=bool(self.config.detect.class_specific),
-                                         token_embedding=_token_embedding(clip))
-    return {**state, "params": {"clip": clip, "prompts": prompts}}
+    clip = self.clip.load(self.model, state["params"]["clip"])
+    words = prompts_lib.words_init(jax.random.key(0), self.template, clip, class_specific=self.layout.class_specific)
+    return {**state, "params": {"clip": clip, "prompts": state["params"]["prompts"] if words is None else words}}
 
   def init_state(self, rng, checkpointer=None) -> dict:
     """The train state: restored from ``checkpointer`` when it holds one, else born sharded, then the
     pretrained CLIP merged in (deft_jax/train_state.py)."""
     state, _ = train_state.create(self._init, rng, mesh=self.mesh, sharding_rules=self.sharding_rules,
                                   checkpointer=checkpointer, load=self._load,
-                                  loaded=build.pretrained_leaves("params/clip", self.checkpoint))
+                                  loaded=self.clip.pretrained_leaves("params/clip"))
     return state
 
   def state_shardings(self, state):
@@ -104,13 +96,13 @@ class Detector:
   # ------------------------------------------------------------------------------------------- functions
   def jit_train_step(self, state):
     lr_fn = next(iter(self.schedules.values()), None)
-    fn = step_lib.make_train_step(self.model, self.template, self.tx, self.mask, self.settings, lr_fn)
+    fn = detect_step.make_train_step(self.model, self.template, self.tx, self.mask, self.settings, lr_fn)
     return train_state.jit_step(fn, self.state_shardings(state), self.mesh)
 
   def jit_score(self, params, *, with_embedding: bool = False):
     """One batch's detector outputs, text features included (replicated); a pass over a split uses
     :meth:`jit_text_features` once and :meth:`jit_score_images` per batch instead."""
-    fn = lambda p, b: step_lib.score_batch(self.model, p, b, self.template,  # noqa: E731
+    fn = lambda p, b: detect_step.score_batch(self.model, p, b, self.template,  # noqa: E731
                                            strict=self.settings.strict, text_chunk=self.settings.text_chunk,
                                            text_prefix_sharing=self.settings.text_prefix_sharing,
                                            with_embedding=with_embedding)
@@ -124,18 +116,18 @@ class Detector:
                                              share_prefix=self.settings.text_prefix_sharing)
     return jax.jit(fn, in_shardings=(self.state_shardings(params),), out_shardings=parallel.replicated(self.mesh))
 
-  def jit_score_images(self, params, outputs: step_lib.ScoreOutputs):
+  def jit_score_images(self, params, outputs: detect_step.ScoreOutputs):
     """``(params, text, batch) -> outputs``: the per-example scalars replicated (every process keeps them all),
     the [B, ...] arrays of ``outputs`` split over the devices like the batch, so that no device holds another's
     rows and each process reads back only the rows it fed."""
     def fn(p, t, b):
-      out = step_lib.score_images(self.model, p, t, b, strict=self.settings.strict, outputs=outputs)
+      out = detect_step.score_images(self.model, p, t, b, strict=self.settings.strict, outputs=outputs)
       return {**out, "local_index": b["index"], "local_valid": b["mask"]}
 
     shapes = jax.eval_shape(fn, params, jax.eval_shape(self.jit_text_features(params), params),
                             _abstract_batch(self.model.config.vision.image_size))
     rows, rep = parallel.batch_sharding(self.mesh), parallel.replicated(self.mesh)
-    out_shardings = {k: rows if k in step_lib.ROW_ARRAYS or k.startswith("local_") else rep for k in shapes}
+    out_shardings = {k: rows if k in detect_step.ROW_ARRAYS or k.startswith("local_") else rep for k in shapes}
     return jax.jit(fn, in_shardings=(self.state_shardings(params), rep, rows), out_shardings=out_shardings)
 
 
@@ -150,7 +142,3 @@ def _first_epoch_index(epoch: int) -> int:
   if int(epoch) < 1:
     raise ConfigError(f"detect.pseudo_labels_from_epoch counts epochs from 1 (got {epoch})")
   return int(epoch) - 1
-
-
-def _token_embedding(clip_params):
-  return clip_params["text_model"]["embeddings"]["token_embedding"]["embedding"]

@@ -18,29 +18,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from deft_jax.classify.losses import cross_entropy, masked_mean, symmetric_cross_entropy
+
 P_MIN = 1e-5  # probabilities are clamped to [1e-5, 1] before the log
-RCE_LOG_ZERO = -4.0 * jnp.log(10.0)  # log(0) clipped to log(1e-4) in the reverse cross-entropy
-
-
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-  mask = mask.astype(x.dtype)
-  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example cross-entropy [B]."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-
-
-def log_prob_of_label(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """log softmax(logits)[label] [B], written as -softplus(logsumexp_{k != y}(z_k - z_y)) so that it does not
-  round to 0 where the label is confidently right (log_softmax does, once p_y > 1 - 6e-8 in float32): a
-  ranking score free of ties among confident examples."""
-  z = logits.astype(jnp.float32)
-  rel = z - jnp.take_along_axis(z, labels[:, None], axis=-1)
-  others = jnp.where(jax.nn.one_hot(labels, z.shape[-1], dtype=bool), -jnp.inf, rel)
-  return -jax.nn.softplus(jax.nn.logsumexp(others, axis=-1))
 
 
 def strict_margin(s_pos: jax.Array, s_neg: jax.Array, labels: jax.Array) -> jax.Array:
@@ -51,17 +31,6 @@ def strict_margin(s_pos: jax.Array, s_neg: jax.Array, labels: jax.Array) -> jax.
   m_y = jnp.take_along_axis(m, labels[:, None], axis=-1)[:, 0]
   others = jnp.where(jax.nn.one_hot(labels, m.shape[-1], dtype=bool), -jnp.inf, m)
   return jnp.minimum(m_y, m_y - jnp.max(others, axis=-1))
-
-
-def reverse_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """RCE = -sum_k p_k log(onehot_k) with log(0) clipped to log(1e-4): equals -log(1e-4) * (1 - p_y)."""
-  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  p_y = jnp.take_along_axis(p, labels[:, None], axis=-1)[:, 0]
-  return -RCE_LOG_ZERO * (1.0 - p_y)
-
-
-def symmetric_cross_entropy(logits, labels, alpha: float = 1.0, beta: float = 1.0) -> jax.Array:
-  return alpha * cross_entropy(logits, labels) + beta * reverse_cross_entropy(logits, labels)
 
 
 def p_yes(s_pos: jax.Array, s_neg: jax.Array) -> jax.Array:

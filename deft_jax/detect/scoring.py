@@ -25,7 +25,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from deft_jax import parallel
-from deft_jax.detect import step as step_lib
+from deft_jax.detect import step as detect_step
 
 SCALARS = ("p_clean", "is_clean", "suggested", "margin", "label_prob", "log_p_label", "strict_margin")
 MERGE_BLOCK_ROWS = 65536
@@ -173,7 +173,7 @@ def score_batches(fn, params, text, batches: Iterable[dict], mesh, num_examples:
   files = RowFiles(directory, num_examples)
 
   def drain(out):
-    host = jax.device_get({k: v for k, v in out.items() if k not in step_lib.ROW_ARRAYS and k not in LOCAL})
+    host = jax.device_get({k: v for k, v in out.items() if k not in detect_step.ROW_ARRAYS and k not in LOCAL})
     valid = np.asarray(host.pop("valid"), bool)
     index = np.asarray(host.pop("index"))[valid]
     np.add.at(counts, index, 1)
@@ -181,7 +181,7 @@ def score_batches(fn, params, text, batches: Iterable[dict], mesh, num_examples:
       if k not in scalars:
         scalars[k] = np.zeros((num_examples,) + np.shape(v)[1:], np.asarray(v).dtype)
       scalars[k][index] = np.asarray(v)[valid]
-    rows = {k: v for k, v in out.items() if k in step_lib.ROW_ARRAYS}
+    rows = {k: v for k, v in out.items() if k in detect_step.ROW_ARRAYS}
     if rows:
       local_valid = local_rows(out["local_valid"])
       local_index = local_rows(out["local_index"])[local_valid]

@@ -14,11 +14,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deft_jax import optim
+from deft_jax.classify.losses import log_prob_of_label
 from deft_jax.detect import losses
-from deft_jax.detect.prompts import PromptTemplate, text_features
+from deft_jax.models.prompts import PromptTemplate, text_features
 from deft_jax.models import clip as clip_lib
 
 ONLINE_FIELDS = {"p_clean": jnp.float32, "selected": jnp.bool_, "suggested": jnp.int32, "margin": jnp.float32}
@@ -35,7 +35,7 @@ class DetectSettings:
   strict: bool = False
   warmup_loss: str = "ce"
   text_chunk: int = 0
-  # The prompts' shared prefix once per context, then the class suffixes (exact; see detect/prompts.py).
+  # The prompts' shared prefix once per context, then the class suffixes (exact; see models/prompts.py).
   text_prefix_sharing: bool = True
 
 
@@ -152,7 +152,7 @@ def score_batch(model, params, batch, template: PromptTemplate, *, strict: bool 
 
 def score_images(model, params, text, batch, *, strict: bool = False, outputs: ScoreOutputs = ScoreOutputs()
                  ) -> dict:
-  """:func:`score_batch` against prompt features ``text = (pos, neg)`` computed beforehand (detect/prompts.py
+  """:func:`score_batch` against prompt features ``text = (pos, neg)`` computed beforehand (models/prompts.py
   ``text_features``), with the arrays ``outputs`` asks for."""
   s_pos, s_neg, img = image_logits(model, params, batch["image"], text, return_features=True)
   py = losses.p_yes(s_pos, s_neg)
@@ -166,7 +166,7 @@ def score_images(model, params, text, batch, *, strict: bool = False, outputs: S
       "index": batch["index"], "valid": batch["mask"],
   }
   # The rankings other than the margin (detect.ranking), as per-example scalars of the logits.
-  out["log_p_label"] = losses.log_prob_of_label(s_pos, batch["label"])
+  out["log_p_label"] = log_prob_of_label(s_pos, batch["label"])
   out["strict_margin"] = losses.strict_margin(s_pos, s_neg, batch["label"])
   if outputs.embedding:
     out["embedding"] = img
@@ -177,23 +177,4 @@ def score_images(model, params, text, batch, *, strict: bool = False, outputs: S
     out["pred_probs_topk"], out["pred_probs_topk_classes"] = top, classes.astype(jnp.int32)
   elif outputs.pred_probs != "none":
     raise ValueError(f"pred_probs must be one of {PRED_PROBS_MODES}, got {outputs.pred_probs!r}")
-  return out
-
-
-def gather_by_index(chunks: list[dict], num_examples: int) -> dict[str, np.ndarray]:
-  """Concatenates per-batch outputs and orders them by example index; each index must appear exactly once."""
-  host = jax.device_get(chunks)
-  valid = np.concatenate([c["valid"] for c in host])
-  index = np.concatenate([c["index"] for c in host])[valid]
-  counts = np.bincount(index, minlength=num_examples)
-  if len(counts) != num_examples or (counts != 1).any():
-    missing, dup = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
-    raise RuntimeError(f"scoring pass covered the dataset incorrectly: {len(missing)} example(s) missing "
-                       f"(e.g. {missing[:5].tolist()}), {len(dup)} seen more than once (e.g. {dup[:5].tolist()})")
-  order = np.argsort(index)
-  out = {}
-  for k in host[0]:
-    if k in ("valid", "index"):
-      continue
-    out[k] = np.concatenate([c[k] for c in host])[valid][order]
   return out

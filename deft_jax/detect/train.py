@@ -23,35 +23,23 @@ import numpy as np
 from deft_jax import loop, parallel, stages
 from deft_jax.checkpoint import StageCheckpointer, load_npz, save_npz
 from deft_jax.data import pipeline
-from deft_jax.data.config import image_spec
 from deft_jax.detect import detector as detector_lib
 from deft_jax.detect import scoring
-from deft_jax.detect import step as step_lib
-from deft_jax.errors import ConfigError, DivergedError
+from deft_jax.detect import step as detect_step
+from deft_jax.errors import ConfigError
 from deft_jax.report import metrics as report_metrics
+from deft_jax.report.inputs import check_finite_outputs
 from deft_jax.tree import flatten, unflatten
 
 OUTPUT_FILE = "detection.npz"
 LEARNED_PARAMS_FILE = "learned_params.npz"
 
 
-def check_finite_outputs(result: dict, stage: str) -> None:
-  """Raises DivergedError when any per-example score is NaN or infinite (a model whose parameters are finite
-  can still overflow), before anything is written from it."""
-  for k, v in result.items():
-    v = np.asarray(v)
-    if k.endswith(("p_clean", "label_score", "score")) and not np.isfinite(v).all():
-      raise DivergedError(
-          f"[{stage}] {int((~np.isfinite(v)).sum())} of {v.size} values of {k!r} are not finite (NaN or inf): training "
-          f"diverged, so no clean mask or report is written. Lower the learning rate ({stage}.schedule.lr) "
-          "or set grad_clip_norm, and start again in a new --workdir.")
-
-
 # detect.ranking: the report's ``score``. "margin" (s+_y - s-_y, whose sign is the loose rule's mask),
 # "label_probability" (log softmax of s+ at the given label), "strict_margin" (min(m_y, m_y - max_{k != y} m_k),
 # m = s+ - s-: positive exactly where the strict rule selects). The last two come from the scoring pass.
 RANKINGS = ("margin", "label_probability", "strict_margin")
-PRED_PROBS = ("auto",) + step_lib.PRED_PROBS_MODES
+PRED_PROBS = ("auto",) + detect_step.PRED_PROBS_MODES
 
 
 def label_probability(pred_probs, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +93,7 @@ def score_split(detector: detector_lib.Detector, params, split, *, batch_size: i
   ``batches``: host-local batches to score instead of the split's eval pipeline (a synthetic reader)."""
   if pred_probs is None:
     pred_probs = "full" if with_embedding else "none"
-  outputs = step_lib.ScoreOutputs(embedding=with_embedding, pred_probs=pred_probs, topk=int(topk))
+  outputs = detect_step.ScoreOutputs(embedding=with_embedding, pred_probs=pred_probs, topk=int(topk))
   text = detector.jit_text_features(params)(params)  # once: the prompts are fixed during the pass
   fn = detector.jit_score_images(params, outputs)
   if batches is None:
@@ -137,8 +125,10 @@ def pred_probs_mode(config, num_examples: int, num_classes: int) -> str:
   return "full" if 4.0 * num_examples * num_classes <= limit else "topk"
 
 
-def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: Optional[str]) -> dict:
-  """Trains the detector (resuming if possible) and returns the detection outputs over the train split."""
+def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: Optional[str] = None,
+        clip=None) -> dict:
+  """Trains the detector (resuming if possible) and returns the detection outputs over the train split.
+  ``clip``: the run's CLIP (classify.run_clip.RunCLIP); without it, the one of ``config`` and ``checkpoint``."""
   out = outputs(workdir)
   out_file = out["detection"]
   if out_file.exists():
@@ -152,8 +142,8 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
     raise ConfigError(f"detect.ranking={ranking!r} reads the scoring pass's logits: set detect.scoring_pass=True")
   spe = pipeline.steps_per_epoch(train_split, d.batch_size)
   det = detector_lib.Detector(config, class_names=train_split.class_names, num_examples=train_split.num_examples,
-                              mesh=mesh, checkpoint=checkpoint, steps_per_epoch=spe)
-  data_kw = image_spec(config.data, det.model.config.vision.image_size).pipeline_kw()
+                              mesh=mesh, checkpoint=checkpoint, steps_per_epoch=spe, clip=clip)
+  data_kw = det.clip.inputs.pipeline_kw()
   clean = train_split.clean_labels
 
   def batches(epoch, start):
@@ -186,7 +176,7 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
                          data_kw=data_kw, with_embedding=export, pred_probs=mode,
                          topk=int(config.report.get("pred_probs_topk", 5)), directory=out["dir"] if export else None)
     scored.pop("label_prob")  # its float32 value rounds to 1 for confident examples: the ranking reads log_p_label
-    for k in step_lib.ROW_ARRAYS:  # in out["dir"]'s .npy files, which the report copies
+    for k in detect_step.ROW_ARRAYS:  # in out["dir"]'s .npy files, which the report copies
       scored.pop(k, None)
     result.update({"pass_" + k: v for k, v in scored.items()})
   scale = float(np.exp(np.asarray(parallel.to_host(state["params"]["clip"]["logit_scale"]), np.float64)))

@@ -24,7 +24,7 @@ import numpy as np
 
 from deft_jax.models import peft as peft_lib
 from deft_jax.models.attention import CUDNN_SEQ_MULTIPLE, attention, padded_attention, prefix_attention  # noqa: F401
-from deft_jax.models.peft_layers import SSF, Adapter, LoRA, uniform_init  # noqa: F401
+from deft_jax.models.peft_layers import SSF, Adapter, LoRA, peft_dense, uniform_init  # noqa: F401
 from deft_jax.models.presets import CLIPConfig
 from deft_jax.errors import ConfigError
 
@@ -58,16 +58,6 @@ class BlockSpec:
   prompt_init_bound: float = 0.0
 
 
-def _dense(x, features: int, name: str, site: str, peft: peft_lib.BlockPEFT, dtype):
-  """A projection with the PEFT of its site: LoRA's low-rank residual and SSF's scale and shift."""
-  y = nn.Dense(features, dtype=dtype, name=name)(x)
-  if peft.ssf:  # the reference scales and shifts the projection, then adds LoRA's residual (CLIP.py)
-    y = SSF(dtype, name=peft_lib.ssf_name(site))(y)
-  if site in peft.lora_targets:
-    y = y + LoRA(features, peft.lora_rank, peft.lora_scale, dtype, name=peft_lib.lora_name(site))(x)
-  return y
-
-
 class _Part(nn.Module):
   """A sublayer of a transformer block (attention, MLP): its block's spec and PEFT."""
 
@@ -91,7 +81,7 @@ class Attention(_Part):
     hd = s.width // s.heads
 
     def proj(n, inputs):
-      return _dense(inputs, s.width, f"{n}_proj", n, p, s.dtype).reshape(*inputs.shape[:-1], s.heads, hd)
+      return peft_dense(inputs, s.width, f"{n}_proj", n, p, s.dtype).reshape(*inputs.shape[:-1], s.heads, hd)
 
     if self.mode == "kv":
       return proj("k", x), proj("v", x)
@@ -102,7 +92,7 @@ class Attention(_Part):
                            query_positions=None if pool is None else jnp.asarray(pool)[:, None])
     else:
       o = attention(q, k, v, causal=s.causal, implementation=s.attention)
-    out = _dense(o.reshape(*o.shape[:-2], s.width), s.width, "out_proj", "out", p, s.dtype)
+    out = peft_dense(o.reshape(*o.shape[:-2], s.width), s.width, "out_proj", "out", p, s.dtype)
     return (out, (k, v)) if self.mode == "prefix" else out
 
 
@@ -115,8 +105,8 @@ def _take_tokens(x, positions):
 class MLP(_Part):
   @nn.compact
   def __call__(self, x):
-    h = _activation(self.spec.act)(_dense(x, self.spec.mlp_dim, "fc1", "fc1", self.peft, self.spec.dtype))
-    return _dense(h, self.spec.width, "fc2", "fc2", self.peft, self.spec.dtype)
+    h = _activation(self.spec.act)(peft_dense(x, self.spec.mlp_dim, "fc1", "fc1", self.peft, self.spec.dtype))
+    return peft_dense(h, self.spec.width, "fc2", "fc2", self.peft, self.spec.dtype)
 
 
 BLOCK_MODES = ("full", "prefix", "kv", "suffix", "pool")
@@ -357,10 +347,6 @@ class CLIP(nn.Module):
     self.visual_projection = nn.Dense(c.embed_dim, use_bias=False, dtype=jnp.dtype(c.dtype))
     self.text_projection = nn.Dense(c.embed_dim, use_bias=False, dtype=jnp.dtype(c.dtype))
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(c.logit_scale_init), ())
-
-  def image_pooled(self, images):
-    """ln_post(CLS) before the projection: the feature a linear head reads in phase 2."""
-    return self.vision_model(images)
 
   def encode_image(self, images, *, return_pooled: bool = False):
     """Projected (unnormalised, float32) image features; optionally also the pooled feature."""

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from deft_jax.models import peft, presets, standins
+from deft_jax.models import peft as peft_lib, presets, standins
 from deft_jax.models.weights import CheckpointMismatchError, merge_params
 from deft_jax.tree import flatten
 from deft_jax.errors import ConfigError, MissingFileError
@@ -23,7 +23,7 @@ from deft_jax.errors import ConfigError, MissingFileError
 # Buffers that HF state dicts may carry and that are not parameters.
 IGNORED_KEYS = (r".*\.position_ids",)
 # Parameters that a pretrained CLIP never has: PEFT additions. (Prompt learners live outside the model.)
-PEFT_PATTERNS = tuple(f".*/{p}" for p in peft.PARAM_PATTERNS.values())
+PEFT_PATTERNS = tuple(f".*/{p}" for p in peft_lib.PARAM_PATTERNS.values())
 
 _HUB_FILES = ["*.safetensors", "*.json", "merges.txt", "vocab.json"]
 

@@ -145,9 +145,6 @@ class PEFTConfig:
         ssf=self.ssf,
     )
 
-  def num_prompt_tokens(self) -> int:
-    return 0 if self.vpt == "none" else self.vpt_tokens
-
 
 @dataclasses.dataclass(frozen=True)
 class BlockPEFT:

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deft_jax.models import peft as peft_lib
+
 
 def uniform_init(bound: float):
   def init(key, shape, dtype=jnp.float32):
@@ -77,3 +79,13 @@ class Adapter(nn.Module):
     y = nn.relu(y)
     y = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="up")(y)
     return h + y if self.residual else y
+
+
+def peft_dense(x, features: int, name: str, site: str, peft: peft_lib.BlockPEFT, dtype):
+  """A projection with the PEFT of its site: LoRA's low-rank residual and SSF's scale and shift."""
+  y = nn.Dense(features, dtype=dtype, name=name)(x)
+  if peft.ssf:  # the reference scales and shifts the projection, then adds LoRA's residual (CLIP.py)
+    y = SSF(dtype, name=peft_lib.ssf_name(site))(y)
+  if site in peft.lora_targets:
+    y = y + LoRA(features, peft.lora_rank, peft.lora_scale, dtype, name=peft_lib.lora_name(site))(x)
+  return y

@@ -2,7 +2,7 @@
 them together (faults.py: preemption, one process failing)."""
 
 from deft_jax.parallel.mesh import (  # noqa: F401
-    addressable, batch_sharding, make_mesh, replicated, shard_batch, shardings_for, to_host,
+    addressable, batch_sharding, gather_by_index, make_mesh, replicated, shard_batch, shardings_for, to_host,
 )
 from deft_jax.parallel.multihost import (  # noqa: F401
     DistributedInitError, WorkdirNotSharedError, distributed_init_if_needed, distributed_settings,

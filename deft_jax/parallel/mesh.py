@@ -112,3 +112,22 @@ def to_host(tree):
   """NumPy copies of the arrays of ``tree``, whole on every process however they are sharded (see
   :func:`addressable`)."""
   return jax.device_get(addressable(tree))
+
+
+def gather_by_index(chunks: list[dict], num_examples: int) -> dict[str, np.ndarray]:
+  """Concatenates per-batch outputs and orders them by example index; each index must appear exactly once."""
+  host = jax.device_get(chunks)
+  valid = np.concatenate([c["valid"] for c in host])
+  index = np.concatenate([c["index"] for c in host])[valid]
+  counts = np.bincount(index, minlength=num_examples)
+  if len(counts) != num_examples or (counts != 1).any():
+    missing, dup = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
+    raise RuntimeError(f"scoring pass covered the dataset incorrectly: {len(missing)} example(s) missing "
+                       f"(e.g. {missing[:5].tolist()}), {len(dup)} seen more than once (e.g. {dup[:5].tolist()})")
+  order = np.argsort(index)
+  out = {}
+  for k in host[0]:
+    if k in ("valid", "index"):
+      continue
+    out[k] = np.concatenate([c[k] for c in host])[valid][order]
+  return out

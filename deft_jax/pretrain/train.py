@@ -126,16 +126,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   if (final / "model.safetensors").exists():
     logging.info("[pretrain] complete: reusing %s", final)
     return final
-  if p.split not in splits:
-    raise ConfigError(
-        f"pretrain.split={p.split!r} is not a split of this dataset (it has {sorted(splits)}). Give a clean "
-        "pretraining set with data.pretrain_root=<folder of class subfolders> or data.pretrain_file=<csv of "
-        "path,label> (the same class names), or set pretrain.split=train to pretrain on the labels being audited "
-        "(noisy: the CLIP then learns their errors).")
-  split, test = splits[p.split], splits.get("test")
-  if p.split == "train":
-    logging.warning("[pretrain] pretraining on the train split's own labels, the ones this run audits: the CLIP "
-                    "learns their errors (data.pretrain_root / data.pretrain_file name a clean set instead)")
+  split, test = _pretrain_split(p, splits), splits.get("test")
   cfg = presets.get_preset(p.preset, dtype=config.model.dtype)
   model = clip_lib.CLIP(cfg)
   tokenizer = Tokenizer(context_length=cfg.text.context_length)
@@ -165,10 +156,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
     evaluate = ZeroShotEval(model, test, tokenizer, mesh=mesh, batch_size=p.batch_size, data_kw=data_kw,
                             template_sets={"ensemble": zeroshot.TEMPLATES, "single": (zeroshot.ZERO_SHOT_TEMPLATE,)})
 
-  snapshots = {int(e) for e in (p.get("snapshot_epochs") or ())}
-  bad = sorted(e for e in snapshots if not 1 <= e <= p.epochs)
-  if bad:
-    raise ConfigError(f"pretrain.snapshot_epochs {bad} lie outside the {p.epochs} pretraining epochs")
+  snapshots = _snapshot_epochs(p)
 
   def on_epoch_end(st, epoch):
     # The last epoch is evaluated once, after the loop; 0 = no periodic evaluation.
@@ -208,6 +196,28 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
       "zero_shot_accuracy_ensemble": accs.get("ensemble"),
       "zero_shot_accuracy_single_template": accs.get("single"), "steps": int(state["step"])})
   return final
+
+
+def _pretrain_split(p, splits):
+  """The split ``pretrain.split`` names (pretraining on the audited labels themselves is warned about)."""
+  if p.split not in splits:
+    raise ConfigError(
+        f"pretrain.split={p.split!r} is not a split of this dataset (it has {sorted(splits)}). Give a clean "
+        "pretraining set with data.pretrain_root=<folder of class subfolders> or data.pretrain_file=<csv of "
+        "path,label> (the same class names), or set pretrain.split=train to pretrain on the labels being audited "
+        "(noisy: the CLIP then learns their errors).")
+  if p.split == "train":
+    logging.warning("[pretrain] pretraining on the train split's own labels, the ones this run audits: the CLIP "
+                    "learns their errors (data.pretrain_root / data.pretrain_file name a clean set instead)")
+  return splits[p.split]
+
+
+def _snapshot_epochs(p) -> set:
+  snapshots = {int(e) for e in (p.get("snapshot_epochs") or ())}
+  bad = sorted(e for e in snapshots if not 1 <= e <= p.epochs)
+  if bad:
+    raise ConfigError(f"pretrain.snapshot_epochs {bad} lie outside the {p.epochs} pretraining epochs")
+  return snapshots
 
 
 def _export(directory: Path, params, cfg, info: dict) -> None:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from deft_jax.errors import DeftError
+from deft_jax.errors import DeftError, DivergedError
 from deft_jax.report.metrics import as_vector, check_label_range
 
 
@@ -151,3 +151,15 @@ def check_inputs(detection: Mapping[str, np.ndarray], *, given, class_names: Seq
       score=score.astype(np.float64), is_clean=is_clean.copy(), suggested=suggested,
       margin=margin.astype(np.float32), given=given_arr, clean_labels=clean_labels,
       class_names=class_names, ids=ids)
+
+
+def check_finite_outputs(result: dict, stage: str) -> None:
+  """Raises DivergedError when any per-example score is NaN or infinite (a model whose parameters are finite
+  can still overflow), before anything is written from it."""
+  for k, v in result.items():
+    v = np.asarray(v)
+    if k.endswith(("p_clean", "label_score", "score")) and not np.isfinite(v).all():
+      raise DivergedError(
+          f"[{stage}] {int((~np.isfinite(v)).sum())} of {v.size} values of {k!r} are not finite (NaN or inf): training "
+          f"diverged, so no clean mask or report is written. Lower the learning rate ({stage}.schedule.lr) "
+          "or set grad_clip_norm, and start again in a new --workdir.")

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from deft_jax.report import metrics
+from deft_jax.report import metrics as report_metrics
 from deft_jax.report.inputs import ReportInputError, ReportInputs, check_inputs
 
 _RATE_KEYS = ("precision", "recall", "f1", "true_noise_rate")
@@ -54,8 +54,8 @@ def summary_from_inputs(
 ) -> dict:
   """:func:`build_summary` for already validated inputs."""
   c = inputs.num_classes
-  overall = metrics.detection_metrics(inputs.is_clean, inputs.given, inputs.clean_labels)
-  per = metrics.per_class_detection_metrics(inputs.is_clean, inputs.given, c, inputs.clean_labels)
+  overall = report_metrics.detection_metrics(inputs.is_clean, inputs.given, inputs.clean_labels)
+  per = report_metrics.per_class_detection_metrics(inputs.is_clean, inputs.given, c, inputs.clean_labels)
   summary: dict[str, Any] = {
       "method": method_name,
       "num_examples": inputs.num_examples,
@@ -70,7 +70,7 @@ def summary_from_inputs(
     summary["detection"] = {
         "num_known": overall["known"],
         **{k: overall[k] for k in _RATE_KEYS},
-        "auroc": metrics.auroc(inputs.score, inputs.truly_clean, mask=known),
+        "auroc": report_metrics.auroc(inputs.score, inputs.truly_clean, mask=known),
     }
   per_class = []
   for k in range(c):

@@ -22,7 +22,7 @@ import pandas as pd
 from etils import epath
 
 from deft_jax.errors import MissingFileError, writing
-from deft_jax.report import plots, review
+from deft_jax.report import plots, review as review_lib
 from deft_jax.report.inputs import ReportInputError, check_inputs
 from deft_jax.report.summary import format_health_summary, summary_from_inputs, to_jsonable
 from deft_jax.report.table import clean_mask_from_table, table_from_inputs
@@ -85,7 +85,7 @@ def _write_contents(out: epath.Path, table: pd.DataFrame, clean_mask: np.ndarray
   if suspects is not None:
     _save_figure(suspects, out / SUSPECTS_FILE)
   if review_top_k:
-    (out / review.FILE).write_text(review.page_html(table, image_fn=image_fn, class_names=class_names,
+    (out / review_lib.FILE).write_text(review_lib.page_html(table, image_fn=image_fn, class_names=class_names,
                                                     top_k=review_top_k))
 
 
@@ -123,12 +123,12 @@ def write_report(
     image_fn: plots.ImageFn | None = None,
     num_suspects: int = 24,
     arrays: Mapping[str, Any] | None = None,
-    review_top_k: int | None = review.DEFAULT_TOP_K,
+    review_top_k: int | None = review_lib.DEFAULT_TOP_K,
     class_names: Sequence[str] | None = None,
 ) -> epath.Path:
   """Writes ``label_issues.csv``, ``clean_mask.npy``, ``summary.json``, ``summary.txt``,
   ``p_clean_hist.png``, ``class_noise.png``, (with ``image_fn``) ``suspects.png`` and (unless
-  ``review_top_k`` is None) ``review.html`` into ``report_dir``, replacing a previous report only once the
+  ``review_top_k`` is None) ``review_lib.html`` into ``report_dir``, replacing a previous report only once the
   new one is complete.
 
   Args:
@@ -141,7 +141,7 @@ def write_report(
     arrays: optional ``{file name: [N, ...] array, or the path of an .npy file}`` written as ``.npy`` beside
       the table (``pred_probs.npy`` or ``pred_probs_topk*.npy``, ``features.npy``), one row per example in index
       order; files are copied in blocks.
-    review_top_k: the review page's number of suspects (None: no page; see report/review.py).
+    review_top_k: the review page's number of suspects (None: no page; see report/review_lib.py).
     class_names: every class name, for the review page's "relabel to" list (default: those the table names).
 
   Returns:
@@ -184,7 +184,7 @@ def build_and_write_report(report_dir, detection: Mapping[str, np.ndarray], *, g
                            clean_labels=None, ids=None, image_fn: plots.ImageFn | None = None,
                            extra_summary: Mapping[str, Any] | None = None, method_name: str = "DEFT",
                            arrays: Mapping[str, Any] | None = None,
-                           review_top_k: int | None = review.DEFAULT_TOP_K,
+                           review_top_k: int | None = review_lib.DEFAULT_TOP_K,
                            write: bool = True) -> tuple[pd.DataFrame, dict, str]:
   """Validates the detector output, builds table + summary + text and writes the report (``write=False``:
   everything but the writing, for the processes of a multi-host run other than the one that writes).

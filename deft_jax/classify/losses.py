@@ -1,4 +1,5 @@
-"""Phase-2 classification losses: CE, and the robust losses the paper trains on all noisy labels with.
+"""Classification losses: CE, and the robust losses the paper trains on all noisy labels with (phase 1 uses CE
+and SCE from here too).
 
 Every function returns per-example values ``[B]``; the train step reduces them with the masked mean
 ``sum(m * x) / max(sum(m), 1)`` (padding and unselected rows excluded, an empty batch gives 0, not NaN).
@@ -20,16 +21,44 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from deft_jax.detect.losses import cross_entropy, log_prob_of_label, masked_mean, reverse_cross_entropy
 from deft_jax.errors import ConfigError
 
 LOSSES = ("ce", "gce", "sce", "elr")
+RCE_LOG_ZERO = -4.0 * jnp.log(10.0)  # log(0) clipped to log(1e-4) in the reverse cross-entropy
 # ELR clamps probabilities away from 0 and 1 so that log(1 - <t, p>) stays finite when p collapses to a
 # one-hot that its memory agrees with.
 ELR_P_CLIP = 1e-4
 
 __all__ = ["LOSSES", "cross_entropy", "generalized_cross_entropy", "symmetric_cross_entropy", "elr_update",
-           "elr_loss", "per_example_loss", "masked_mean", "check_loss", "log_prob_of_label"]
+           "elr_loss", "per_example_loss", "masked_mean", "check_loss", "log_prob_of_label", "reverse_cross_entropy"]
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  mask = mask.astype(x.dtype)
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example cross-entropy [B]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
+def log_prob_of_label(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """log softmax(logits)[label] [B], written as -softplus(logsumexp_{k != y}(z_k - z_y)) so that it does not
+  round to 0 where the label is confidently right (log_softmax does, once p_y > 1 - 6e-8 in float32): a
+  ranking score free of ties among confident examples."""
+  z = logits.astype(jnp.float32)
+  rel = z - jnp.take_along_axis(z, labels[:, None], axis=-1)
+  others = jnp.where(jax.nn.one_hot(labels, z.shape[-1], dtype=bool), -jnp.inf, rel)
+  return -jax.nn.softplus(jax.nn.logsumexp(others, axis=-1))
+
+
+def reverse_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """RCE = -sum_k p_k log(onehot_k) with log(0) clipped to log(1e-4): equals -log(1e-4) * (1 - p_y)."""
+  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  p_y = jnp.take_along_axis(p, labels[:, None], axis=-1)[:, 0]
+  return -RCE_LOG_ZERO * (1.0 - p_y)
 
 
 def generalized_cross_entropy(logits: jax.Array, labels: jax.Array, q: float = 0.7) -> jax.Array:

@@ -1,6 +1,6 @@
-"""Training any phase-2 Classifier: optimiser from rules, the sharded train state, the jitted step.
+"""Training any Classifier: optimiser from rules, the sharded train state, the jitted step; each use's seed.
 
-No data pipeline here (no TensorFlow): adapt/fit.py runs the resumable loop over a split with it, for the
+No data pipeline here (no TensorFlow): classify/fit.py runs the resumable loop over a split with it, for the
 phase-2 stage (adapt/train.py) and the training baselines (deft_jax/baselines/); benchmarks time its step.
 """
 
@@ -14,13 +14,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax import optim, parallel, train_state
-from deft_jax.adapt import step as step_lib
-from deft_jax.adapt.classifier import Classifier
+from deft_jax.classify import step as classify_step
+from deft_jax.classify.classifier import Classifier
 from deft_jax.errors import ConfigError
+
+
+def rng_for(config, stream: int):
+  """Independent keys per use (phase 2, each baseline) from the run seed."""
+  return jax.random.fold_in(jax.random.key(int(config.seed)), stream)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainBudget:
+  """How long to train: ``steps`` optimiser steps when > 0, else ``epochs`` epochs, at ``batch_size``."""
+
   epochs: int = 10
   steps: int = 0
   batch_size: int = 64
@@ -41,7 +48,7 @@ def _as_dict(d) -> dict:
 class Trainer:
   """Everything static about one training run: optimiser, trainable mask, step settings, jitted step."""
 
-  def __init__(self, classifier: Classifier, *, optim_cfg, schedule_cfg, settings: step_lib.StepSettings,
+  def __init__(self, classifier: Classifier, *, optim_cfg, schedule_cfg, settings: classify_step.StepSettings,
                total_steps: int, steps_per_epoch: int, mesh, sharding_rules: Sequence = ()):
     if not classifier.trains:
       raise ConfigError(f"classifier {classifier.name!r} has no trainable parameters (no optimiser rules)")
@@ -68,7 +75,7 @@ class Trainer:
 
     def init(rng):
       v = self.classifier.init()
-      extras = step_lib.init_extras(self.settings, num_examples, num_classes)
+      extras = classify_step.init_extras(self.settings, num_examples, num_classes)
       if sample_mask is not None:
         extras["sample_mask"] = jnp.asarray(np.asarray(sample_mask, bool).reshape(num_examples))
       return {"step": jnp.int32(0), "rng": jax.random.key_data(rng), "params": v["params"],
@@ -112,7 +119,7 @@ class Trainer:
 
   def jit_train_step(self, state):
     lr_fn = next(iter(self.schedules.values()), None)
-    fn = step_lib.make_train_step(self.classifier.apply, self.tx, self.mask, self.settings, lr_fn)
+    fn = classify_step.make_train_step(self.classifier.apply, self.tx, self.mask, self.settings, lr_fn)
     return train_state.jit_step(fn, self.state_shardings(state), self.mesh)
 
   def state_shardings(self, state):
@@ -123,7 +130,7 @@ class Trainer:
     return {"params": state["params"], **state["extra"]}
 
 
-def make_settings(loss: str, loss_params, *, steps_per_epoch: int, **kw) -> step_lib.StepSettings:
+def make_settings(loss: str, loss_params, *, steps_per_epoch: int, **kw) -> classify_step.StepSettings:
   lp = _as_dict(loss_params)
-  return step_lib.StepSettings(loss=loss, loss_params=tuple(sorted(lp.items())), steps_per_epoch=steps_per_epoch,
+  return classify_step.StepSettings(loss=loss, loss_params=tuple(sorted(lp.items())), steps_per_epoch=steps_per_epoch,
                                **kw)

@@ -1,4 +1,4 @@
-"""The resumable training loop of a phase-2 Trainer over a split (the data pipeline meets the train state here).
+"""The resumable training loop of a Trainer over a split (the data pipeline meets the train state here).
 
 Budget semantics (``trainer.TrainBudget``): ``steps > 0`` fixes the number of optimiser steps, whatever the size
 of the training subset (data epochs continue across their boundaries, the last one possibly partial); this is
@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import jax
 
 from deft_jax import loop
-from deft_jax.adapt.trainer import TrainBudget, Trainer
+from deft_jax.classify.trainer import TrainBudget, Trainer
 from deft_jax.checkpoint import StageCheckpointer
 from deft_jax.data import pipeline
 from deft_jax.errors import ConfigError

@@ -29,6 +29,32 @@ PLACEHOLDER = "X"
 
 
 @dataclasses.dataclass(frozen=True)
+class PromptLayout:
+  """How the class prompts are laid out and run (``config.detect``'s fields; phase 1, VLPT and phase 2's
+  "none" share them): the context length and its init words, the class name's position, class-specific
+  contexts, and how the text tower runs them (``text_chunk``, ``share_prefix``)."""
+
+  n_ctx: int = 16
+  ctx_init: str = ""
+  ctx_init_pad: bool = False
+  position: str = "end"
+  class_specific: bool = False
+  text_chunk: int = 0
+  share_prefix: bool = True
+
+  @classmethod
+  def from_config(cls, d) -> "PromptLayout":
+    """From the ``detect`` config section."""
+    return cls(n_ctx=int(d.n_ctx), ctx_init=d.ctx_init, ctx_init_pad=bool(d.ctx_init_pad),
+               position=d.class_token_position, class_specific=bool(d.class_specific), text_chunk=int(d.text_chunk),
+               share_prefix=bool(d.text_prefix_sharing))
+
+  def template(self, class_names: Sequence[str], tokenizer: Tokenizer) -> "PromptTemplate":
+    return build_template(class_names, tokenizer, n_ctx=self.n_ctx, ctx_init=self.ctx_init, position=self.position,
+                          ctx_init_pad=self.ctx_init_pad)
+
+
+@dataclasses.dataclass(frozen=True)
 class PromptTemplate:
   """Static description of the C class prompts.
 
@@ -136,10 +162,18 @@ def init_prompts(rng, template: PromptTemplate, width: int, *, class_specific: b
           "neg_ctx": 0.02 * jax.random.normal(k_neg, shape, jnp.float32)}
 
 
-def prompt_embeddings(token_embeds: jax.Array, ctx: jax.Array, template: PromptTemplate) -> jax.Array:
-  """[C, T, width]: word embeddings with the context vectors in place of the placeholders."""
-  c, t = template.ids.shape
-  return _with_context(token_embeds, ctx, template.ctx_index, np.arange(c))
+def token_embedding(clip_params) -> jax.Array:
+  """The text tower's word-embedding table [vocab, width] of a CLIP parameter tree."""
+  return clip_params["text_model"]["embeddings"]["token_embedding"]["embedding"]
+
+
+def words_init(rng, template: PromptTemplate, clip_params, *, class_specific: bool = False) -> Optional[dict]:
+  """With ``ctx_init``, the contexts ``init_prompts`` gives once the pretrained CLIP is loaded (they start from
+  the pretrained embeddings of its words, which a random init cannot know); None without ``ctx_init``."""
+  if template.init_ids is None:
+    return None
+  table = token_embedding(clip_params)
+  return init_prompts(rng, template, table.shape[-1], class_specific=class_specific, token_embedding=table)
 
 
 def _with_context(token_embeds, ctx, ctx_index: np.ndarray, rows: np.ndarray):

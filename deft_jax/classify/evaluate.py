@@ -1,4 +1,4 @@
-"""Evaluation of a phase-2 classifier: logits over a split by example index, and accuracy metrics.
+"""Evaluation of a classifier: logits over a split by example index, and accuracy metrics.
 
 Accuracy is exact under padding: the eval pipeline pads the last global batch with ``mask=False`` rows, the
 logits are gathered by example index (each index exactly once, or an error), and only then are metrics taken,
@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax import parallel
-from deft_jax.adapt.classifier import Classifier
+from deft_jax.classify.classifier import Classifier
 from deft_jax.data import pipeline
-from deft_jax.detect.step import gather_by_index
 from deft_jax.report import metrics as report_metrics
 
 EVAL_SPLITS = ("test", "test2")
@@ -66,7 +65,7 @@ def predict(classifier: Classifier, variables, split, *, mesh, batch_size: int,
   chunks = []
   for local in pipeline.eval_batches(split, global_batch_size=batch_size, **classifier.inputs.pipeline_kw()):
     chunks.append(fn(variables, parallel.shard_batch(local, mesh)))
-  return gather_by_index(chunks, split.num_examples)["logits"]
+  return parallel.gather_by_index(chunks, split.num_examples)["logits"]
 
 
 def eval_labels(split) -> tuple[np.ndarray, np.ndarray]:

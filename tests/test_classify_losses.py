@@ -1,4 +1,4 @@
-"""Phase-2 losses against hand-computed values; ELR's memory; the small-loss keep rule; the GMM's EM."""
+"""The classifier kit's losses against hand-computed values; ELR's memory; the small-loss keep rule; the GMM's EM."""
 
 import math
 
@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deft_jax.adapt import losses
-from deft_jax.baselines import _gmm_fit as gmm
-from deft_jax.adapt import step as step_lib
+from deft_jax.baselines import _gmm_fit
+from deft_jax.classify import losses
+from deft_jax.classify import step as classify_step
 
 # Two examples, three classes. Softmax of [ln 1, ln 2, ln 1] is [0.25, 0.5, 0.25]; of [0, 0, 0] a third each.
 LOGITS = jnp.asarray([[0.0, math.log(2.0), 0.0], [0.0, 0.0, 0.0]])
@@ -78,32 +78,32 @@ def test_per_example_loss_dispatch_and_unknown_name():
 def test_small_loss_keeps_the_smallest_fraction_of_valid_examples_only():
   per = jnp.asarray([0.9, 0.1, 0.5, 0.0, 0.3, 0.7])
   valid = jnp.asarray([True, True, True, False, True, True])  # the smallest loss is padding
-  keep = np.asarray(step_lib.small_loss_keep(per, valid, 0.4))  # floor(0.6 * 5) = 3 kept
+  keep = np.asarray(classify_step.small_loss_keep(per, valid, 0.4))  # floor(0.6 * 5) = 3 kept
   assert keep.tolist() == [False, True, True, False, True, False]
-  assert np.asarray(step_lib.small_loss_keep(per, valid, 0.0)).tolist() == valid.tolist()
-  assert np.asarray(step_lib.small_loss_keep(per, jnp.zeros(6, bool), 0.5)).sum() == 0
+  assert np.asarray(classify_step.small_loss_keep(per, valid, 0.0)).tolist() == valid.tolist()
+  assert np.asarray(classify_step.small_loss_keep(per, jnp.zeros(6, bool), 0.5)).sum() == 0
 
 
 def test_small_loss_rate_follows_co_teachings_linspace_over_the_warmup():
   """Was r * min(e / W, 1) (r reached one epoch after the warm-up); co-teaching and the reference use
   linspace(0, r, W)[e] for the W warm-up epochs, then r."""
-  s = step_lib.StepSettings(loss_mask="small_loss", small_loss_rate=0.4, warmup_epochs=5)
-  rates = [float(step_lib.small_loss_rate(s, jnp.int32(e))) for e in range(7)]
+  s = classify_step.StepSettings(loss_mask="small_loss", small_loss_rate=0.4, warmup_epochs=5)
+  rates = [float(classify_step.small_loss_rate(s, jnp.int32(e))) for e in range(7)]
   np.testing.assert_allclose(rates, list(np.linspace(0, 0.4, 5)) + [0.4, 0.4], rtol=1e-6)
-  one = step_lib.StepSettings(loss_mask="small_loss", small_loss_rate=0.4, warmup_epochs=1)
-  np.testing.assert_allclose([float(step_lib.small_loss_rate(one, jnp.int32(e))) for e in range(3)],
+  one = classify_step.StepSettings(loss_mask="small_loss", small_loss_rate=0.4, warmup_epochs=1)
+  np.testing.assert_allclose([float(classify_step.small_loss_rate(one, jnp.int32(e))) for e in range(3)],
                              [0.0, 0.4, 0.4], rtol=1e-6)
 
 
 def test_label_margin_is_label_logit_minus_best_other():
   z = jnp.asarray([[1.0, 3.0, 2.0], [5.0, 0.0, 1.0]])
-  np.testing.assert_allclose(step_lib.label_margin(z, jnp.asarray([1, 2])), [1.0, -4.0])
+  np.testing.assert_allclose(classify_step.label_margin(z, jnp.asarray([1, 2])), [1.0, -4.0])
 
 
 def test_gmm_recovers_a_two_component_mixture_and_its_posterior_split():
   rng = np.random.default_rng(0)
   x = np.concatenate([rng.normal(0.2, 0.05, 7000), rng.normal(0.7, 0.1, 3000)])
-  model = gmm.fit(x, reg_covar=0.0, max_iter=200, tol=1e-9)
+  model = _gmm_fit.fit(x, reg_covar=0.0, max_iter=200, tol=1e-9)
   np.testing.assert_allclose(model.means, [0.2, 0.7], atol=0.01)
   np.testing.assert_allclose(model.weights, [0.7, 0.3], atol=0.01)
   np.testing.assert_allclose(np.sqrt(model.variances), [0.05, 0.1], atol=0.01)
@@ -113,11 +113,11 @@ def test_gmm_recovers_a_two_component_mixture_and_its_posterior_split():
 
 
 def test_gmm_clean_posterior_normalises_and_handles_constant_losses():
-  p, log_odds, model = gmm.clean_posterior(np.concatenate([np.full(50, 10.0), np.full(50, 30.0)]) +
+  p, log_odds, model = _gmm_fit.clean_posterior(np.concatenate([np.full(50, 10.0), np.full(50, 30.0)]) +
                                            np.random.default_rng(1).normal(0, 0.1, 100))
   assert model is not None and (p[:50] > 0.5).all() and (p[50:] < 0.5).all()
   np.testing.assert_array_equal(log_odds > 0, p > 0.5)
-  p, log_odds, model = gmm.clean_posterior(np.full(10, 2.0))
+  p, log_odds, model = _gmm_fit.clean_posterior(np.full(10, 2.0))
   assert model is None and (p == 1).all()
   with pytest.raises(ValueError, match="two finite"):
-    gmm.fit(np.asarray([1.0]))
+    _gmm_fit.fit(np.asarray([1.0]))

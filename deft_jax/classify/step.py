@@ -1,4 +1,4 @@
-"""The phase-2 train step: a pure ``(state, batch) -> (state, metrics)`` function for any Classifier.
+"""The classifier train step: a pure ``(state, batch) -> (state, metrics)`` function for any Classifier.
 
 State (a plain pytree): ``step``, ``rng`` (uint32 key data), ``params`` (the classifier's trainable tree,
 frozen leaves included), ``extra`` (other variable collections, e.g. batch-norm statistics), ``opt_state``,
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from deft_jax import optim
-from deft_jax.adapt import losses
+from deft_jax.classify import losses
 from deft_jax.errors import ConfigError
 
 ONLINE_FIELDS = {"p_label": jnp.float32, "log_p_label": jnp.float32, "selected": jnp.bool_,

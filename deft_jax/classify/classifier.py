@@ -1,6 +1,7 @@
-"""Phase-2 classifiers behind one interface: a pure ``apply`` over ``variables``, plus optimiser rules.
+"""Classifiers behind one interface: a pure ``apply`` over ``variables``, plus optimiser rules.
 
-The trainer (``adapt/trainer.py``) knows only :class:`Classifier`; each backbone is a builder here:
+The trainer (``classify/trainer.py``) knows only :class:`Classifier`; each CLIP classifier is a builder here, over
+the run's CLIP (``classify/run_clip.py``):
 
 - ``clip_classifier``: a pretrained CLIP image encoder (optionally with PEFT) and a new linear head on the
   pre-projection feature ln_post(CLS). Its parameters are ``{"vision_model": ..., "head": ...}``: the text
@@ -11,10 +12,11 @@ The trainer (``adapt/trainer.py``) knows only :class:`Classifier`; each backbone
   and the head; the pretrained backbone frozen), "head" (a linear probe), or an explicit rule list.
 - ``text_classifier``: CLIP's own classifier, image features against fixed class text features (zero-shot
   prompts, or the positive prompts learned in phase 1). Nothing trains.
+  ``zeroshot_classifier`` is the zero-shot one.
 - ``vlpt_classifier``: VLPT, the paper's Fig. 1 classifier: CLIP with visual prompts (PEFT) and CoOp context
   vectors, classifying by the class prompts' text features; only the prompts (and the PEFT) train.
-- ``backbone_classifier``: a ``deft_jax.models.backbones`` model (ResNet-50, ConvNeXt-T, ViT-B/16, MAE);
-  every parameter trains, as in the paper; batch-norm statistics travel as a second variable collection.
+
+The other backbones (ResNet-50, ConvNeXt-T, ViT-B/16, MAE) are ``classify/backbone.py``.
 
 A classifier is a description, not yet weights: ``init()`` gives random variables (pure, jittable: the train
 state is born sharded from it, deft_jax/train_state.py) and ``load(variables)`` merges the pretrained weights
@@ -36,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from deft_jax import train_state
+from deft_jax.classify.run_clip import RunCLIP
 from deft_jax.data.config import ImageSpec
-from deft_jax.models import build
 from deft_jax.models import clip as clip_lib
+from deft_jax.models import prompts as prompts_lib
 from deft_jax.models import zeroshot
 from deft_jax.models.peft import PEFTConfig, trainable_patterns
 from deft_jax.models.presets import CLIPConfig
@@ -46,6 +49,7 @@ from deft_jax.tree import flatten, unflatten
 from deft_jax.errors import ConfigError
 
 Rule = tuple[str, Any]
+CALIBRATION_IMAGES = 256  # head_init="text": the training images its scale is calibrated on
 
 
 @dataclasses.dataclass(eq=False)
@@ -145,15 +149,32 @@ def clip_rules(trainable, peft: PEFTConfig) -> list[Rule]:
                    f"got {trainable!r}")
 
 
+def prompt_rules(prompts: str, peft: PEFTConfig) -> list[Rule]:
+  """Optimiser rules of CLIP with learned prompts under "prompts/" (the regex ``prompts``) and its CLIP under
+  "clip/": the prompts and the PEFT parameters train at the base lr, every pretrained weight is frozen."""
+  return [(prompts, 1.0)] + [(f"clip/{p}", 1.0) for p in trainable_patterns(peft)] + [(r"clip/.*", None)]
 
-def _load_vision(full_model: clip_lib.CLIP, vision_params, checkpoint: Optional[str]) -> dict:
+
+def calibration_images(split, limit: int = CALIBRATION_IMAGES):
+  """``inputs -> images``: the first ``limit`` images of ``split``, resized and normalised on the host (identical
+  on every process); what ``head_init="text"`` calibrates its scale on."""
+
+  def fn(inputs):
+    idx = np.arange(min(limit, split.num_examples))
+    x = split.load_images(idx, inputs.image_size).astype(np.float32) / 255.0
+    return (x - np.asarray(inputs.mean, np.float32)) / np.asarray(inputs.std, np.float32)
+
+  return fn
+
+
+def _load_vision(clip: RunCLIP, full_model: clip_lib.CLIP, vision_params) -> dict:
   """The whole pretrained CLIP on the host, its visual tower merged into ``vision_params`` (PEFT kept)."""
   abstract = jax.eval_shape(lambda k: clip_lib.init_params(full_model, k), jax.random.key(0))
-  return build.load_clip_weights(full_model, {**abstract, "vision_model": vision_params}, checkpoint)
+  return clip.load(full_model, {**abstract, "vision_model": vision_params})
 
 
-def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optional[str], inputs: ImageSpec,
-                    peft: Optional[PEFTConfig] = None, trainable="blocks", head_init: str = "random",
+def clip_classifier(clip: RunCLIP, *, num_classes: int, mesh, rng, peft: Optional[PEFTConfig] = None,
+                    trainable="blocks", head_init: str = "random",
                     class_features: Optional[Callable[[clip_lib.CLIP, dict], jax.Array]] = None,
                     calibration_images: Optional[Callable[[ImageSpec], np.ndarray]] = None,
                     sharding_rules: Sequence = ()) -> Classifier:
@@ -173,7 +194,7 @@ def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optio
   if head_init == "text" and (class_features is None or calibration_images is None):
     raise ValueError("head_init='text' needs class_features and calibration_images")
   k_clip, k_head = jax.random.split(rng)
-  full_model = build.build_clip(model_cfg, peft, checkpoint)
+  full_model, inputs = clip.model(peft), clip.inputs
   cfg = full_model.config
   module = CLIPClassifier(cfg, num_classes, peft)
   images0 = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
@@ -183,7 +204,7 @@ def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optio
     return {"params": {"vision_model": vision, "head": module.init(k_head, images0)["params"]["head"]}}
 
   def load(variables):
-    full = _load_vision(full_model, variables["params"]["vision_model"], checkpoint)
+    full = _load_vision(clip, full_model, variables["params"]["vision_model"])
     head = variables["params"]["head"]
     if head_init == "text":
       head = _text_head(full_model, full, module, class_features, calibration_images(inputs))
@@ -197,8 +218,9 @@ def clip_classifier(model_cfg, *, num_classes: int, mesh, rng, checkpoint: Optio
     return module.apply(variables, images, method=CLIPClassifier.features)
 
   return Classifier(name="clip", apply=apply, init=init, rules=clip_rules(trainable, peft), inputs=inputs,
-                    mesh=mesh, sharding_rules=sharding_rules, load=load if checkpoint or head_init == "text" else None,
-                    loaded=build.pretrained_leaves("params", checkpoint, only=("vision_model",)), features=features)
+                    mesh=mesh, sharding_rules=sharding_rules,
+                    load=load if clip.checkpoint or head_init == "text" else None,
+                    loaded=clip.pretrained_leaves("params", only=("vision_model",)), features=features)
 
 
 def _text_head(full_model: clip_lib.CLIP, full_params, module: CLIPClassifier, class_features, images) -> dict:
@@ -216,7 +238,7 @@ def _text_head(full_model: clip_lib.CLIP, full_params, module: CLIPClassifier, c
 IMAGE_SIDE = ("vision_model", "visual_projection", "logit_scale")
 
 
-def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], inputs: ImageSpec, num_classes: int,
+def text_classifier(clip: RunCLIP, *, mesh, rng, num_classes: int,
                     class_features: Callable[[clip_lib.CLIP, dict], jax.Array], peft: Optional[PEFTConfig] = None,
                     extra_params: Optional[dict] = None, sharding_rules: Sequence = (),
                     name: str = "zeroshot") -> Classifier:
@@ -225,7 +247,7 @@ def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], inputs: 
   ``extra_params``: flat ``{"vision_model/...": array}`` replacing entries of the pretrained tree (phase 1's
   learned weights for the "no adaptation" variant), before the class text features are computed.
   """
-  model = build.build_clip(model_cfg, peft or PEFTConfig(), checkpoint)
+  model = clip.model(peft)
 
   def full_init():
     return clip_lib.init_params(model, rng)
@@ -237,9 +259,9 @@ def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], inputs: 
 
   def load(variables):
     del variables  # the class features need the text tower, which the variables do not keep
-    fresh = (train_state.init_except(full_init, (), build.pretrained_leaves("", checkpoint)) if checkpoint
+    fresh = (train_state.init_except(full_init, (), clip.pretrained_leaves("")) if clip.checkpoint
              else jax.jit(full_init)())  # only what the checkpoint does not provide is computed
-    params = build.load_clip_weights(model, jax.device_get(fresh), checkpoint)
+    params = clip.load(model, jax.device_get(fresh))
     if extra_params:
       params = _replaced(params, extra_params)
     text = np.asarray(class_features(model, params), np.float32)
@@ -249,8 +271,16 @@ def text_classifier(model_cfg, *, mesh, rng, checkpoint: Optional[str], inputs: 
     del train, rng
     return zeroshot.zero_shot_logits(model, variables["params"], images, variables["text"]), {}
 
-  return Classifier(name=name, apply=apply, init=init, rules=None, inputs=inputs, mesh=mesh,
+  return Classifier(name=name, apply=apply, init=init, rules=None, inputs=clip.inputs, mesh=mesh,
                     sharding_rules=sharding_rules, load=load, loaded=lambda path: True)  # load ignores them
+
+
+def zeroshot_classifier(clip: RunCLIP, class_names: Sequence[str], templates, *, mesh, rng,
+                        sharding_rules: Sequence = ()) -> Classifier:
+  """CLIP zero-shot: images against the class text features of the caption ``templates``."""
+  return text_classifier(clip, mesh=mesh, rng=rng, num_classes=len(class_names),
+                         class_features=clip.class_features(class_names, templates), sharding_rules=sharding_rules,
+                         name="zeroshot")
 
 
 def _replaced(params, extra_params: dict):
@@ -266,41 +296,33 @@ def _replaced(params, extra_params: dict):
   return unflatten(flat)
 
 
-def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, rng, checkpoint: Optional[str],
-                    inputs: ImageSpec, peft: Optional[PEFTConfig] = None, n_ctx: int = 16, ctx_init: str = "",
-                    class_token_position: str = "end", text_chunk: int = 0, text_prefix_sharing: bool = True,
+def vlpt_classifier(clip: RunCLIP, *, class_names: Sequence[str], mesh, rng, peft: Optional[PEFTConfig] = None,
+                    layout: prompts_lib.PromptLayout = prompts_lib.PromptLayout(),
                     sharding_rules: Sequence = ()) -> Classifier:
   """VLPT: image features (with ``peft``, VPT-deep in the paper) against the text features of C class prompts
-  whose context vectors are learned (CoOp, one unified context), logits exp(logit_scale) * cosine. Parameters
-  ``{"clip": the whole CLIP, "prompts": {"ctx"}}``; the context and the PEFT parameters train, every
-  pretrained weight is frozen. The text tower runs on every step, as in phase 1."""
-  from deft_jax.detect import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
-
+  whose context vectors are learned (CoOp, one unified context, laid out as ``layout``), logits exp(logit_scale)
+  * cosine. Parameters ``{"clip": the whole CLIP, "prompts": {"ctx"}}``; the context and the PEFT parameters
+  train, every pretrained weight is frozen. The text tower runs on every step, as in phase 1."""
   peft = peft or PEFTConfig()
-  model = build.build_clip(model_cfg, peft, checkpoint)
+  model = clip.model(peft)
   k_clip, k_ctx = jax.random.split(rng)
-  template = prompts_lib.build_template(class_names, tokenizer, n_ctx=n_ctx, ctx_init=ctx_init,
-                                        position=class_token_position)
+  template = layout.template(class_names, clip.tokenizer)
   width = model.config.text.width
 
   def init():
     clip_params = clip_lib.init_params(model, k_clip)
-    ctx = prompts_lib.init_prompts(k_ctx, template, width, token_embedding=_token_embedding(clip_params))
+    ctx = prompts_lib.init_prompts(k_ctx, template, width, token_embedding=prompts_lib.token_embedding(clip_params))
     return {"params": {"clip": clip_params, "prompts": {"ctx": ctx["pos_ctx"]}}}
 
   def load(variables):
-    clip_params = build.load_clip_weights(model, variables["params"]["clip"], checkpoint)
-    ctx = variables["params"]["prompts"]["ctx"]
-    if template.init_ids is not None:  # ctx_init starts from the pretrained word embeddings
-      ctx = prompts_lib.init_prompts(k_ctx, template, width, token_embedding=_token_embedding(clip_params))["pos_ctx"]
+    clip_params = clip.load(model, variables["params"]["clip"])
+    words = prompts_lib.words_init(k_ctx, template, clip_params)
+    ctx = variables["params"]["prompts"]["ctx"] if words is None else words["pos_ctx"]
     return {"params": {"clip": clip_params, "prompts": {"ctx": ctx}}}
 
-  rules = ([(r"prompts/ctx", 1.0)] + [(f"clip/{p}", 1.0) for p in trainable_patterns(peft)]
-           + [(r"clip/.*", None)])
-
   def text_features(p):
-    (text,) = prompts_lib.context_features(model, p["clip"], [p["prompts"]["ctx"]], template, chunk=text_chunk,
-                                           share_prefix=text_prefix_sharing)
+    (text,) = prompts_lib.context_features(model, p["clip"], [p["prompts"]["ctx"]], template,
+                                           chunk=layout.text_chunk, share_prefix=layout.share_prefix)
     return text
 
   def apply(variables, images, *, train: bool = False, rng=None):
@@ -309,56 +331,8 @@ def vlpt_classifier(model_cfg, *, class_names: Sequence[str], tokenizer, mesh, r
     text = variables["text"] if "text" in variables else text_features(p)  # training: the context learns
     return zeroshot.zero_shot_logits(model, p["clip"], images, text), {}
 
-  return Classifier(name="vlpt", apply=apply, init=init, rules=rules, inputs=inputs, mesh=mesh,
-                    sharding_rules=sharding_rules, load=load, loaded=build.pretrained_leaves("params/clip", checkpoint),
+  return Classifier(name="vlpt", apply=apply, init=init, rules=prompt_rules(r"prompts/ctx", peft), inputs=clip.inputs,
+                    mesh=mesh, sharding_rules=sharding_rules, load=load, loaded=clip.pretrained_leaves("params/clip"),
                     eval_prepare=lambda v: {**v, "text": text_features(v["params"])})
 
 
-def _token_embedding(clip_params):
-  return clip_params["text_model"]["embeddings"]["token_embedding"]["embedding"]
-
-
-def backbone_classifier(name: str, *, num_classes: int, mesh, rng, inputs: ImageSpec, checkpoint: str = "",
-                        dtype: str = "float32", use_reference_optimizer: bool = True,
-                        sharding_rules: Sequence = ()) -> Classifier:
-  """A ``deft_jax.models.backbones`` model with a new head; every parameter trains. Its own normalisation
-  statistics replace ``inputs``' (the backbone was pretrained with them); ``inputs.image_size`` resizes a ViT.
-
-  ``checkpoint``: "" = the backbone's reference checkpoint (random init when it has none, as the tiny test
-  backbones), "none" = random init, else a path or hub id.
-  """
-  from deft_jax.models import backbones  # pylint: disable=g-import-not-at-top
-
-  spec = backbones.get_backbone(name)
-  overrides = {}
-  if inputs.image_size and inputs.image_size != spec.image_size and spec.family == "vit":
-    overrides["image_size"] = inputs.image_size  # the loader resamples the position embedding
-  model = spec.build(num_classes, dtype=jnp.dtype(dtype), **overrides)
-  dummy = spec.dummy_images(1, model)
-  pretrained = checkpoint != "none" and bool(checkpoint or spec.checkpoints)
-  if not pretrained:
-    logging.warning("adapt: backbone %s starts from random weights (no checkpoint)", name)
-
-  def init():
-    return dict(model.init(rng, dummy, train=False))
-
-  def load(variables):
-    return dict(backbones.load_pretrained(spec, jax.device_get(variables), checkpoint or None))
-
-  mutable = [k for k in jax.eval_shape(init) if k != "params"]
-
-  def apply(variables, images, *, train: bool = False, rng=None):
-    rngs = {"dropout": rng} if (train and rng is not None) else None
-    if train and mutable:
-      logits, updates = model.apply(variables, images, train=True, mutable=mutable, rngs=rngs)
-      return logits, dict(updates)
-    return model.apply(variables, images, train=train, rngs=rngs), {}
-
-  o = spec.optimizer
-  optim = None
-  if use_reference_optimizer:
-    optim = {"name": o.name, "momentum": o.momentum, "weight_decay": o.weight_decay, "lr": o.learning_rate}
-  size = getattr(model, "image_size", None) or inputs.image_size or spec.image_size  # convnets take any size
-  spec_inputs = dataclasses.replace(inputs, image_size=int(size), mean=tuple(spec.mean), std=tuple(spec.std))
-  return Classifier(name=name, apply=apply, init=init, rules=[(".*", 1.0)], inputs=spec_inputs, mesh=mesh,
-                    sharding_rules=sharding_rules, load=load if pretrained else None, optim=optim)
