@@ -12,18 +12,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks import common, flops  # noqa: E402
-from deft_jax.models import clip as clip_lib  # noqa: E402
-from deft_jax.models import presets  # noqa: E402
+from benchmarks import common, flops
+from deft_jax.models import clip as clip_lib
+from deft_jax.models import presets
 
 
 def run(model_name: str, batch: int, iters: int, warmup: int, dtype: str, attention: str) -> dict:

@@ -5,28 +5,24 @@ reference FFT classifier from the product's config), on synthetic images residen
 the model, not the input pipeline); timed with benchmarks.common.time_steps after warm-up; prints one JSON line.
 Random weights (the speed does not depend on them). Imports neither TensorFlow nor CLU.
 
-  python benchmarks/fft_throughput.py                                  # ViT-B/16, 224 px, batch 64
-  python benchmarks/fft_throughput.py --batch 4 --steps 3              # a CPU smoke run
-  python benchmarks/fft_throughput.py --dtype bfloat16 --attention cudnn --trainable all
+  PYTHONPATH=. python benchmarks/fft_throughput.py                     # ViT-B/16, 224 px, batch 64
+  PYTHONPATH=. python benchmarks/fft_throughput.py --batch 4 --steps 3 # a CPU smoke run
+  PYTHONPATH=. python benchmarks/fft_throughput.py --dtype bfloat16 --attention cudnn --trainable all
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks import common, jax_steps  # noqa: E402
-from deft_jax import parallel  # noqa: E402
-from deft_jax.tree import flatten  # noqa: E402
+from benchmarks import common, jax_steps
+from deft_jax import parallel
+from deft_jax.tree import flatten
 
 
 def bench(preset: str, batch: int, steps: int, warmup: int, num_classes: int, dtype: str, attention, remat: bool,

@@ -31,11 +31,9 @@ import sys
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # on the workers' PYTHONPATH
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 RESULT_PREFIX = "BENCH_RESULT "
 DEFAULT_BATCHES = {"vit_b16": (64, 128, 256, 512), "vit_b32": (64, 128, 256, 512)}

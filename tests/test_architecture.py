@@ -154,3 +154,26 @@ def test_every_module_is_imported_under_one_name():
           names.setdefault(module, {}).setdefault(local, []).append(str(path.relative_to(REPO)))
   several = {m: {k: v[:3] for k, v in by.items()} for m, by in names.items() if len(by) > 1}
   assert not several, several
+
+
+def _path_edits(source: str) -> list[int]:
+  """Lines of ``source`` that change the import path (sys.path.insert / append / extend / assignment)."""
+  out = []
+  for node in ast.walk(ast.parse(source)):
+    target = node.func if isinstance(node, ast.Call) else (node.targets[0] if isinstance(node, ast.Assign) else None)
+    if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)
+        and target.value.attr == "path" and getattr(target.value.value, "id", "") == "sys"):
+      out.append(node.lineno)
+    elif (isinstance(target, ast.Attribute) and target.attr == "path" and getattr(target.value, "id", "") == "sys"
+          and isinstance(node, ast.Assign)):
+      out.append(node.lineno)
+  return sorted(out)
+
+
+def test_no_module_edits_the_import_path():
+  """Was: 8 benchmark files put the repository on sys.path themselves; they run as `PYTHONPATH=. python ...`
+  from the repository root (deft_jax itself is installed), as every documented command says."""
+  assert _path_edits("import sys\nsys.path.insert(0, 'x')\nsys.path = []\nsys.path.append('y')\n") == [2, 3, 4]
+  found = {f"{p.relative_to(REPO)}:{line}" for root in ("deft_jax", "benchmarks")
+           for p in sorted((REPO / root).rglob("*.py")) for line in _path_edits(p.read_text())}
+  assert not found, sorted(found)

@@ -5,9 +5,9 @@ The packaged demo (configs/demo.py): 4,000 CIFAR-10 train images with CIFAR-10N 
 where the demo's pretrain and detect stages have finished (its CLIP and DEFT's mask are used as they are):
 
   python -m deft_jax.main --config configs/demo.py --workdir /tmp/rn "--config.stages=('pretrain','detect')"
-  python benchmarks/experiments/adapt_offline.py --run /tmp/rn --out /tmp/adapt_offline
-  python benchmarks/experiments/adapt_offline.py --run /tmp/rn --out /tmp/adapt_offline --variants deft,all \
-      --lr 5e-3 --seed 1
+  PYTHONPATH=. python benchmarks/experiments/adapt_offline.py --run /tmp/rn --out /tmp/adapt_offline
+  PYTHONPATH=. python benchmarks/experiments/adapt_offline.py --run /tmp/rn --out /tmp/adapt_offline \
+      --variants deft,all --lr 5e-3 --seed 1
 
 ``--clip DIR`` instead of ``--run`` takes any pretrained CLIP and runs the detector here (cached in --out).
 Every variant trains for the same number of optimiser steps (``--steps``) and is evaluated on the test split.
@@ -21,22 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
-from clu import metric_writers  # noqa: E402
+import numpy as np
+from absl import logging as absl_logging
+from clu import metric_writers
 
-from deft_jax import config_lib, parallel  # noqa: E402
-from deft_jax.adapt import train as adapt_train  # noqa: E402
-from deft_jax.data import datasets  # noqa: E402
-from deft_jax.detect import train as detect_train  # noqa: E402
-from deft_jax.report import metrics as report_metrics  # noqa: E402
+from deft_jax import config_lib, parallel
+from deft_jax.adapt import train as adapt_train
+from deft_jax.data import datasets
+from deft_jax.detect import train as detect_train
+from deft_jax.report import metrics as report_metrics
 
 VARIANTS = {
     "deft": dict(train_on="deft"),

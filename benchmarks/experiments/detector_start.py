@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from deft_jax import config_lib, parallel  # noqa: E402
-from deft_jax.data import datasets  # noqa: E402
-from deft_jax.data.config import image_spec  # noqa: E402
-from deft_jax.detect import detector as detector_lib  # noqa: E402
-from deft_jax.models import prompts as prompts_lib  # noqa: E402
-from deft_jax.detect import train as detect_train  # noqa: E402
-from deft_jax.models import zeroshot  # noqa: E402
-from deft_jax.report import auroc  # noqa: E402
+from deft_jax import config_lib, parallel
+from deft_jax.data import datasets
+from deft_jax.data.config import image_spec
+from deft_jax.detect import detector as detector_lib
+from deft_jax.models import prompts as prompts_lib
+from deft_jax.detect import train as detect_train
+from deft_jax.models import zeroshot
+from deft_jax.report import auroc
 
 
 def _override(config, assignment: str):

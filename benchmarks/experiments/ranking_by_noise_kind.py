@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.experiments import strong_vlm_sweep  # noqa: E402
-from deft_jax.detect.train import label_probability  # noqa: E402
-from deft_jax.report import auroc  # noqa: E402
+from benchmarks.experiments import strong_vlm_sweep
+from deft_jax.detect.train import label_probability
+from deft_jax.report import auroc
 
 
 def noise_kinds(given, truth, pairs: int):

@@ -55,7 +55,6 @@ def fnr_at_budget(score: np.ndarray, truly_noisy: np.ndarray) -> float:
 
 def given_and_true_labels(workdir: Path, label_set: str) -> tuple[np.ndarray, np.ndarray]:
   """The detection split's given (``label_set``) and true labels of a sweep workdir, from its config.json."""
-  sys.path.insert(0, str(REPO))
   from deft_jax.data import cifar_offline  # pylint: disable=g-import-not-at-top
 
   data = json.loads((workdir / "config.json").read_text())["data"]
@@ -72,7 +71,6 @@ def recipe_of(workdir: Path) -> str:
 
 
 def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cmd: str) -> list[dict]:
-  sys.path.insert(0, str(REPO))
   from deft_jax.detect.train import label_probability  # pylint: disable=g-import-not-at-top
   from deft_jax.report import auroc, detection_metrics  # pylint: disable=g-import-not-at-top
 
