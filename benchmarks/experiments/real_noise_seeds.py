@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from benchmarks.experiments import seeds
 
 # tests/conftest.py REAL_NOISE_DETECTION: the suite's acceptance run up to detection (its phase 2 comes after and
 # changes nothing here).
@@ -59,17 +56,9 @@ def main():
   p.add_argument("--out", type=Path, required=True)
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   args = p.parse_args()
-  rows = []
-  for seed in args.seeds:
-    wd = args.out / f"seed{seed}"
-    if not (wd / "baselines" / "small_loss" / "detection.npz").exists():
-      env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-      subprocess.run([sys.executable, "-m", "deft_jax.main", "--config=configs/demo.py", f"--workdir={wd}",
-                      f"--config.seed={seed}", *OVERRIDES], cwd=REPO, env=env, check=True)
-    rows.append({"seed": seed, **comparisons(wd)})
-    print(json.dumps(rows[-1]), flush=True)
-  print(json.dumps({"spread": {k: [min(r[k] for r in rows), max(r[k] for r in rows)]
-                               for k in rows[0] if k != "seed"}}))
+  seeds.run(args.seeds, args.out, "baselines/small_loss/detection.npz",
+            lambda seed, wd: ["--config=configs/demo.py", f"--workdir={wd}", f"--config.seed={seed}", *OVERRIDES],
+            comparisons)
 
 
 if __name__ == "__main__":

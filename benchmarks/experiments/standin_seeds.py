@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from benchmarks.experiments import seeds
+
 LABEL_SET = "worse_label"
 TRAIN_INDICES = "0:2000"
 
@@ -71,17 +69,9 @@ def main():
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--recipe", default="", help="detect.recipe (default: the config's)")
   args = p.parse_args()
-  rows = []
-  for seed in args.seeds:
-    wd = args.out / f"seed{seed}"
-    if not (wd / "baselines" / "label_match" / "detection.npz").exists():
-      env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-      subprocess.run([sys.executable, "-m", "deft_jax.main", config_arg(args.root), f"--workdir={wd}",
-                      f"--config.seed={seed}", *overrides(args.recipe)], cwd=REPO, env=env, check=True)
-    rows.append({"seed": seed, **comparisons(wd)})
-    print(json.dumps(rows[-1]), flush=True)
-  print(json.dumps({"spread": {k: [min(r[k] for r in rows), max(r[k] for r in rows)]
-                               for k in rows[0] if k != "seed"}}))
+  seeds.run(args.seeds, args.out, "baselines/label_match/detection.npz",
+            lambda seed, wd: [config_arg(args.root), f"--workdir={wd}", f"--config.seed={seed}",
+                              *overrides(args.recipe)], comparisons)
 
 
 if __name__ == "__main__":
