@@ -165,8 +165,8 @@ def plot(rows, path) -> None:
           (line,) = ax.plot(xs, [100 * y if key == "f1" else y for y in ys], style, marker="o", ms=4,
                             color=colors[m], label=name, lw=2.2 if m == "deft" else 1.3)
           handles.setdefault(name, line)
-      noise = next(iter(next(iter(by_recipe[k].get(label_set, {0: {"x": {"noise_rate": 0}}}).values())).values()))
-      ax.set_title(f"{label_set} ({100 * noise['noise_rate']:.1f} % noise)", fontsize=10)
+      noise = _any_row(next(c[label_set] for c in by_recipe.values() if label_set in c))["noise_rate"]
+      ax.set_title(f"{label_set} ({100 * noise:.1f} % noise)", fontsize=10)
       ax.set_xlabel("VLM zero-shot accuracy (%)")
       ax.set_ylabel("F1 of the clean selection (%)" if key == "f1" else "AUROC (given label is right)")
       ax.grid(alpha=0.3)
