@@ -41,6 +41,8 @@ GMM_MODELS = ("phase2", "selector")
 NOISE_TYPES = ("none", "human", "sym", "pair", "asym", "idn")
 CLASS_MAPS = ("next", "cifar10")  # or a dict
 WEBVISION_SUBSETS = ("google", "flickr", "google+flickr")
+CAPTION_KINDS = ("templates", "varied")  # pretrain/captions.py
+NEGATIVES = ("uniform", "hard", "mixed")  # detect/losses.py complementary_labels
 TEMPLATE_SETS = ("ensemble", "single")  # or a list of templates with "{}"
 
 TRAINING_SECTIONS = ("pretrain", "detect", "adapt", "baselines")
@@ -291,9 +293,20 @@ def _stage_checks() -> list[Check]:
   ]
 
 
+def _option_checks() -> list[Check]:
+  """The stand-in's pretraining options and phase 1's options beyond the method."""
+  return [
+      Check("pretrain.logit_scale", "a number >= 0 (0: learned, clamped at 100)", _real(0)),
+      Check("pretrain.captions.kind", _choices(CAPTION_KINDS), _one_of(CAPTION_KINDS)),
+      Check("detect.negatives", _choices(NEGATIVES), _one_of(NEGATIVES)),
+      Check("detect.class_specific_negatives", "True or False", _bool),
+      Check("detect.logit_scale", "a number >= 0 (0: the CLIP's own)", _real(0)),
+  ]
+
+
 def checks() -> list[Check]:
   """The table: every check, in the order they run and the README lists them."""
-  out = _stage_checks() + _data_checks()
+  out = _stage_checks() + _option_checks() + _data_checks()
   for s in TRAINING_SECTIONS:
     out += _section_checks(s)
   for s in ("detect", "adapt", "baselines"):

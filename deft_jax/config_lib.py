@@ -62,7 +62,12 @@ def detect_section() -> ml_collections.ConfigDict:
       # rule's mask), "label_probability" (the scoring pass's log-softmax of the positive prompts at the given
       # label) or "strict_margin" (consistent with the strict rule; detect/train.py). BENCHMARKS.md "Detection by
       # VLM strength" measures the first two.
-      ranking="margin"))
+      ranking="margin",
+      # Beyond the method (its defaults keep it; BENCHMARKS.md "Past the paper" measures them): how L_neg draws its
+      # complementary class ("uniform", the method's; "hard": from the positive prompts' softmax over the other
+      # classes; "mixed": either, half the time each), class-specific negative contexts with the positive one
+      # shared, and phase 1's logit scale (0: the CLIP's own; e.g. 100, CLIP's, for a stand-in trained at another).
+      negatives="uniform", class_specific_negatives=False, logit_scale=0.0))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -81,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.pretrain = ml_collections.ConfigDict(dict(
       split="pretrain", preset="tiny_32px", epochs=30, batch_size=256, augment="cifar", multi_positive=True,
       eval_every_epochs=10, snapshot_epochs=(),
+      init="",  # "": random init; a CLIP checkpoint of the same preset (e.g. "standin:cifar10_tiny32") to go on from
+      logit_scale=0.0,  # 0: learned (clamped at 100, as CLIP); > 0: fixed at that value, not trained
+      # pretrain/captions.py: "templates" (the 12 zero-shot templates) | "varied" (a bank of layouts with fillers)
+      captions=dict(kind="templates", size=2048, max_fill=24, template_prob=0.25, soft_prob=0.25, seed=0,
+                    per_step=12, soft_std=0.02),
       optim=dict(name="adamw", weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-6),
       schedule=cosine(1e-3, warmup_steps=100, per_epoch=False)))
 

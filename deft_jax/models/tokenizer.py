@@ -66,6 +66,10 @@ class Tokenizer:
       out[i, : len(ids)] = ids
     return out
 
+  def vocabulary(self) -> dict[str, int]:
+    """BPE entry -> id (whole words end in "</w>")."""
+    return dict(self._tok.get_vocab())
+
   def trim_padding(self, ids: np.ndarray) -> np.ndarray:
     """``ids`` [..., context_length] cut after the latest end-of-text token of any row.
 

@@ -32,6 +32,7 @@ from deft_jax.models import clip as clip_lib
 from deft_jax.models import clip_weights, presets, zeroshot
 from deft_jax.models.tokenizer import DEFAULT_DIR, Tokenizer
 from deft_jax.errors import ConfigError, writing
+from deft_jax.pretrain import captions as captions_lib
 
 MAX_LOGIT_SCALE = float(np.log(100.0))
 
@@ -52,22 +53,41 @@ def contrastive_loss(img, txt, labels, logit_scale, valid, *, multi_positive: bo
   return 0.5 * (jnp.where(valid, li, 0).sum() + jnp.where(valid, lt, 0).sum()) / n
 
 
-def make_step(model: clip_lib.CLIP, caption_ids, tx, *, multi_positive: bool, lr_fn):
-  """caption_ids: int32 [T, C, L] token ids of every template x class caption (L may be trimmed below the
-  context length, see ``Tokenizer.trim_padding``)."""
-  n_t, n_c, _ = caption_ids.shape
-  caption_ids = jnp.asarray(caption_ids)
+def make_step(model: clip_lib.CLIP, captions: captions_lib.CaptionBank, tx, *, multi_positive: bool, lr_fn,
+              fixed_logit_scale: float = 0.0):
+  """One contrastive step. ``captions``: the bank of caption token ids [T, C, L] (pretrain/captions.py).
+  ``fixed_logit_scale`` > 0: the logit scale is that value and not trained; else it is learned, clamped at 100."""
+  n_t, n_c, _ = captions.ids.shape
+  caption_ids = jnp.asarray(captions.ids)
+  eot = jnp.asarray(captions.eot)
+  soft = None if captions.soft is None else jnp.asarray(captions.soft)
+
+  def text_features(params, labels, rng):
+    if not captions.per_step:  # a layout per image, from all of them
+      t_idx = jax.random.randint(rng, labels.shape, 0, n_t)
+      if n_t * n_c <= labels.shape[0]:  # encode each distinct caption once, then gather
+        table = model.apply({"params": params}, caption_ids.reshape(n_t * n_c, -1),
+                            method=clip_lib.CLIP.encode_text)
+        return table[t_idx * n_c + labels]
+      return model.apply({"params": params}, caption_ids[t_idx, labels], method=clip_lib.CLIP.encode_text)
+    # captions.per_step layouts x every class encoded once; each image takes one of those layouts
+    k_layout, k_pick, k_soft = jax.random.split(rng, 3)
+    sel = jax.random.randint(k_layout, (captions.per_step,), 0, n_t)
+    ids = caption_ids[sel].reshape(captions.per_step * n_c, -1)
+    embeds = model.apply({"params": params}, ids, method=clip_lib.CLIP.embed_tokens)
+    if soft is not None:
+      noise = captions.soft_std * jax.random.normal(k_soft, embeds.shape, embeds.dtype)
+      embeds = jnp.where(soft[sel].reshape(ids.shape)[..., None], noise, embeds)
+    table = model.apply({"params": params}, embeds, eot[sel].reshape(-1), method=clip_lib.CLIP.encode_text_embeds)
+    pick = jax.random.randint(k_pick, labels.shape, 0, captions.per_step)
+    return table[pick * n_c + labels]
 
   def loss_fn(params, batch, rng):
     labels = batch["label"]
-    t_idx = jax.random.randint(rng, labels.shape, 0, n_t)
-    if n_t * n_c <= labels.shape[0]:  # encode each distinct caption once, then gather
-      table = model.apply({"params": params}, caption_ids.reshape(n_t * n_c, -1), method=clip_lib.CLIP.encode_text)
-      txt = table[t_idx * n_c + labels]
-    else:
-      txt = model.apply({"params": params}, caption_ids[t_idx, labels], method=clip_lib.CLIP.encode_text)
+    txt = text_features(params, labels, rng)
     img = model.apply({"params": params}, batch["image"], method=clip_lib.CLIP.encode_image)
-    return contrastive_loss(clip_lib.normalize(img), clip_lib.normalize(txt), labels, params["logit_scale"],
+    scale = jnp.log(fixed_logit_scale) if fixed_logit_scale > 0 else params["logit_scale"]
+    return contrastive_loss(clip_lib.normalize(img), clip_lib.normalize(txt), labels, scale,
                             batch["mask"], multi_positive=multi_positive)
 
   def step(state, batch):
@@ -76,8 +96,10 @@ def make_step(model: clip_lib.CLIP, caption_ids, tx, *, multi_positive: bool, lr
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optim.apply_updates_trainable(state["params"], updates,
                                            jax.tree.map(lambda _: True, state["params"]))
-    # CLIP clamps the temperature so that exp(logit_scale) <= 100.
-    params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)}
+    if fixed_logit_scale > 0:  # exported as the scale the model was trained with
+      params = {**params, "logit_scale": jnp.full_like(params["logit_scale"], np.log(fixed_logit_scale))}
+    else:  # CLIP clamps the temperature so that exp(logit_scale) <= 100.
+      params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)}
     metrics = {"loss": loss, "logit_scale": jnp.exp(params["logit_scale"]), "lr": lr_fn(state["step"])}
     return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
@@ -130,8 +152,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   cfg = presets.get_preset(p.preset, dtype=config.model.dtype)
   model = clip_lib.CLIP(cfg)
   tokenizer = Tokenizer(context_length=cfg.text.context_length)
-  caption_ids = tokenizer.trim_padding(
-      np.stack([tokenizer([t.format(n) for n in split.class_names]) for t in zeroshot.TEMPLATES]))
+  bank = captions_lib.bank(split.class_names, tokenizer, p.captions)
   data_kw = image_spec(config.data, cfg.vision.image_size).pipeline_kw()
   spe = pipeline.steps_per_epoch(split, p.batch_size)
   total = p.epochs * spe
@@ -140,9 +161,11 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
   tx, schedules = optim.make_optimizer(abstract, rules, optim=p.optim, schedule=p.schedule, total_steps=total,
                                        steps_per_epoch=spe)
 
+  warm = _warm_start(p, model, abstract, cfg)
+
   def init(rng):
     k_init, k_train = jax.random.split(rng)
-    params = clip_lib.init_params(model, k_init)
+    params = clip_lib.init_params(model, k_init) if warm is None else jax.tree.map(jnp.asarray, warm)
     return {"step": jnp.int32(0), "rng": jax.random.key_data(k_train), "params": params,
             "opt_state": tx.init(params)}
 
@@ -167,8 +190,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
       if not (snap / "model.safetensors").exists():
         accs = evaluate(st["params"]) if evaluate is not None else {}
         _export(snap, parallel.to_host(st["params"]), cfg, {
-            "preset": p.preset, "split": split.name, "num_examples": split.num_examples, "epochs": epoch + 1,
-            "of_epochs": p.epochs, "zero_shot_accuracy_ensemble": accs.get("ensemble"),
+            **record, "epochs": epoch + 1, "of_epochs": p.epochs, "zero_shot_accuracy_ensemble": accs.get("ensemble"),
             "zero_shot_accuracy_single_template": accs.get("single"), "steps": int(st["step"])})
         if accs:
           scalars["zero_shot_accuracy"] = accs["ensemble"]
@@ -176,7 +198,9 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
       scalars["zero_shot_accuracy"] = evaluate(st["params"])["ensemble"]
     return scalars or None
 
-  step_fn = make_step(model, caption_ids, tx, multi_positive=bool(p.multi_positive), lr_fn=schedules["g0"])
+  step_fn = make_step(model, bank, tx, multi_positive=bool(p.multi_positive), lr_fn=schedules["g0"],
+                      fixed_logit_scale=float(p.logit_scale))
+  record = _record(p, split, bank)
   with StageCheckpointer(out["checkpoints"], every_steps=config.checkpoint_every_steps) as ckpt:
     state, sh = train_state.create(init, jax.random.key(config.seed + 1), mesh=mesh,
                                    sharding_rules=config.sharding_rules, checkpointer=ckpt)
@@ -192,7 +216,7 @@ def run(config, workdir: str | Path, *, splits, mesh, writer) -> Path:
     writer.write_scalars(int(state["step"]), {"pretrain/zero_shot_accuracy": accs["ensemble"],
                                               "pretrain/zero_shot_accuracy_single_template": accs["single"]})
   _export(final, params, cfg, {
-      "preset": p.preset, "split": split.name, "num_examples": split.num_examples, "epochs": p.epochs,
+      **record, "epochs": p.epochs,
       "zero_shot_accuracy_ensemble": accs.get("ensemble"),
       "zero_shot_accuracy_single_template": accs.get("single"), "steps": int(state["step"])})
   return final
@@ -210,6 +234,26 @@ def _pretrain_split(p, splits):
     logging.warning("[pretrain] pretraining on the train split's own labels, the ones this run audits: the CLIP "
                     "learns their errors (data.pretrain_root / data.pretrain_file name a clean set instead)")
   return splits[p.split]
+
+
+def _record(p, split, bank: captions_lib.CaptionBank) -> dict:
+  """What pretrain_info.json says of how the CLIP was made (the epochs and accuracy are added)."""
+  return {"preset": p.preset, "split": split.name, "num_examples": split.num_examples, "init": p.init or "random",
+          "captions": {"kind": p.captions.kind, **bank.describe()},
+          "logit_scale": "learned (clamped at 100)" if not p.logit_scale else f"fixed at {p.logit_scale}"}
+
+
+def _warm_start(p, model, abstract, cfg):
+  """The parameters of the CLIP ``pretrain.init`` names (a checkpoint of the same preset: pretraining goes on
+  from it), or None for a random init."""
+  if not p.init:
+    return None
+  ckpt_cfg = clip_weights.config_from_checkpoint(p.init)
+  if (ckpt_cfg.vision, ckpt_cfg.text, ckpt_cfg.embed_dim) != (cfg.vision, cfg.text, cfg.embed_dim):
+    raise ConfigError(f"pretrain.init={p.init!r} is not a {p.preset!r} CLIP (its towers differ); pretraining can "
+                      "only go on from a checkpoint of pretrain.preset")
+  logging.info("[pretrain] starting from the weights of %s", p.init)
+  return clip_weights.load_pretrained(p.init, abstract, scan=cfg.scan)
 
 
 def _snapshot_epochs(p) -> set:
