@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deft_jax import config_lib, optim, parallel, train_state
 from deft_jax.classify.classifier import prompt_rules
@@ -50,7 +51,7 @@ class Detector:
         pseudo_label_start_epoch=warm if pseudo is None else _first_epoch_index(pseudo),
         strict=bool(recipe["strict_selection"]),
         warmup_loss=recipe["warmup_loss"], text_chunk=self.layout.text_chunk,
-        text_prefix_sharing=self.layout.share_prefix)
+        text_prefix_sharing=self.layout.share_prefix, negatives=d.negatives)
     self.rules = [tuple(r) for r in d.trainable] if d.trainable else default_rules(self.peft)
     self.sharding_rules = [tuple(r) for r in config.sharding_rules]
     self.tx, self.schedules = optim.make_optimizer(
@@ -64,7 +65,8 @@ class Detector:
     clip_params = clip_lib.init_params(self.model, k_model)
     prompts = prompts_lib.init_prompts(k_prompts, self.template, self.model.config.text.width,
                                        class_specific=self.layout.class_specific,
-                                       token_embedding=prompts_lib.token_embedding(clip_params))
+                                       token_embedding=prompts_lib.token_embedding(clip_params),
+                                       class_specific_negatives=self.layout.class_specific_negatives)
     return {"clip": clip_params, "prompts": prompts}
 
   def _abstract_params(self):
@@ -79,7 +81,10 @@ class Detector:
 
   def _load(self, state) -> dict:
     clip = self.clip.load(self.model, state["params"]["clip"])
-    words = prompts_lib.words_init(jax.random.key(0), self.template, clip, class_specific=self.layout.class_specific)
+    if self.config.detect.logit_scale:  # phase 1 at a given scale (CLIP's is 100) instead of the checkpoint's
+      clip = {**clip, "logit_scale": jnp.full_like(clip["logit_scale"], np.log(self.config.detect.logit_scale))}
+    words = prompts_lib.words_init(jax.random.key(0), self.template, clip, class_specific=self.layout.class_specific,
+                                   class_specific_negatives=self.layout.class_specific_negatives)
     return {**state, "params": {"clip": clip, "prompts": state["params"]["prompts"] if words is None else words}}
 
   def init_state(self, rng, checkpointer=None) -> dict:

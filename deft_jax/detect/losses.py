@@ -50,14 +50,31 @@ def select_clean(py: jax.Array, labels: jax.Array, *, strict: bool) -> tuple[jax
   return p_clean, jax.lax.stop_gradient(selected)
 
 
-def complementary_labels(rng, labels: jax.Array, num_classes: int) -> jax.Array:
-  """A label drawn uniformly from the C - 1 classes other than each given label."""
-  offset = jax.random.randint(rng, labels.shape, 1, num_classes)
-  return (labels + offset) % num_classes
+NEGATIVES = ("uniform", "hard", "mixed")
+
+
+def complementary_labels(rng, labels: jax.Array, num_classes: int, *, s_pos=None,
+                         negatives: str = "uniform") -> jax.Array:
+  """A class other than each given label: drawn uniformly from the C - 1 others (``negatives="uniform"``, the
+  method's), from the positive prompts' softmax over the others (``"hard"``: the classes the image looks like
+  most often, so the negative prompts learn look-alike classes), or from either with probability 1/2 each
+  (``"mixed"``). ``s_pos`` [B, C]: the positive logits (the hard draw reads them as constants)."""
+  if negatives == "uniform":  # the rng used whole, as before the other draws existed
+    return (labels + jax.random.randint(rng, labels.shape, 1, num_classes)) % num_classes
+  if negatives not in NEGATIVES:
+    raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+  k_uniform, k_hard, k_mix = jax.random.split(rng, 3)
+  uniform = (labels + jax.random.randint(k_uniform, labels.shape, 1, num_classes)) % num_classes
+  others = jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), -jnp.inf,
+                     jax.lax.stop_gradient(s_pos).astype(jnp.float32))
+  hard = jax.random.categorical(k_hard, others, axis=-1)
+  if negatives == "hard":
+    return hard
+  return jnp.where(jax.random.bernoulli(k_mix, 0.5, labels.shape), hard, uniform)
 
 
 def deft_loss(s_pos, s_neg, labels, valid, rng, *, warmup, pseudo_labels, strict: bool = False,
-              warmup_loss: str = "ce") -> tuple[jax.Array, dict]:
+              warmup_loss: str = "ce", negatives: str = "uniform") -> tuple[jax.Array, dict]:
   """Total phase-1 loss L_cls + L_neg and per-example outputs.
 
   Args:
@@ -70,6 +87,7 @@ def deft_loss(s_pos, s_neg, labels, valid, rng, *, warmup, pseudo_labels, strict
     pseudo_labels: traced bool; when True unselected samples use t_i = argmax_k s_pos in L_neg.
     strict: the stricter selection rule of the real-world datasets.
     warmup_loss: "ce" or "sce" (symmetric CE, alpha = beta = 1) for L_cls during warm-up.
+    negatives: how L_neg's complementary class is drawn (:func:`complementary_labels`; "uniform" is the method).
 
   Returns:
     (loss, aux) with aux holding loss_cls, loss_neg, p_clean [B], selected [B], suggested [B], margin [B].
@@ -85,7 +103,7 @@ def deft_loss(s_pos, s_neg, labels, valid, rng, *, warmup, pseudo_labels, strict
   loss_cls = masked_mean(jnp.where(warmup, warm_ce, ce), cls_mask)
 
   # L_neg: push p_no up at a random complementary class, p_yes up at the target class t_i.
-  comp = complementary_labels(rng, labels, num_classes)
+  comp = complementary_labels(rng, labels, num_classes, s_pos=s_pos, negatives=negatives)
   p_no_comp = 1.0 - jnp.take_along_axis(py, comp[:, None], axis=-1)[:, 0]
   suggested = jnp.argmax(s_pos, axis=-1)
   use_pseudo = pseudo_labels & ~selected

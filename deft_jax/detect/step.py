@@ -37,6 +37,7 @@ class DetectSettings:
   text_chunk: int = 0
   # The prompts' shared prefix once per context, then the class suffixes (exact; see models/prompts.py).
   text_prefix_sharing: bool = True
+  negatives: str = "uniform"  # L_neg's complementary class (detect/losses.py complementary_labels)
 
 
 def logits(model: clip_lib.CLIP, params, images, template: PromptTemplate, *, text_chunk: int = 0,
@@ -67,7 +68,7 @@ def loss_fn(params, batch, rng, step, *, model, template: PromptTemplate, settin
   return losses.deft_loss(
       s_pos, s_neg, batch["label"], batch["mask"], rng,
       warmup=epoch < settings.warmup_epochs, pseudo_labels=epoch >= settings.pseudo_label_start_epoch,
-      strict=settings.strict, warmup_loss=settings.warmup_loss)
+      strict=settings.strict, warmup_loss=settings.warmup_loss, negatives=settings.negatives)
 
 
 def init_online(num_examples: int, num_epochs: int = 1) -> dict:

@@ -39,6 +39,7 @@ class PromptLayout:
   ctx_init_pad: bool = False
   position: str = "end"
   class_specific: bool = False
+  class_specific_negatives: bool = False  # the negative contexts per class, the positive one shared
   text_chunk: int = 0
   share_prefix: bool = True
 
@@ -46,7 +47,8 @@ class PromptLayout:
   def from_config(cls, d) -> "PromptLayout":
     """From the ``detect`` config section."""
     return cls(n_ctx=int(d.n_ctx), ctx_init=d.ctx_init, ctx_init_pad=bool(d.ctx_init_pad),
-               position=d.class_token_position, class_specific=bool(d.class_specific), text_chunk=int(d.text_chunk),
+               position=d.class_token_position, class_specific=bool(d.class_specific),
+               class_specific_negatives=bool(d.get("class_specific_negatives", False)), text_chunk=int(d.text_chunk),
                share_prefix=bool(d.text_prefix_sharing))
 
   def template(self, class_names: Sequence[str], tokenizer: Tokenizer) -> "PromptTemplate":
@@ -143,8 +145,13 @@ def build_template(class_names: Sequence[str], tokenizer: Tokenizer, *, n_ctx: i
 
 
 def init_prompts(rng, template: PromptTemplate, width: int, *, class_specific: bool = False,
-                 token_embedding: Optional[jax.Array] = None) -> dict:
-  """``{"pos_ctx", "neg_ctx"}``, each [n_ctx, width] (or [C, n_ctx, width] when class-specific)."""
+                 token_embedding: Optional[jax.Array] = None, class_specific_negatives: bool = False) -> dict:
+  """``{"pos_ctx", "neg_ctx"}``, each [n_ctx, width] (or [C, n_ctx, width] when class-specific;
+  ``class_specific_negatives``: the negative one only)."""
+  if class_specific_negatives and not class_specific:
+    out = init_prompts(rng, template, width, class_specific=True, token_embedding=token_embedding)
+    return {"pos_ctx": init_prompts(rng, template, width, token_embedding=token_embedding)["pos_ctx"],
+            "neg_ctx": out["neg_ctx"]}
   shape = (template.num_classes, template.n_ctx, width) if class_specific else (template.n_ctx, width)
   k_pos, k_neg = jax.random.split(rng)
   if template.init_ids is not None:
@@ -167,13 +174,15 @@ def token_embedding(clip_params) -> jax.Array:
   return clip_params["text_model"]["embeddings"]["token_embedding"]["embedding"]
 
 
-def words_init(rng, template: PromptTemplate, clip_params, *, class_specific: bool = False) -> Optional[dict]:
+def words_init(rng, template: PromptTemplate, clip_params, *, class_specific: bool = False,
+               class_specific_negatives: bool = False) -> Optional[dict]:
   """With ``ctx_init``, the contexts ``init_prompts`` gives once the pretrained CLIP is loaded (they start from
   the pretrained embeddings of its words, which a random init cannot know); None without ``ctx_init``."""
   if template.init_ids is None:
     return None
   table = token_embedding(clip_params)
-  return init_prompts(rng, template, table.shape[-1], class_specific=class_specific, token_embedding=table)
+  return init_prompts(rng, template, table.shape[-1], class_specific=class_specific, token_embedding=table,
+                      class_specific_negatives=class_specific_negatives)
 
 
 def _with_context(token_embeds, ctx, ctx_index: np.ndarray, rows: np.ndarray):
@@ -212,8 +221,11 @@ def text_features(model: clip_lib.CLIP, clip_params, prompts: dict, template: Pr
   ``chunk`` > 0 runs the text tower over at most ``chunk`` prompts at a time, rematerialised, so that
   memory stays bounded for datasets with up to thousands of classes. ``share_prefix``: see :func:`text_layout`.
   """
-  pos, neg = context_features(model, clip_params, [prompts["pos_ctx"], prompts["neg_ctx"]], template, chunk=chunk,
-                              share_prefix=share_prefix)
+  pos, neg = prompts["pos_ctx"], prompts["neg_ctx"]
+  if pos.ndim != neg.ndim:  # class-specific negatives: two layouts, one pass each
+    return tuple(context_features(model, clip_params, [c], template, chunk=chunk, share_prefix=share_prefix)[0]
+                 for c in (pos, neg))
+  pos, neg = context_features(model, clip_params, [pos, neg], template, chunk=chunk, share_prefix=share_prefix)
   return pos, neg
 
 
