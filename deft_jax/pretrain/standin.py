@@ -4,6 +4,8 @@
   python -m deft_jax.pretrain.standin export W/pretrain/clip cifar10_tiny32
   # zero-shot top-1 on the first N CIFAR-10 test images (0 = all 10,000), the 12 templates ensembled and one
   python -m deft_jax.pretrain.standin zero_shot standin:cifar10_tiny32 --root ../shared/assets --test_size 0
+  # zero-shot with phase 1's initial prompts, and after 100 steps of CoOp tuning (deft_jax/pretrain/probe.py)
+  python -m deft_jax.pretrain.standin probe standin:cifar10_tiny32 --root ../shared/assets
 
 The export keeps every tensor (cast to float16, which is all the file stores: loading casts back to float32)
 and ``config.json``; the tokenizer is the package's own OpenAI vocabulary, which the pretrain stage copies
@@ -74,10 +76,22 @@ def main(argv=None) -> None:
   z.add_argument("checkpoint", help="standin:<name>, a CLIP directory or a .safetensors file")
   z.add_argument("--root", default="../shared/assets")
   z.add_argument("--test_size", type=int, default=0)
+  pr = sub.add_parser("probe", help="zero-shot with phase 1's initial prompts and after CoOp tuning "
+                                    "(deft_jax/pretrain/probe.py)")
+  pr.add_argument("checkpoint", help="standin:<name>, a CLIP directory or a .safetensors file")
+  pr.add_argument("--root", default="../shared/assets")
+  pr.add_argument("--test_size", type=int, default=0)
+  pr.add_argument("--steps", type=int, default=100)
+  pr.add_argument("--seeds", type=int, default=3)
+  pr.add_argument("--logit_scale", type=float, default=0.0, help="CoOp's scale (0: the model's own)")
   args = ap.parse_args(argv)
   if args.cmd == "export":
     out, digest = export(args.src, args.name)
     print(json.dumps({"dir": str(out), "sha256": digest, "bytes": (out / standins.WEIGHTS).stat().st_size}))
+  elif args.cmd == "probe":
+    from deft_jax.pretrain import probe
+    print(json.dumps(probe.probe(args.checkpoint, args.root, test_size=args.test_size, steps=args.steps,
+                                 seeds=args.seeds, logit_scale=args.logit_scale or None)))
   else:
     accs = zero_shot_accuracy(args.checkpoint, args.root, test_size=args.test_size)
     print(json.dumps({"checkpoint": args.checkpoint, "test_size": args.test_size or 10000, **accs}))
