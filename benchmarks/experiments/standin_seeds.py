@@ -2,7 +2,7 @@ r"""The shipped stand-in's quality test of the suite (tests/test_standin.py) at 
 comparison it asserts.
 
 Each seed runs DEFT (phase 1 and its scoring pass) and CLIP label-match with the shipped stand-in
-(``model.checkpoint=standin:cifar10_tiny32``, configs/cifar10n_strong_vlm.py otherwise) on the first 2,000
+(``model.checkpoint=`` ``STANDIN`` or ``--checkpoint``, configs/cifar10n_strong_vlm.py otherwise) on the first 2,000
 of the 10,000 held-out CIFAR-10 training images, with their CIFAR-10N ``worse_label`` labels (the stand-in never
 saw them), and ``--config.seed=S`` (the detection stream). A workdir that already holds a finished seed is read,
 not rerun. Prints one JSON line per seed and the min / max of every comparison over the seeds.
@@ -23,9 +23,12 @@ LABEL_SET = "worse_label"
 TRAIN_INDICES = "0:2000"
 
 
-def overrides(recipe: str = "") -> tuple[str, ...]:
+STANDIN = "standin:cifar10_tiny32"  # the stand-in the suite's quality test runs
+
+
+def overrides(recipe: str = "", checkpoint: str = STANDIN) -> tuple[str, ...]:
   """The suite's command line after the config (a recipe of "" keeps the config's)."""
-  return ("--config.stages=('detect',)", "--config.model.checkpoint=standin:cifar10_tiny32",
+  return ("--config.stages=('detect',)", f"--config.model.checkpoint={checkpoint}",
           f"--config.data.train_indices={TRAIN_INDICES}", "--config.baselines.methods=('label_match',)",
           *((f"--config.detect.recipe={recipe}",) if recipe else ()))
 
@@ -68,10 +71,11 @@ def main():
   p.add_argument("--out", type=Path, required=True)
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--recipe", default="", help="detect.recipe (default: the config's)")
+  p.add_argument("--checkpoint", default=STANDIN, help=f"the CLIP (default: the suite's, {STANDIN})")
   args = p.parse_args()
   seeds.run(args.seeds, args.out, "baselines/label_match/detection.npz",
             lambda seed, wd: [config_arg(args.root), f"--workdir={wd}", f"--config.seed={seed}",
-                              *overrides(args.recipe)], comparisons)
+                              *overrides(args.recipe, args.checkpoint)], comparisons)
 
 
 if __name__ == "__main__":

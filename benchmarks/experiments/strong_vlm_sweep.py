@@ -37,12 +37,24 @@ REPO = Path(__file__).resolve().parents[2]
 BASELINES = ("label_match", "small_loss", "gmm", "cleanlab_cl", "cleanlab_datalab")
 
 
-def command(args, checkpoint: Path, label_set: str, workdir: Path) -> list[str]:
+def cell(label_set: str) -> tuple[str, list[str]]:
+  """A label set of the sweep -> (the config's label_set, extra overrides): a CIFAR-10N label set as it is, or
+  "symR" (e.g. sym0.2): symmetric noise at rate R on the clean labels (R = 0: the clean labels themselves),
+  phase 1's synthetic recipe."""
+  if not label_set.startswith("sym"):
+    return label_set, []
+  rate = float(label_set[3:])
+  noise = [] if rate == 0 else ["--config.data.noise.type=sym", f"--config.data.noise.rate={rate}"]
+  return "clean_label", [*noise, "--config.detect.recipe=synthetic"]
+
+
+def command(args, checkpoint, label_set: str, workdir: Path) -> list[str]:
+  config_label_set, overrides = cell(label_set)
   return [sys.executable, "-m", "deft_jax.main",
-          f"--config=configs/cifar10n_strong_vlm.py:root={args.root},label_set={label_set}",
+          f"--config=configs/cifar10n_strong_vlm.py:root={args.root},label_set={config_label_set}",
           f"--workdir={workdir}", "--config.stages=('detect',)", f"--config.model.checkpoint={checkpoint}",
           f"--config.baselines.methods={tuple(m for m in args.methods.split(',') if m)!r}".replace(" ", ""),
-          *args.extra]
+          *overrides, *args.extra]
 
 
 def fnr_at_budget(score: np.ndarray, truly_noisy: np.ndarray) -> float:
@@ -57,6 +69,10 @@ def given_and_true_labels(workdir: Path, label_set: str) -> tuple[np.ndarray, np
   """The detection split's given (``label_set``) and true labels of a sweep workdir, from its config.json."""
   from deft_jax.data import cifar_offline  # pylint: disable=g-import-not-at-top
 
+  noisy = workdir / "noisy_labels.npz"
+  if noisy.exists():  # synthetic noise the run drew on the clean labels
+    with np.load(noisy) as f:
+      return np.asarray(f["noisy_labels"]), np.asarray(f["clean_labels"])
   data = json.loads((workdir / "config.json").read_text())["data"]
   split = cifar_offline.load_cifar10n_offline(data["root"], label_set=label_set, train_indices=data["train_indices"],
                                               pretrain_indices=data["pretrain_indices"], test_size=1)["train"]
@@ -70,7 +86,8 @@ def recipe_of(workdir: Path) -> str:
   return recipe_name(ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())))
 
 
-def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cmd: str) -> list[dict]:
+def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cmd: str,
+         variant: str = "") -> list[dict]:
   from deft_jax.detect.train import label_probability  # pylint: disable=g-import-not-at-top
   from deft_jax.report import auroc, detection_metrics  # pylint: disable=g-import-not-at-top
 
@@ -97,7 +114,7 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
          else detection_metrics(is_clean, given, truth))
     out.append({
         "zero_shot_acc": zero_shot, "checkpoint": checkpoint, "label_set": label_set, "method": name,
-        "recipe": recipe,
+        "recipe": recipe, **({"variant": variant} if variant else {}),
         "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
         "auroc": None if score is None else auroc(score, clean),
         "flagged_fraction": None if is_clean is None else float(1 - is_clean.mean()),
@@ -108,23 +125,40 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
   return out
 
 
+def checkpoints(args):
+  """(name, checkpoint, pretrain_info) of every VLM the sweep runs: --checkpoint, or --pretrain's --snapshots."""
+  if args.checkpoint:
+    from deft_jax.models import clip_weights  # pylint: disable=g-import-not-at-top
+    ckpt = clip_weights.resolve_checkpoint(args.checkpoint)
+    info = json.loads(((ckpt if ckpt.is_dir() else ckpt.parent) / "pretrain_info.json").read_text())
+    return [(args.checkpoint.replace(":", "_"), args.checkpoint, info)]
+  if not args.pretrain:
+    raise SystemExit("give --pretrain (with --snapshots) or --checkpoint")
+  out = []
+  for snap in args.snapshots.split(","):
+    ckpt = Path(args.pretrain) / ("clip" if snap == "clip" else f"snapshots/{snap}")
+    out.append((snap, ckpt, json.loads((ckpt / "pretrain_info.json").read_text())))
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--pretrain", required=True, help="the pretrain/ folder of a configs/cifar10n_strong_vlm.py run")
+  p.add_argument("--pretrain", default="", help="the pretrain/ folder of a configs/cifar10n_strong_vlm.py run")
   p.add_argument("--root", required=True, help="the CIFAR-10N assets folder")
   p.add_argument("--out", required=True, help="a folder for the detection workdirs")
   p.add_argument("--snapshots", default="epoch_002,epoch_008,clip")
+  p.add_argument("--checkpoint", default="", help="instead of --pretrain's snapshots: one CLIP (e.g. "
+                 "standin:cifar10_tiny32_v2; its zero-shot accuracy from its pretrain_info.json)")
+  p.add_argument("--variant", default="", help="a tag for rows of a non-default phase 1 (e.g. negatives=hard; "
+                 "the overrides themselves go in extra)")
   p.add_argument("--label_sets", default="worse_label,aggre_label,random_label1")
   p.add_argument("--methods", default=",".join(BASELINES))
   p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "detection_strong_vlm.jsonl"))
   p.add_argument("--rows_only", action="store_true", help="only score the existing workdirs (nothing runs)")
   p.add_argument("extra", nargs="*", help="more --config.* overrides")
   args = p.parse_args()
-  pretrain = Path(args.pretrain)
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  for snap in args.snapshots.split(","):
-    ckpt = pretrain / ("clip" if snap == "clip" else f"snapshots/{snap}")
-    info = json.loads((ckpt / "pretrain_info.json").read_text())
+  for snap, ckpt, info in checkpoints(args):
     for label_set in args.label_sets.split(","):
       workdir = Path(args.out) / snap / label_set
       cmd = command(args, ckpt, label_set, workdir)
@@ -133,7 +167,7 @@ def main():
       if not args.rows_only:
         subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
       new = rows(workdir, zero_shot=info["zero_shot_accuracy_ensemble"], checkpoint=f"{snap} ({info['epochs']} epochs)",
-                 label_set=label_set, cmd="python " + shown)
+                 label_set=label_set, cmd="python " + shown, variant=args.variant)
       with open(args.results, "a") as f:
         for r in new:
           f.write(json.dumps(r) + "\n")
