@@ -140,6 +140,25 @@ def _choices(values) -> str:
   return "one of " + ", ".join(repr(v) for v in values)
 
 
+# The plain checks, whose allowed range is said from the same bounds the check tests.
+def _int_check(field: str, lo: int, note: str = "") -> Check:
+  """An integer >= ``lo``; ``note`` says what a special value means (e.g. "0: all")."""
+  return Check(field, f"an integer >= {lo}" + (f" ({note})" if note else ""), _int(lo))
+
+
+def _real_check(field: str, lo: float, hi: float = math.inf, *, lo_open: bool = False,
+                hi_open: bool = False) -> Check:
+  if hi == math.inf:
+    allowed = f"a number {'>' if lo_open else '>='} {lo}"
+  else:
+    allowed = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+  return Check(field, allowed, _real(lo, hi, lo_open=lo_open, hi_open=hi_open))
+
+
+def _enum_check(field: str, values) -> Check:
+  return Check(field, _choices(values), _one_of(values))
+
+
 def _baselines() -> list[str]:
   from deft_jax import baselines  # pylint: disable=g-import-not-at-top  (the registry's names only: no JAX)
   return baselines.available()
@@ -154,17 +173,17 @@ def _section_checks(s: str) -> list[Check]:
   """The optimiser, schedule and batch fields every training section has (pretrain, detect, adapt, baselines)."""
   out = [
       Check(f"{s}.batch_size", _BATCH, _batch),
-      Check(f"{s}.optim.name", _choices(OPTIMIZERS), _one_of(OPTIMIZERS)),
-      Check(f"{s}.optim.momentum", "a number in [0, 1)", _real(0, 1, hi_open=True)),
-      Check(f"{s}.optim.weight_decay", "a number >= 0", _real(0)),
-      Check(f"{s}.optim.b1", "a number in [0, 1)", _real(0, 1, hi_open=True)),
-      Check(f"{s}.optim.b2", "a number in [0, 1)", _real(0, 1, hi_open=True)),
-      Check(f"{s}.optim.eps", "a number > 0", _real(0, lo_open=True)),
+      _enum_check(f"{s}.optim.name", OPTIMIZERS),
+      _real_check(f"{s}.optim.momentum", 0, 1, hi_open=True),
+      _real_check(f"{s}.optim.weight_decay", 0),
+      _real_check(f"{s}.optim.b1", 0, 1, hi_open=True),
+      _real_check(f"{s}.optim.b2", 0, 1, hi_open=True),
+      _real_check(f"{s}.optim.eps", 0, lo_open=True),
       Check(f"{s}.optim.grad_clip_norm", "None or a number > 0", _optional(_real(0, lo_open=True))),
       Check(f"{s}.schedule.lr", "a finite number > 0", _real(0, lo_open=True)),
-      Check(f"{s}.schedule.decay", _choices(DECAYS), _one_of(DECAYS)) if s != "detect" else
+      _enum_check(f"{s}.schedule.decay", DECAYS) if s != "detect" else
       Check("detect.schedule.decay", "None (detect.recipe's) or " + _choices(DECAYS), _optional(_one_of(DECAYS))),
-      Check(f"{s}.schedule.warmup_steps", "an integer >= 0", _int(0)),
+      _int_check(f"{s}.schedule.warmup_steps", 0),
       Check(f"{s}.schedule.min_lr", "a finite number >= 0", _real(0)),
       Check(f"{s}.schedule.per_epoch", "True or False", _bool),
   ]
@@ -176,14 +195,14 @@ def _section_checks(s: str) -> list[Check]:
 def _peft_checks(s: str) -> list[Check]:
   from deft_jax.models import peft as peft_lib  # pylint: disable=g-import-not-at-top  (no JAX)
   return [
-      Check(f"{s}.peft.vpt", _choices(VPT_MODES), _one_of(VPT_MODES)),
+      _enum_check(f"{s}.peft.vpt", VPT_MODES),
       Check(f"{s}.peft.vpt_tokens", f"an integer >= 0, >= 1 unless {s}.peft.vpt='none'",
             lambda v, ctx: _is_int(v) and (v >= 1 or v == 0 and ctx.get(f"{s}.peft.vpt") == "none")),
-      Check(f"{s}.peft.lora_rank", "an integer >= 0", _int(0)),
+      _int_check(f"{s}.peft.lora_rank", 0),
       Check(f"{s}.peft.lora_alpha", "None or a number > 0", _optional(_real(0, lo_open=True))),
       Check(f"{s}.peft.lora_targets", f"a list of {', '.join(peft_lib.LORA_TARGETS)}",
             lambda v, ctx: isinstance(v, (list, tuple)) and set(v) <= set(peft_lib.LORA_TARGETS)),
-      Check(f"{s}.peft.adapter_dim", "an integer >= 0", _int(0)),
+      _int_check(f"{s}.peft.adapter_dim", 0),
       Check(f"{s}.peft.partial", "None or an integer >= 1", _optional(_int(1))),
   ]
 
@@ -192,23 +211,23 @@ def _data_checks() -> list[Check]:
   from deft_jax.data import config as data_config  # pylint: disable=g-import-not-at-top  (no TensorFlow)
   augs = data_config.AUGMENTATIONS
   return [
-      Check("data.image_size", "an integer >= 0 (0: the model's)", _int(0)),
-      Check("data.train_size", "an integer >= 0 (0: all)", _int(0)),
-      Check("data.test_size", "an integer >= 0 (0: all)", _int(0)),
-      Check("data.num_classes", "an integer >= 0 (0: the source's)", _int(0)),
-      Check("data.balanced_subset", "an integer >= 0 (0: none)", _int(0)),
-      Check("data.shuffle_buffer", "an integer >= 1", _int(1)),
-      Check("data.train_augment", _choices(augs), _one_of(augs)),
-      Check("data.eval_resize", _choices(data_config.EVAL_RESIZES), _one_of(data_config.EVAL_RESIZES)),
+      _int_check("data.image_size", 0, "0: the model's"),
+      _int_check("data.train_size", 0, "0: all"),
+      _int_check("data.test_size", 0, "0: all"),
+      _int_check("data.num_classes", 0, "0: the source's"),
+      _int_check("data.balanced_subset", 0, "0: none"),
+      _int_check("data.shuffle_buffer", 1),
+      _enum_check("data.train_augment", augs),
+      _enum_check("data.eval_resize", data_config.EVAL_RESIZES),
       Check("data.normalization", f"{_choices(sorted(data_config.DATASET_STATS))} or ((m, m, m), (s, s, s))",
             lambda v, ctx: (v in data_config.DATASET_STATS) if isinstance(v, str) else
             (isinstance(v, (list, tuple)) and len(v) == 2 and all(len(x) == 3 for x in v))),
-      Check("data.webvision_subset", _choices(WEBVISION_SUBSETS), _one_of(WEBVISION_SUBSETS)),
-      Check("data.noise.type", _choices(NOISE_TYPES), _one_of(NOISE_TYPES)),
-      Check("data.noise.ratio", "a number in [0, 1]", _real(0, 1)),
+      _enum_check("data.webvision_subset", WEBVISION_SUBSETS),
+      _enum_check("data.noise.type", NOISE_TYPES),
+      _real_check("data.noise.ratio", 0, 1),
       Check("data.noise.class_map", f"{_choices(CLASS_MAPS)} or a dict",
             lambda v, ctx: v in CLASS_MAPS or hasattr(v, "items")),
-      Check("data.noise.idn_image_size", "an integer >= 0 (0: by source)", _int(0)),
+      _int_check("data.noise.idn_image_size", 0, "0: by source"),
   ]
 
 
@@ -219,77 +238,77 @@ def _stage_checks() -> list[Check]:
   augs = data_config.AUGMENTATIONS
   trains = lambda ctx: ctx.get("adapt.method") in ADAPT_TRAINED  # noqa: E731
   return [
-      Check("seed", "an integer >= 0", _int(0)),
+      _int_check("seed", 0),
       Check("stages", f"a list of {', '.join(stages.STAGE_ORDER)}",
             lambda v, ctx: isinstance(v, (list, tuple)) and set(v) <= set(stages.STAGE_ORDER)),
-      Check("log_every_steps", "an integer >= 1", _int(1)),
-      Check("checkpoint_every_steps", "an integer >= 1", _int(1)),
-      Check("report.num_suspects", "an integer >= 0", _int(0)),
-      Check("report.review_top_k", "an integer >= 1 (report.review=False: no page)", _int(1)),
-      Check("report.pred_probs", _choices(PRED_PROBS), _one_of(PRED_PROBS)),
-      Check("report.pred_probs_topk", "an integer >= 1", _int(1)),
-      Check("report.pred_probs_full_max_gb", "a number >= 0", _real(0)),
-      Check("model.preset", _choices(sorted(presets.PRESETS)), _one_of(tuple(presets.PRESETS))),
-      Check("model.dtype", _choices(DTYPES), _one_of(DTYPES)),
-      Check("model.attention", _choices(ATTENTIONS), _one_of(ATTENTIONS)),
-      Check("pretrain.preset", _choices(sorted(presets.PRESETS)), _one_of(tuple(presets.PRESETS))),
-      Check("pretrain.epochs", "an integer >= 1", _int(1)),
-      Check("pretrain.augment", _choices(augs), _one_of(augs)),
-      Check("pretrain.eval_every_epochs", "an integer >= 0 (0: at the end only)", _int(0)),
+      _int_check("log_every_steps", 1),
+      _int_check("checkpoint_every_steps", 1),
+      _int_check("report.num_suspects", 0),
+      _int_check("report.review_top_k", 1, "report.review=False: no page"),
+      _enum_check("report.pred_probs", PRED_PROBS),
+      _int_check("report.pred_probs_topk", 1),
+      _real_check("report.pred_probs_full_max_gb", 0),
+      _enum_check("model.preset", sorted(presets.PRESETS)),
+      _enum_check("model.dtype", DTYPES),
+      _enum_check("model.attention", ATTENTIONS),
+      _enum_check("pretrain.preset", sorted(presets.PRESETS)),
+      _int_check("pretrain.epochs", 1),
+      _enum_check("pretrain.augment", augs),
+      _int_check("pretrain.eval_every_epochs", 0, "0: at the end only"),
       Check("pretrain.snapshot_epochs", "a list of integers in [1, pretrain.epochs]",
             lambda v, ctx: isinstance(v, (list, tuple)) and all(_int(1, "pretrain.epochs")(e, ctx) for e in v)),
-      Check("detect.epochs", "an integer >= 1", _int(1)),
-      Check("detect.recipe", _choices(RECIPES), _one_of(RECIPES)),
+      _int_check("detect.epochs", 1),
+      _enum_check("detect.recipe", RECIPES),
       Check("detect.warmup_epochs", "None (detect.recipe's) or an integer in [0, detect.epochs]",
             _optional(_int(0, "detect.epochs"))),
       Check("detect.strict_selection", "None (detect.recipe's), True or False", _optional(_bool)),
-      Check("detect.n_ctx", "an integer >= 1", _int(1)),
+      _int_check("detect.n_ctx", 1),
       Check("detect.ctx_init_pad", "True or False", _bool),
-      Check("detect.class_token_position", _choices(CLASS_TOKEN_POSITIONS), _one_of(CLASS_TOKEN_POSITIONS)),
+      _enum_check("detect.class_token_position", CLASS_TOKEN_POSITIONS),
       Check("detect.warmup_loss", "None (detect.recipe's) or " + _choices(WARMUP_LOSSES),
             _optional(_one_of(WARMUP_LOSSES))),
       Check("detect.pseudo_labels_from_epoch", "None (detect.recipe's) or an integer >= 1 (epochs count from 1)",
             _optional(_int(1))),
-      Check("detect.final_mask", _choices(FINAL_MASKS), _one_of(FINAL_MASKS)),
+      _enum_check("detect.final_mask", FINAL_MASKS),
       Check("detect.ranking", _choices(RANKINGS) + " (all but 'margin' need detect.scoring_pass=True or "
             "detect.final_mask='scoring_pass')",
             lambda v, ctx: v == "margin" or v in RANKINGS and (
                 ctx.get("detect.scoring_pass") is True or ctx.get("detect.final_mask") == "scoring_pass")),
-      Check("detect.text_chunk", "an integer >= 0 (0: all prompts at once)", _int(0)),
+      _int_check("detect.text_chunk", 0, "0: all prompts at once"),
       Check("detect.trainable", "None or a list of (regex, value) rules", _optional(lambda v, ctx: _is_rules(v))),
-      Check("adapt.method", _choices(ADAPT_METHODS), _one_of(ADAPT_METHODS)),
+      _enum_check("adapt.method", ADAPT_METHODS),
       Check("adapt.train_on", f"{_choices(TRAIN_ON)} or a baseline of deft_jax/baselines/",
             lambda v, ctx: isinstance(v, str) and (v in TRAIN_ON or v in _baselines())),
       Check("adapt.epochs", "an integer >= 0; >= 1 when adapt.steps=0 and adapt.method trains (fft, peft, vlpt)",
             lambda v, ctx: _is_int(v) and v >= 0 and (v >= 1 or ctx.get("adapt.steps") != 0 or not trains(ctx))),
-      Check("adapt.steps", "an integer >= 0 (0: train adapt.epochs epochs)", _int(0)),
-      Check("adapt.epoch_over", _choices(EPOCH_OVER), _one_of(EPOCH_OVER)),
-      Check("adapt.eval_every_epochs", "an integer >= 0 (0: at the end only)", _int(0)),
+      _int_check("adapt.steps", 0, "0: train adapt.epochs epochs"),
+      _enum_check("adapt.epoch_over", EPOCH_OVER),
+      _int_check("adapt.eval_every_epochs", 0, "0: at the end only"),
       Check("adapt.augment", "'' (data.train_augment) or " + _choices(augs), _one_of(("",) + tuple(augs))),
       Check("adapt.trainable", f"{_choices(TRAINABLE)} or a list of (regex, value) rules",
             _one_of(TRAINABLE, or_list=_is_rules)),
       Check("adapt.rules", "None or a list of (regex, value) rules", _optional(lambda v, ctx: _is_rules(v))),
-      Check("adapt.head_init", _choices(HEAD_INITS), _one_of(HEAD_INITS)),
-      Check("adapt.loss", _choices(LOSSES), _one_of(LOSSES)),
-      Check("adapt.loss_params.gce_q", "a number in (0, 1]", _real(0, 1, lo_open=True)),
-      Check("adapt.loss_params.sce_alpha", "a number >= 0", _real(0)),
-      Check("adapt.loss_params.sce_beta", "a number >= 0", _real(0)),
-      Check("adapt.loss_params.elr_lambda", "a number >= 0", _real(0)),
-      Check("adapt.loss_params.elr_beta", "a number in [0, 1)", _real(0, 1, hi_open=True)),
+      _enum_check("adapt.head_init", HEAD_INITS),
+      _enum_check("adapt.loss", LOSSES),
+      _real_check("adapt.loss_params.gce_q", 0, 1, lo_open=True),
+      _real_check("adapt.loss_params.sce_alpha", 0),
+      _real_check("adapt.loss_params.sce_beta", 0),
+      _real_check("adapt.loss_params.elr_lambda", 0),
+      _real_check("adapt.loss_params.elr_beta", 0, 1, hi_open=True),
       Check("adapt.zeroshot_templates", f"{_choices(TEMPLATE_SETS)} or a list of templates with '{{}}'",
             _one_of(TEMPLATE_SETS, or_list=lambda v: bool(v) and all(isinstance(t, str) and "{}" in t
                                                                      for t in v))),
       Check("baselines.methods", "a list of baselines of deft_jax/baselines/",
             lambda v, ctx: isinstance(v, (list, tuple)) and set(v) <= set(_baselines())),
-      Check("baselines.epochs", "an integer >= 1", _int(1)),
+      _int_check("baselines.epochs", 1),
       Check("baselines.warmup_epochs", "an integer in [0, baselines.epochs]", _int(0, "baselines.epochs")),
       Check("baselines.small_loss.rate", "None or a number in [0, 1)", _optional(_real(0, 1, hi_open=True))),
-      Check("baselines.gmm.model", _choices(GMM_MODELS), _one_of(GMM_MODELS)),
+      _enum_check("baselines.gmm.model", GMM_MODELS),
       Check("baselines.gmm.epochs", "None (the model's recipe's) or an integer >= 1", _optional(_int(1))),
       Check("baselines.gmm.warmup_epochs", "None (baselines.warmup_epochs) or an integer >= 0", _optional(_int(0))),
-      Check("baselines.cleanlab.folds", "an integer >= 2", _int(2)),
-      Check("baselines.cleanlab.C", "a number > 0", _real(0, lo_open=True)),
-      Check("baselines.cleanlab.knn", "an integer >= 1", _int(1)),
+      _int_check("baselines.cleanlab.folds", 2),
+      _real_check("baselines.cleanlab.C", 0, lo_open=True),
+      _int_check("baselines.cleanlab.knn", 1),
   ]
 
 

@@ -59,21 +59,25 @@ class BlockSpec:
 
 
 class _Part(nn.Module):
-  """A sublayer of a transformer block (attention, MLP): its block's spec and PEFT."""
+  """A transformer block or one of its sublayers (attention, MLP): the block's spec and PEFT."""
 
   spec: BlockSpec
-  peft: peft_lib.BlockPEFT
+  peft: peft_lib.BlockPEFT = peft_lib.BlockPEFT()
 
 
-class Attention(_Part):
+class _ModedPart(_Part):
+  """A block or its attention, which run in one of ``BLOCK_MODES`` (see :class:`Block`)."""
+
+  mode: str = "full"
+
+
+class Attention(_ModedPart):
   """Multi-head self-attention over [..., T, width].
 
   ``mode`` (see :class:`Block`): "full" attends to ``x`` itself; "prefix" also returns this layer's keys and
   values; "kv" returns only them; "suffix" lets ``x`` ([G, N, S, width]) attend to ``prefix_kv`` too; "pool"
   does so for one query per sequence, the token at ``pool`` [N] (-> [G, N, 1, width]).
   """
-
-  mode: str = "full"
 
   @nn.compact
   def __call__(self, x, prefix_kv=None, pool=None):
@@ -112,7 +116,7 @@ class MLP(_Part):
 BLOCK_MODES = ("full", "prefix", "kv", "suffix", "pool")
 
 
-class Block(nn.Module):
+class Block(_ModedPart):
   """Pre-norm transformer block; optionally prepends its own visual prompts (VPT).
 
   ``mode`` serves a causal tower that encodes many sequences sharing their first P tokens (text prompts with
@@ -123,10 +127,6 @@ class Block(nn.Module):
   of each sequence (-> [G, N, 1, width]): the last layer of a tower read at one token per sequence. Causality
   makes this exact: prefix tokens never see suffixes, and no token sees those after it.
   """
-
-  spec: BlockSpec
-  peft: peft_lib.BlockPEFT = peft_lib.BlockPEFT()
-  mode: str = "full"
 
   @nn.compact
   def __call__(self, x, prefix_kv=None, pool=None):

@@ -94,6 +94,25 @@ def get_preset(name: str, **overrides) -> CLIPConfig:
   return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 
+# The config.json key of each tower field (transformers' CLIPVisionConfig and CLIPTextConfig), both ways;
+# eos_token_id is read apart (a list in some configs).
+_HF_KEYS = {"image_size": "image_size", "patch_size": "patch_size", "vocab_size": "vocab_size",
+            "context_length": "max_position_embeddings", "width": "hidden_size", "layers": "num_hidden_layers",
+            "heads": "num_attention_heads", "mlp_dim": "intermediate_size", "ln_eps": "layer_norm_eps"}
+# transformers' default where a config.json leaves a key out and it is not the field's own.
+_HF_DEFAULTS = {"patch_size": 32}
+
+
+def _tower_from_hf(cls, hf: Mapping[str, Any], **fields):
+  """A VisionConfig or TextConfig from its section of a config.json."""
+  return cls(**{f.name: hf.get(_HF_KEYS[f.name], _HF_DEFAULTS.get(f.name, f.default))
+                for f in dataclasses.fields(cls) if f.name in _HF_KEYS}, **fields)
+
+
+def _tower_to_hf(tower) -> dict:
+  return {_HF_KEYS[f.name]: getattr(tower, f.name) for f in dataclasses.fields(tower) if f.name in _HF_KEYS}
+
+
 def from_hf_config(cfg: Mapping[str, Any] | str | Path, **overrides) -> CLIPConfig:
   """Builds a CLIPConfig from a Hugging Face CLIP ``config.json`` (a dict, a file or its directory)."""
   if not isinstance(cfg, Mapping):
@@ -113,16 +132,8 @@ def from_hf_config(cfg: Mapping[str, Any] | str | Path, **overrides) -> CLIPConf
   eos = t.get("eos_token_id", 2)
   if isinstance(eos, (list, tuple)):
     eos = eos[0]
-  vision = VisionConfig(
-      image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
-      width=v.get("hidden_size", 768), layers=v.get("num_hidden_layers", 12),
-      heads=v.get("num_attention_heads", 12), mlp_dim=v.get("intermediate_size", 3072),
-      ln_eps=v.get("layer_norm_eps", 1e-5))
-  text = TextConfig(
-      vocab_size=t.get("vocab_size", 49408), context_length=t.get("max_position_embeddings", 77),
-      width=t.get("hidden_size", 512), layers=t.get("num_hidden_layers", 12),
-      heads=t.get("num_attention_heads", 8), mlp_dim=t.get("intermediate_size", 2048),
-      ln_eps=t.get("layer_norm_eps", 1e-5), eos_token_id=int(eos if eos is not None else 2))
+  vision = _tower_from_hf(VisionConfig, v)
+  text = _tower_from_hf(TextConfig, t, eos_token_id=int(eos if eos is not None else 2))
   out = CLIPConfig(vision=vision, text=text, embed_dim=cfg.get("projection_dim", 512),
                    logit_scale_init=cfg.get("logit_scale_init_value", 2.6592), act=act_v)
   return out.replace(**overrides) if overrides else out
@@ -134,13 +145,7 @@ def to_hf_config(cfg: CLIPConfig) -> dict:
   return {
       "model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": cfg.embed_dim,
       "logit_scale_init_value": cfg.logit_scale_init,
-      "vision_config": {
-          "image_size": v.image_size, "patch_size": v.patch_size, "hidden_size": v.width,
-          "num_hidden_layers": v.layers, "num_attention_heads": v.heads, "intermediate_size": v.mlp_dim,
-          "layer_norm_eps": v.ln_eps, "hidden_act": cfg.act, "projection_dim": cfg.embed_dim},
-      "text_config": {
-          "vocab_size": t.vocab_size, "max_position_embeddings": t.context_length, "hidden_size": t.width,
-          "num_hidden_layers": t.layers, "num_attention_heads": t.heads, "intermediate_size": t.mlp_dim,
-          "layer_norm_eps": t.ln_eps, "hidden_act": cfg.act, "eos_token_id": t.eos_token_id,
-          "projection_dim": cfg.embed_dim},
+      "vision_config": {**_tower_to_hf(v), "hidden_act": cfg.act, "projection_dim": cfg.embed_dim},
+      "text_config": {**_tower_to_hf(t), "hidden_act": cfg.act, "eos_token_id": t.eos_token_id,
+                      "projection_dim": cfg.embed_dim},
   }

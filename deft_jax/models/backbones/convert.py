@@ -6,112 +6,108 @@ carries no information (BN ``num_batches_tracked``). Anything else is an error t
 so a checkpoint of a slightly different architecture cannot half-load.
 
 Rules match the whole key; the last regex group is the PyTorch leaf name (``weight``, ``bias``,
-``running_mean``, ``running_var``) except for ``param`` rules, which copy a bare tensor.
+``running_mean``, ``running_var``) except for ``param`` rules, which copy a bare tensor. A rule's target is a
+template over the pattern's named index groups, so that one row serves the timm and the HF key of a module.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from deft_jax.models.weights import CheckpointMismatchError
 
-Target = Callable[[re.Match], str]
 _BN = r"(weight|bias|running_mean|running_var)"
 _WB = r"(weight|bias)"
 _QKV_SLOT = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+_FORMATS = ("timm", "hf")
 
-# (regex, deft_jax module path, kind)
-RULES: dict[tuple[str, str], list[tuple[str, Target, str]]] = {
-    ("resnet", "timm"): [
-        (r"conv1\.(weight)", lambda m: "stem_conv", "conv"),
-        (rf"bn1\.{_BN}", lambda m: "stem_bn", "bn"),
-        (r"layer(\d+)\.(\d+)\.conv([123])\.(weight)",
-         lambda m: f"stage{int(m[1]) - 1}_block{m[2]}/conv{m[3]}", "conv"),
-        (rf"layer(\d+)\.(\d+)\.bn([123])\.{_BN}", lambda m: f"stage{int(m[1]) - 1}_block{m[2]}/bn{m[3]}", "bn"),
-        (r"layer(\d+)\.(\d+)\.downsample\.0\.(weight)",
-         lambda m: f"stage{int(m[1]) - 1}_block{m[2]}/proj_conv", "conv"),
-        (rf"layer(\d+)\.(\d+)\.downsample\.1\.{_BN}", lambda m: f"stage{int(m[1]) - 1}_block{m[2]}/proj_bn", "bn"),
-        (rf"fc\.{_WB}", lambda m: "head", "dense"),
-    ],
-    ("resnet", "hf"): [
-        (r"embedder\.embedder\.convolution\.(weight)", lambda m: "stem_conv", "conv"),
-        (rf"embedder\.embedder\.normalization\.{_BN}", lambda m: "stem_bn", "bn"),
-        (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.([012])\.convolution\.(weight)",
-         lambda m: f"stage{m[1]}_block{m[2]}/conv{int(m[3]) + 1}", "conv"),
-        (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.([012])\.normalization\.{_BN}",
-         lambda m: f"stage{m[1]}_block{m[2]}/bn{int(m[3]) + 1}", "bn"),
-        (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.(weight)",
-         lambda m: f"stage{m[1]}_block{m[2]}/proj_conv", "conv"),
-        (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.{_BN}",
-         lambda m: f"stage{m[1]}_block{m[2]}/proj_bn", "bn"),
-        (rf"classifier\.1\.{_WB}", lambda m: "head", "dense"),
-    ],
-    ("convnext", "timm"): [
-        (rf"stem\.0\.{_WB}", lambda m: "stem_conv", "conv"),
-        (rf"stem\.1\.{_WB}", lambda m: "stem_norm", "ln"),
-        (rf"stages\.(\d+)\.downsample\.0\.{_WB}", lambda m: f"downsample{m[1]}_norm", "ln"),
-        (rf"stages\.(\d+)\.downsample\.1\.{_WB}", lambda m: f"downsample{m[1]}_conv", "conv"),
-        (rf"stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.{_WB}", lambda m: f"stage{m[1]}_block{m[2]}/dwconv", "conv"),
-        (rf"stages\.(\d+)\.blocks\.(\d+)\.norm\.{_WB}", lambda m: f"stage{m[1]}_block{m[2]}/norm", "ln"),
-        (rf"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc([12])\.{_WB}",
-         lambda m: f"stage{m[1]}_block{m[2]}/fc{m[3]}", "dense"),
-        (r"stages\.(\d+)\.blocks\.(\d+)\.gamma", lambda m: f"stage{m[1]}_block{m[2]}/gamma", "param"),
-        (rf"head\.norm\.{_WB}", lambda m: "norm", "ln"),
-        (rf"head\.fc\.{_WB}", lambda m: "head", "dense"),
-    ],
-    ("convnext", "hf"): [
-        (rf"embeddings\.patch_embeddings\.{_WB}", lambda m: "stem_conv", "conv"),
-        (rf"embeddings\.layernorm\.{_WB}", lambda m: "stem_norm", "ln"),
-        (rf"encoder\.stages\.(\d+)\.downsampling_layer\.0\.{_WB}", lambda m: f"downsample{m[1]}_norm", "ln"),
-        (rf"encoder\.stages\.(\d+)\.downsampling_layer\.1\.{_WB}", lambda m: f"downsample{m[1]}_conv", "conv"),
-        (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.{_WB}",
-         lambda m: f"stage{m[1]}_block{m[2]}/dwconv", "conv"),
-        (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.{_WB}",
-         lambda m: f"stage{m[1]}_block{m[2]}/norm", "ln"),
-        (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv([12])\.{_WB}",
-         lambda m: f"stage{m[1]}_block{m[2]}/fc{m[3]}", "dense"),
-        (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter",
-         lambda m: f"stage{m[1]}_block{m[2]}/gamma", "param"),
-        (rf"layernorm\.{_WB}", lambda m: "norm", "ln"),
-        (rf"classifier\.{_WB}", lambda m: "head", "dense"),
-    ],
-    ("vit", "timm"): [
-        (r"cls_token", lambda m: "cls_token", "param"),
-        (r"pos_embed", lambda m: "pos_embed", "param"),
-        (rf"patch_embed\.proj\.{_WB}", lambda m: "patch_embed", "conv"),
-        (rf"blocks\.(\d+)\.norm([12])\.{_WB}", lambda m: f"block{m[1]}/norm{m[2]}", "ln"),
-        (rf"blocks\.(\d+)\.attn\.qkv\.{_WB}", lambda m: f"block{m[1]}/attn/qkv", "qkv"),
-        (rf"blocks\.(\d+)\.attn\.proj\.{_WB}", lambda m: f"block{m[1]}/attn/out", "attn_out"),
-        (rf"blocks\.(\d+)\.mlp\.fc([12])\.{_WB}", lambda m: f"block{m[1]}/mlp/fc{m[2]}", "dense"),
-        (rf"norm\.{_WB}", lambda m: "norm", "ln"),
-        (rf"fc_norm\.{_WB}", lambda m: "fc_norm", "ln"),
-        (rf"head\.{_WB}", lambda m: "head", "dense"),
-    ],
-    ("vit", "hf"): [
-        (r"embeddings\.cls_token", lambda m: "cls_token", "param"),
-        (r"embeddings\.position_embeddings", lambda m: "pos_embed", "param"),
-        (rf"embeddings\.patch_embeddings\.projection\.{_WB}", lambda m: "patch_embed", "conv"),
-        (rf"encoder\.layer\.(\d+)\.layernorm_before\.{_WB}", lambda m: f"block{m[1]}/norm1", "ln"),
-        (rf"encoder\.layer\.(\d+)\.layernorm_after\.{_WB}", lambda m: f"block{m[1]}/norm2", "ln"),
-        (rf"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.{_WB}",
-         lambda m: f"block{m[1]}/attn/qkv", "qkv_part"),
-        (rf"encoder\.layer\.(\d+)\.attention\.output\.dense\.{_WB}", lambda m: f"block{m[1]}/attn/out", "attn_out"),
-        (rf"encoder\.layer\.(\d+)\.intermediate\.dense\.{_WB}", lambda m: f"block{m[1]}/mlp/fc1", "dense"),
-        (rf"encoder\.layer\.(\d+)\.output\.dense\.{_WB}", lambda m: f"block{m[1]}/mlp/fc2", "dense"),
-        # transformers >= 5 in-memory names (``model.state_dict()``); save_pretrained and the hub use
-        # the legacy names above.
-        (rf"layers\.(\d+)\.layernorm_before\.{_WB}", lambda m: f"block{m[1]}/norm1", "ln"),
-        (rf"layers\.(\d+)\.layernorm_after\.{_WB}", lambda m: f"block{m[1]}/norm2", "ln"),
-        (rf"layers\.(\d+)\.attention\.(q|k|v)_proj\.{_WB}", lambda m: f"block{m[1]}/attn/qkv", "qkv_part"),
-        (rf"layers\.(\d+)\.attention\.o_proj\.{_WB}", lambda m: f"block{m[1]}/attn/out", "attn_out"),
-        (rf"layers\.(\d+)\.mlp\.fc([12])\.{_WB}", lambda m: f"block{m[1]}/mlp/fc{m[2]}", "dense"),
-        (rf"layernorm\.{_WB}", lambda m: "norm", "ln"),
-        (rf"classifier\.{_WB}", lambda m: "head", "dense"),
-    ],
-}
+# The index groups that key patterns name and targets use: ``s`` a stage, ``b`` a block, ``k`` a layer within a
+# block; ``qkv`` names the projection of an HF query/key/value tensor.
+_S, _B, _K12 = r"(?P<s>\d+)", r"(?P<b>\d+)", r"(?P<k>[12])"
+
+
+def _within(path: str, timm: str | None, hf: str | None, rows):
+  """Rows of the modules inside a repeated unit (a block), given relative to its path and to each format's key."""
+  return [(f"{path}/{sub}", kind, t and rf"{timm}\.{t}", h and rf"{hf}\.{h}") for sub, kind, t, h in rows]
+
+
+# One row per deft_jax module: (its path, kind, timm key, HF key); None where a format has no such key.
+_RESNET = [
+    ("stem_conv", "conv", r"conv1\.(weight)", r"embedder\.embedder\.convolution\.(weight)"),
+    ("stem_bn", "bn", rf"bn1\.{_BN}", rf"embedder\.embedder\.normalization\.{_BN}"),
+    *_within("stage{s}_block{b}", rf"layer{_S}\.{_B}", rf"encoder\.stages\.{_S}\.layers\.{_B}", [
+        ("conv{k}", "conv", r"conv(?P<k>[123])\.(weight)", r"layer\.(?P<k>[012])\.convolution\.(weight)"),
+        ("bn{k}", "bn", rf"bn(?P<k>[123])\.{_BN}", rf"layer\.(?P<k>[012])\.normalization\.{_BN}"),
+        ("proj_conv", "conv", r"downsample\.0\.(weight)", r"shortcut\.convolution\.(weight)"),
+        ("proj_bn", "bn", rf"downsample\.1\.{_BN}", rf"shortcut\.normalization\.{_BN}"),
+    ]),
+    ("head", "dense", rf"fc\.{_WB}", rf"classifier\.1\.{_WB}"),
+]
+_CONVNEXT = [
+    ("stem_conv", "conv", rf"stem\.0\.{_WB}", rf"embeddings\.patch_embeddings\.{_WB}"),
+    ("stem_norm", "ln", rf"stem\.1\.{_WB}", rf"embeddings\.layernorm\.{_WB}"),
+    ("downsample{s}_norm", "ln", rf"stages\.{_S}\.downsample\.0\.{_WB}",
+     rf"encoder\.stages\.{_S}\.downsampling_layer\.0\.{_WB}"),
+    ("downsample{s}_conv", "conv", rf"stages\.{_S}\.downsample\.1\.{_WB}",
+     rf"encoder\.stages\.{_S}\.downsampling_layer\.1\.{_WB}"),
+    *_within("stage{s}_block{b}", rf"stages\.{_S}\.blocks\.{_B}", rf"encoder\.stages\.{_S}\.layers\.{_B}", [
+        ("dwconv", "conv", rf"conv_dw\.{_WB}", rf"dwconv\.{_WB}"),
+        ("norm", "ln", rf"norm\.{_WB}", rf"layernorm\.{_WB}"),
+        ("fc{k}", "dense", rf"mlp\.fc{_K12}\.{_WB}", rf"pwconv{_K12}\.{_WB}"),
+        ("gamma", "param", r"gamma", r"layer_scale_parameter"),
+    ]),
+    ("norm", "ln", rf"head\.norm\.{_WB}", rf"layernorm\.{_WB}"),
+    ("head", "dense", rf"head\.fc\.{_WB}", rf"classifier\.{_WB}"),
+]
+# HF ViT blocks are ``encoder.layer.{i}`` in save_pretrained files and on the hub, ``layers.{i}`` in transformers
+# >= 5's ``model.state_dict()``: the norms are named alike in both, attention and MLP are not. timm fuses query,
+# key and value into one ``qkv``.
+_VIT = [
+    ("cls_token", "param", r"cls_token", r"embeddings\.cls_token"),
+    ("pos_embed", "param", r"pos_embed", r"embeddings\.position_embeddings"),
+    ("patch_embed", "conv", rf"patch_embed\.proj\.{_WB}", rf"embeddings\.patch_embeddings\.projection\.{_WB}"),
+    *_within("block{b}", rf"blocks\.{_B}", rf"(?:encoder\.layer|layers)\.{_B}", [
+        ("norm{k}", "ln", rf"norm{_K12}\.{_WB}", None),
+        ("norm1", "ln", None, rf"layernorm_before\.{_WB}"),
+        ("norm2", "ln", None, rf"layernorm_after\.{_WB}"),
+        ("attn/qkv", "qkv", rf"attn\.qkv\.{_WB}", None),
+        ("attn/out", "attn_out", rf"attn\.proj\.{_WB}", None),
+        ("mlp/fc{k}", "dense", rf"mlp\.fc{_K12}\.{_WB}", None),
+    ]),
+    *_within("block{b}", None, rf"encoder\.layer\.{_B}", [
+        ("attn/qkv", "qkv_part", None, rf"attention\.attention\.(?P<qkv>query|key|value)\.{_WB}"),
+        ("attn/out", "attn_out", None, rf"attention\.output\.dense\.{_WB}"),
+        ("mlp/fc1", "dense", None, rf"intermediate\.dense\.{_WB}"),
+        ("mlp/fc2", "dense", None, rf"output\.dense\.{_WB}"),
+    ]),
+    *_within("block{b}", None, rf"layers\.{_B}", [
+        ("attn/qkv", "qkv_part", None, rf"attention\.(?P<qkv>q|k|v)_proj\.{_WB}"),
+        ("attn/out", "attn_out", None, rf"attention\.o_proj\.{_WB}"),
+        ("mlp/fc{k}", "dense", None, rf"mlp\.fc{_K12}\.{_WB}"),
+    ]),
+    ("norm", "ln", rf"norm\.{_WB}", rf"layernorm\.{_WB}"),
+    ("fc_norm", "ln", rf"fc_norm\.{_WB}", None),
+    ("head", "dense", rf"head\.{_WB}", rf"classifier\.{_WB}"),
+]
+
+# Where a format counts from another base than the deft_jax names (stages and blocks from 0, layers in a block
+# from 1): timm's ResNet stages are ``layer1``..``layer4``, HF's ResNet layers in a block ``layer.0``..``layer.2``.
+_RENUMBER = {("resnet", "timm"): {"s": -1}, ("resnet", "hf"): {"k": 1}}
+
+
+def _by_format(rows) -> dict[str, list[tuple[str, str, str]]]:
+  """Each format's rules, (key pattern, target, kind), from a family's rows."""
+  return {fmt: [(keys[i], target, kind) for target, kind, *keys in rows if keys[i] is not None]
+          for i, fmt in enumerate(_FORMATS)}
+
+
+# (family, format) -> [(key pattern, deft_jax module path, kind)]
+RULES: dict[tuple[str, str], list[tuple[str, str, str]]] = {
+    (family, fmt): rules for family, rows in (("resnet", _RESNET), ("convnext", _CONVNEXT), ("vit", _VIT))
+    for fmt, rules in _by_format(rows).items()}
 
 # Keys that are dropped on purpose, by name, with the reason (logged by the loader).
 DROPS: dict[tuple[str, str], list[tuple[str, str]]] = {
@@ -151,6 +147,11 @@ def detect_format(keys) -> tuple[str, str]:
   raise CheckpointMismatchError(
       "unrecognised checkpoint layout: not a timm or HF transformers ResNet, ConvNeXt or ViT "
       f"(first keys:\n  {sample})")
+
+
+def _target(template: str, m: re.Match, renumber: Mapping[str, int]) -> str:
+  """The deft_jax path of the key ``m`` matched, its indices renumbered to the deft_jax counts."""
+  return template.format(**{g: int(v) + renumber[g] if g in renumber else v for g, v in m.groupdict().items()})
 
 
 def _shape_check(key: str, x: np.ndarray, ndim: int, what: str) -> None:
@@ -207,6 +208,7 @@ def convert(raw: Mapping[str, np.ndarray], family: str, fmt: str, *, num_heads: 
       parameter, and incomplete HF query/key/value triples.
   """
   rules = [(re.compile(p), t, k) for p, t, k in RULES[(family, fmt)]]
+  renumber = _RENUMBER.get((family, fmt), {})
   drops = [(re.compile(p), why) for p, why in DROPS.get((family, fmt), [])]
   out: dict[str, np.ndarray] = {}
   origin: dict[str, str] = {}
@@ -231,9 +233,9 @@ def convert(raw: Mapping[str, np.ndarray], family: str, fmt: str, *, num_heads: 
       continue
     leaf = m[m.re.groups] if kind != "param" else None
     coll, leaf_name, value = _leaf(kind, key, leaf, np.asarray(raw[key]), num_heads)
-    path = f"{coll}/{target(m)}" + (f"/{leaf_name}" if leaf_name else "")
+    path = f"{coll}/{_target(target, m, renumber)}" + (f"/{leaf_name}" if leaf_name else "")
     if kind == "qkv_part":
-      slot = _QKV_SLOT[m[2]]
+      slot = _QKV_SLOT[m["qkv"]]
       if slot in parts.setdefault(path, {}):
         clashes.append(f"{key} and {parts[path][slot][0]}")
       parts[path][slot] = (key, value)

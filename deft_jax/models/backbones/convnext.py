@@ -28,14 +28,19 @@ Dtype = Any
 _init = nn.initializers.truncated_normal(0.02)
 
 
-class ConvNeXtBlock(nn.Module):
+class _BlockSettings(nn.Module, kw_only=True):
+  """What a ConvNeXt hands on to each of its blocks (keyword-only fields of both)."""
+
+  layer_scale_init: float = 1e-6
+  norm_eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+
+class ConvNeXtBlock(_BlockSettings):
   """7x7 depthwise conv -> LayerNorm -> Linear(4C) -> exact GELU -> Linear(C) -> layer scale."""
 
   dim: int
   drop_path: float = 0.0
-  layer_scale_init: float = 1e-6
-  norm_eps: float = 1e-6
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -51,7 +56,7 @@ class ConvNeXtBlock(nn.Module):
     return x + DropPath(self.drop_path)(y, train=train)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(_BlockSettings):
   """ConvNeXt classifier: patchify stem, 4 stages, global average pool, LayerNorm, linear head.
 
   ``drop_path_rate`` is the stochastic-depth rate of the last block (linear from 0); training with
@@ -62,9 +67,6 @@ class ConvNeXt(nn.Module):
   depths: Sequence[int] = (3, 3, 9, 3)
   dims: Sequence[int] = (96, 192, 384, 768)
   drop_path_rate: float = 0.0
-  layer_scale_init: float = 1e-6
-  norm_eps: float = 1e-6
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool, return_features: bool = False):

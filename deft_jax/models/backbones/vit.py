@@ -74,15 +74,20 @@ class Mlp(nn.Module):
     return dense(x.shape[-1], "fc2")(y)
 
 
-class Block(nn.Module):
+class _BlockSettings(nn.Module, kw_only=True):
+  """What a ViT hands on to each of its blocks (keyword-only fields of both)."""
+
+  norm_eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  attention_impl: str | None = None  # Attention.implementation
+
+
+class Block(_BlockSettings):
   """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
 
   num_heads: int
   mlp_dim: int
-  norm_eps: float = 1e-6
   drop_path: float = 0.0
-  dtype: Dtype = jnp.float32
-  attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -94,7 +99,7 @@ class Block(nn.Module):
     return x + DropPath(self.drop_path)(y, train=train)
 
 
-class ViT(nn.Module):
+class ViT(_BlockSettings):
   """ViT classifier; ViT-B/16 defaults. See the module docstring for ``pool``."""
 
   num_classes: int
@@ -105,10 +110,7 @@ class ViT(nn.Module):
   num_heads: int = 12
   mlp_dim: int = 3072
   pool: str = "token"
-  norm_eps: float = 1e-6
   drop_path_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  attention_impl: str | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool, return_features: bool = False):
