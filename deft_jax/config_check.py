@@ -316,8 +316,8 @@ def _option_checks() -> list[Check]:
   """The stand-in's pretraining options and phase 1's options beyond the method."""
   return [
       Check("pretrain.logit_scale", "a number >= 0 (0: learned, clamped at 100)", _real(0)),
-      Check("pretrain.captions.kind", _choices(CAPTION_KINDS), _one_of(CAPTION_KINDS)),
-      Check("detect.negatives", _choices(NEGATIVES), _one_of(NEGATIVES)),
+      _enum_check("pretrain.captions.kind", CAPTION_KINDS),
+      _enum_check("detect.negatives", NEGATIVES),
       Check("detect.class_specific_negatives", "True or False", _bool),
       Check("detect.logit_scale", "a number >= 0 (0: the CLIP's own)", _real(0)),
   ]

@@ -49,10 +49,6 @@ class TextLayout:
   buckets: tuple[tuple[tuple[int, ...], int], ...] = ()
 
   @property
-  def num_classes(self) -> int:
-    return len(self.eot)
-
-  @property
   def suffix_tokens(self) -> int:
     """Tokens per group the suffix pass encodes (padding included): the text tower's work is prefix + this."""
     return sum(len(rows) * s for rows, s in self.buckets)
@@ -141,8 +137,8 @@ def encode(model: clip_lib.CLIP, clip_params, layout: TextLayout, embed: EmbedFn
   every group), rematerialised in the backward pass.
   """
   variables = {"params": clip_params}
-  c, t = layout.num_classes, layout.length
   eot = np.asarray(layout.eot, np.int32)
+  c, t = len(eot), layout.length
   if not layout.prefix:
     e = embed(np.arange(c), np.arange(t))
     g = e.shape[0]
