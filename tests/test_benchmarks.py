@@ -447,6 +447,34 @@ def test_sweep_rows_score_every_method_against_the_truth_and_deft_probability_as
   assert p["f1"] is None and p["flagged_fraction"] is None and p["auroc"] == 1.0 and p["fnr_at_noise_budget"] == 0.0
 
 
+def test_sweep_symmetric_cells_run_on_the_clean_labels_and_are_scored_against_the_drawn_noise(tmp_path):
+  from types import SimpleNamespace
+
+  from benchmarks.experiments import strong_vlm_sweep as sweep
+  args = SimpleNamespace(root="R", methods="label_match", extra=["--config.detect.negatives=hard"])
+  cmd = sweep.command(args, "standin:x", "sym0.2", tmp_path)
+  assert "--config=configs/cifar10n_strong_vlm.py:root=R,label_set=clean_label" in cmd
+  assert {"--config.data.noise.type=sym", "--config.data.noise.rate=0.2", "--config.detect.recipe=synthetic",
+          "--config.detect.negatives=hard"} <= set(cmd)
+  clean = sweep.command(args, "standin:x", "sym0", tmp_path)
+  assert "label_set=clean_label" in clean[3] and not any("noise" in c for c in clean)
+  assert sweep.cell("worse_label") == ("worse_label", [])
+  # the truth of a synthetic cell is the run's noisy_labels.npz, not a CIFAR-10N label set
+  (tmp_path / "detect").mkdir()
+  truth = np.array([0, 1, 2, 0, 1, 2], np.int32)
+  given = np.array([0, 1, 2, 0, 2, 1], np.int32)
+  np.savez(tmp_path / "noisy_labels.npz", noisy_labels=given, clean_labels=truth)
+  (tmp_path / "config.json").write_text(json.dumps({"data": {"noise": {"type": "sym"}}, "detect": {"recipe":
+                                                                                                    "synthetic"}}))
+  keep = np.array([1, 1, 1, 1, 0, 0], bool)
+  np.savez(tmp_path / "detect" / "detection.npz", is_clean=keep, score=keep.astype(np.float32), pass_is_clean=keep,
+           pass_score=keep.astype(np.float32))
+  rows = {r["method"]: r for r in sweep.rows(tmp_path, zero_shot=0.5, checkpoint="c", label_set="sym0.2", cmd="x",
+                                             variant="negatives=hard")}
+  assert rows["deft"]["f1"] == 1.0 and rows["deft"]["noise_rate"] == pytest.approx(1 / 3)
+  assert {r["variant"] for r in rows.values()} == {"negatives=hard"} and rows["deft"]["recipe"] == "synthetic"
+
+
 def test_noise_kinds_split_the_mislabelled_examples_by_their_most_frequent_pairs():
   from benchmarks.experiments import ranking_by_noise_kind as kinds
   truth = np.array([0, 0, 0, 1, 2, 2, 1, 1], np.int32)
