@@ -18,7 +18,10 @@ config_lib.recipe_name: "synthetic" or "real_noise"; rows written before it exis
 recall, f1, auroc (null for keep_all), flagged_fraction,
 noise_rate, num_examples, fnr_at_noise_budget (the share of the truly noisy examples a method misses when it
 flags exactly round(noise_rate * N) examples, its lowest-ranked ones; null for keep_all), test_top1 (where the
-method's own model classifies), command. ``--rows_only`` scores workdirs a sweep left, without running anything.
+method's own model classifies), auroc_swaps and auroc_other_noise (CIFAR-10N label sets: the AUROC against the
+10 most frequent (true, given) pairs of the noise, swaps between look-alike classes, and against the rest),
+variant (a tag for a non-default phase 1), command. ``--rows_only`` scores workdirs a sweep left, without running
+anything.
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ def given_and_true_labels(workdir: Path, label_set: str) -> tuple[np.ndarray, np
   return np.asarray(split.labels), np.asarray(split.clean_labels)
 
 
+def swap_split(score, given, truth) -> dict:
+  """AUROC against the human noise's swaps between look-alike classes (its 10 most frequent (true, given) pairs)
+  and against the rest of the noise (benchmarks/experiments/ranking_by_noise_kind.py)."""
+  from benchmarks.experiments import ranking_by_noise_kind  # pylint: disable=g-import-not-at-top
+  a = ranking_by_noise_kind.split_auroc(np.asarray(score, np.float64), given, truth, 10)
+  return {"auroc_swaps": a["confusable"], "auroc_other_noise": a["other"]}
+
+
 def recipe_of(workdir: Path) -> str:
   """The phase-1 recipe a sweep workdir ran (config_lib.recipe_name of its config.json)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -108,6 +119,7 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
   if "pass_strict_margin" in det:  # a ranking only: min(m_y, m_y - max_{k != y} m_k) of the scoring pass
     methods["deft_strict_margin"] = (None, det["pass_strict_margin"], None)
   recipe = recipe_of(workdir)
+  swaps = None if label_set.startswith("sym") else swap_split
   out = []
   for name, (is_clean, score, test_top1) in methods.items():
     m = (dict(precision=None, recall=None, f1=None) if is_clean is None
@@ -121,6 +133,7 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
         "noise_rate": float(1 - clean.mean()),
         "num_examples": int(len(given)),
         "fnr_at_noise_budget": None if score is None else fnr_at_budget(score, ~clean),
+        **({} if swaps is None or score is None else swaps(score, given, truth)),
         "test_top1": test_top1, "command": cmd})
   return out
 
