@@ -475,6 +475,30 @@ def test_sweep_symmetric_cells_run_on_the_clean_labels_and_are_scored_against_th
   assert {r["variant"] for r in rows.values()} == {"negatives=hard"} and rows["deft"]["recipe"] == "synthetic"
 
 
+def test_standin_table_says_by_how_much_deft_trails_the_best_detector_and_compares_variants(tmp_path):
+  from benchmarks.experiments import standin_table
+
+  def row(method, f1, auroc, recipe="real_noise", variant="", label_set="worse_label"):
+    return {"label_set": label_set, "method": method, "recipe": recipe, "f1": f1, "auroc": auroc,
+            "flagged_fraction": 0.3, "noise_rate": 0.4, "fnr_at_noise_budget": 0.2, "auroc_swaps": 0.8,
+            **({"variant": variant} if variant else {})}
+  rows = [row("deft", 0.80, 0.85), row("deft_scoring_pass", 0.82, 0.86), row("deft_label_probability", None, 0.93),
+          row("label_match", 0.90, 0.91, recipe=None), row("keep_all", 0.74, None, recipe=None),
+          row("deft", 0.70, 0.80), row("deft", 0.81, 0.88, variant="negatives=hard")]  # the 2nd deft replaces the 1st
+  f = tmp_path / "rows.jsonl"
+  f.write_text("\n".join(json.dumps(r) for r in rows))
+  text = standin_table.block(standin_table.load([f]), "rows.jsonl")
+  first = next(line for line in text.splitlines() if line.startswith("| CIFAR-10N `worse_label` | real_noise"))
+  assert first.split(" | ")[1:] == ["real_noise", "0.900 (label-match)", "0.820 (DEFT scoring pass)", "-0.080",
+                                    "0.930 (DEFT p+(label))", "0.930 (DEFT p+(label))", "+0.000 |"]
+  var = next(line for line in text.splitlines() if line.startswith("| `negatives=hard`"))
+  assert "0.810 (0.700)" in var and "0.880 (0.800)" in var
+  readme = tmp_path / "README.md"
+  readme.write_text(f"a\n{standin_table.BEGIN}\nold\n{standin_table.END}\nb\n")
+  standin_table.replace_block(readme, text)
+  assert readme.read_text() == f"a\n{text}\nb\n"
+
+
 def test_noise_kinds_split_the_mislabelled_examples_by_their_most_frequent_pairs():
   from benchmarks.experiments import ranking_by_noise_kind as kinds
   truth = np.array([0, 0, 0, 1, 2, 2, 1, 1], np.int32)
