@@ -4,16 +4,16 @@ CIFAR-10's 50,000 training images are split once: the first 10,000 are the detec
 CIFAR-10N human labels of `label_set`; the other 40,000 pretrain a CLIP contrastively with class-name captions
 and their clean labels (so the VLM never sees the detection images). Zero-shot accuracy is measured on all
 10,000 test images. That CLIP ships with deft_jax as the stand-in ``standin:cifar10_tiny32``
-(deft_jax/assets/standins/cifar10_tiny32/README.md: 76.4 % zero-shot, fp16); 30 more epochs with varied-length
-captions made ``standin:cifar10_tiny32_v2`` (77.1 %), which this config loads by default (``clip=standin``;
-``standin=cifar10_tiny32`` for the first). ``clip=pretrain`` pretrains the second again from the first, as it was
-made; ``clip=pretrain_v1`` the first from scratch. Snapshots of the pretraining
+(deft_jax/assets/standins/cifar10_tiny32/README.md: 76.4 % zero-shot, fp16), which this config loads by default
+(``clip=standin``). 30 more epochs with varied-length captions made ``standin:cifar10_tiny32_v2`` (77.1 %;
+``standin=cifar10_tiny32_v2``), which DEFT does worse with (its README). ``clip=pretrain`` pretrains the first
+again from scratch, as it was made; ``clip=pretrain_v2`` the second from the first. Snapshots of the pretraining
 (``pretrain.snapshot_epochs``) are weaker VLMs of the same run: the detection-vs-VLM-strength sweep
 (benchmarks/experiments/strong_vlm_sweep.py) points ``model.checkpoint`` at them.
 
   # DEFT + baselines on aggre_label with the shipped stand-in, then phase 2
   python -m deft_jax.main --config configs/cifar10n_strong_vlm.py:root=../shared/assets --workdir /tmp/strong
-  # the stand-in made again from the first (48 minutes on 2 CPU cores; minutes on a GPU), then the same
+  # the stand-in made again (about 2 hours on 2 CPU cores; minutes on a GPU), then the same
   python -m deft_jax.main --config configs/cifar10n_strong_vlm.py:root=../shared/assets,clip=pretrain \
       --workdir /tmp/strong_pretrained
   # detection only, with a CLIP pretrained before (any snapshot directory)
@@ -22,8 +22,8 @@ made; ``clip=pretrain_v1`` the first from scratch. Snapshots of the pretraining
       --config.model.checkpoint=/tmp/strong/pretrain/clip
 
 Arguments: ``root`` (the folder holding cifar10-jpeg/ and cifar-n-labels/), ``label_set`` (aggre_label,
-worse_label, random_label1..3), ``clip`` (standin: a shipped stand-in; pretrain: pretrain cifar10_tiny32_v2 in this
-run from cifar10_tiny32; pretrain_v1: cifar10_tiny32 from scratch), ``standin`` (which shipped one),
+worse_label, random_label1..3), ``clip`` (standin: a shipped stand-in; pretrain: pretrain cifar10_tiny32 in this run;
+pretrain_v2: cifar10_tiny32_v2 from cifar10_tiny32), ``standin`` (which shipped one),
 ``runlocal`` (a one-minute smoke run).
 """
 
@@ -33,10 +33,10 @@ from deft_jax.errors import ConfigError
 
 def get_config(arg=None):
   a = parse_args(arg, runlocal=False, root="../shared/assets", label_set="aggre_label", clip="standin",
-                 standin="cifar10_tiny32_v2")
-  if a["clip"] not in ("standin", "pretrain", "pretrain_v1"):
-    raise ConfigError(f"clip must be 'standin' (a shipped stand-in), 'pretrain' (cifar10_tiny32_v2's pretraining) "
-                      f"or 'pretrain_v1' (cifar10_tiny32's), got {a['clip']!r}")
+                 standin="cifar10_tiny32")
+  if a["clip"] not in ("standin", "pretrain", "pretrain_v2"):
+    raise ConfigError(f"clip must be 'standin' (a shipped stand-in), 'pretrain' (cifar10_tiny32's pretraining) "
+                      f"or 'pretrain_v2' (cifar10_tiny32_v2's), got {a['clip']!r}")
   c = base_config()
   c.stages = ("pretrain", "detect", "adapt", "evaluate")
   c.data.source = "cifar10n_offline"
@@ -55,7 +55,7 @@ def get_config(arg=None):
   c.model.preset = "tiny_32px"
   # Measured on 2 CPU cores, see BENCHMARKS.md "Pretraining the offline VLM": the 4-layer tiny_32px trained
   # longer gains more zero-shot accuracy per CPU-hour than wider or deeper towers trained shorter.
-  # clip=pretrain_v1 made standin:cifar10_tiny32 (76.4 %, the 12 templates as captions, about 11 tokens):
+  # clip=pretrain made standin:cifar10_tiny32 (76.4 %, the 12 templates as captions, about 11 tokens):
   c.pretrain.preset = "tiny_32px"
   c.pretrain.epochs = 40
   c.pretrain.batch_size = 256
@@ -63,7 +63,7 @@ def get_config(arg=None):
   c.pretrain.schedule.warmup_steps = 300  # of 6,240 steps
   c.pretrain.eval_every_epochs = 0
   c.pretrain.snapshot_epochs = (1, 2, 4, 8, 15, 25)
-  if a["clip"] == "pretrain":  # standin:cifar10_tiny32_v2 (77.1 %): 30 more epochs with varied-length captions
+  if a["clip"] == "pretrain_v2":  # standin:cifar10_tiny32_v2 (77.1 %): 30 more epochs with varied-length captions
     c.pretrain.init = "standin:cifar10_tiny32"
     c.pretrain.captions.kind = "varied"
     c.pretrain.epochs = 30

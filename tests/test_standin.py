@@ -27,20 +27,26 @@ ZERO_SHOT_1000 = {"ensemble": 0.774, "single": 0.774}
 ZERO_SHOT_TOL = 0.004
 
 
-def test_the_shipped_file_is_the_one_its_readme_and_the_registry_name():
+@pytest.mark.parametrize("name, epochs, captions", [("cifar10_tiny32", 40, None),
+                                                     ("cifar10_tiny32_v2", 30, "varied")])
+def test_the_shipped_file_is_the_one_its_readme_and_the_registry_name(name, epochs, captions):
   """The weights' sha256 equals the registry's and the README's; the README states the registry's zero-shot
-  accuracy and the command that made it; the file fits the size the repository allows."""
-  weights = STANDIN.directory / standins.WEIGHTS
+  accuracy and the command that made it; the file fits the size the repository allows, and all stand-ins
+  together fit 50 MB."""
+  s = standins.STANDINS[name]
+  weights = s.directory / standins.WEIGHTS
   assert weights.stat().st_size <= 20 * 2**20
-  assert standins.sha256_of(weights) == STANDIN.sha256
-  readme = (STANDIN.directory / "README.md").read_text()
-  assert STANDIN.sha256 in readme
-  assert f"{100 * STANDIN.zero_shot:.1f} %" in readme
+  assert sum((t.directory / standins.WEIGHTS).stat().st_size for t in standins.STANDINS.values()) <= 50 * 2**20
+  assert standins.sha256_of(weights) == s.sha256
+  readme = (s.directory / "README.md").read_text()
+  assert s.sha256 in readme
+  assert f"{100 * s.zero_shot:.1f} %" in readme
   assert "python -m deft_jax.main --config configs/cifar10n_strong_vlm.py" in readme
   assert "python -m deft_jax.pretrain.standin export" in readme
-  info = json.loads((STANDIN.directory / "pretrain_info.json").read_text())
-  assert info["epochs"] == 40 and info["num_examples"] == 40000
-  assert info["zero_shot_accuracy_ensemble"] == pytest.approx(STANDIN.zero_shot, abs=6e-4)  # fp32, before fp16
+  info = json.loads((s.directory / "pretrain_info.json").read_text())
+  assert info["epochs"] == epochs and info["num_examples"] == 40000
+  assert info.get("captions", {}).get("kind") == captions
+  assert info["zero_shot_accuracy_ensemble"] == pytest.approx(s.zero_shot, abs=6e-4)  # fp32, before fp16
   from safetensors.numpy import load_file
   assert {v.dtype for v in load_file(str(weights)).values()} == {np.dtype(np.float16)}
 
@@ -63,7 +69,7 @@ def test_a_damaged_or_missing_standin_is_named_and_never_loaded(tmp_path, monkey
   with pytest.raises(MissingFileError, match="model.safetensors is missing"):
     clip_weights.resolve_checkpoint("standin:cifar10_tiny32")
   with pytest.raises(MissingFileError, match=re.escape("no stand-in CLIP named 'cifar10_huge'; the shipped ones "
-                                                       "are standin:cifar10_tiny32")):
+                                                       "are standin:cifar10_tiny32, standin:cifar10_tiny32_v2")):
     clip_weights.resolve_checkpoint("standin:cifar10_huge")
 
 
