@@ -454,7 +454,7 @@ def test_sweep_symmetric_cells_run_on_the_clean_labels_and_are_scored_against_th
   args = SimpleNamespace(root="R", methods="label_match", extra=["--config.detect.negatives=hard"])
   cmd = sweep.command(args, "standin:x", "sym0.2", tmp_path)
   assert "--config=configs/cifar10n_strong_vlm.py:root=R,label_set=clean_label" in cmd
-  assert {"--config.data.noise.type=sym", "--config.data.noise.rate=0.2", "--config.detect.recipe=synthetic",
+  assert {"--config.data.noise.type=sym", "--config.data.noise.ratio=0.2", "--config.detect.recipe=synthetic",
           "--config.detect.negatives=hard"} <= set(cmd)
   clean = sweep.command(args, "standin:x", "sym0", tmp_path)
   assert "label_set=clean_label" in clean[3] and not any("noise" in c for c in clean)

@@ -47,7 +47,7 @@ def cell(label_set: str) -> tuple[str, list[str]]:
   if not label_set.startswith("sym"):
     return label_set, []
   rate = float(label_set[3:])
-  noise = [] if rate == 0 else ["--config.data.noise.type=sym", f"--config.data.noise.rate={rate}"]
+  noise = [] if rate == 0 else ["--config.data.noise.type=sym", f"--config.data.noise.ratio={rate}"]
   return "clean_label", [*noise, "--config.detect.recipe=synthetic"]
 
 
