@@ -11,8 +11,9 @@ the same cell, recipe, variant and method replaces an earlier one) and writes a 
     against DEFT's best ranking;
   * "Past the paper": each variant (``--variant`` rows) against the method on the same cells and recipe.
 
-  PYTHONPATH=. python benchmarks/experiments/standin_table.py \
-      --results benchmarks/results/detection_standin_v2.jsonl --readme README.md BENCHMARKS.md
+  PYTHONPATH=. python benchmarks/experiments/standin_table.py --checkpoint "clip (40 epochs)" \
+      --results benchmarks/results/detection_strong_vlm.jsonl benchmarks/results/detection_options.jsonl \
+      --readme README.md BENCHMARKS.md
 
 With --readme the block between <!-- standin-table:begin --> and <!-- standin-table:end --> of each file is
 replaced (nothing else changes); without it the block goes to stdout.
@@ -33,13 +34,16 @@ RANKINGS = ("deft", "deft_scoring_pass", "deft_label_probability", "deft_strict_
 ORDER = (*RANKINGS, *BASELINES, "keep_all")
 
 
-def load(paths) -> dict:
-  """{(label_set, recipe or None, variant, method): row}, the last row per key; baselines get recipe None."""
+def load(paths, checkpoint: str = "") -> dict:
+  """{(label_set, recipe or None, variant, method): row}, the last row per key; baselines get recipe None.
+  ``checkpoint``: only the rows of that VLM (the sweep's "checkpoint" field, e.g. "clip (40 epochs)")."""
   rows = {}
   for path in paths:
     for line in Path(path).read_text().splitlines():
       if line.strip():
         r = json.loads(line)
+        if checkpoint and r.get("checkpoint") != checkpoint:
+          continue
         recipe = r.get("recipe", "synthetic") if is_deft(r["method"]) else None
         rows[(r["label_set"], recipe, r.get("variant", ""), r["method"])] = r
   return rows
@@ -149,10 +153,11 @@ def replace_block(path: Path, text: str) -> None:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--results", nargs="+", default=["benchmarks/results/detection_standin_v2.jsonl"])
+  p.add_argument("--results", nargs="+", required=True)
+  p.add_argument("--checkpoint", default="", help="only this VLM's rows (the rows' checkpoint field)")
   p.add_argument("--readme", nargs="*", default=[], help="files whose marked block is replaced")
   args = p.parse_args()
-  text = block(load(args.results), ", ".join(args.results))
+  text = block(load(args.results, args.checkpoint), ", ".join(args.results))
   if not args.readme:
     print(text)
   for f in args.readme:
