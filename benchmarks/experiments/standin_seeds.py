@@ -8,7 +8,7 @@ saw them), and ``--config.seed=S`` (the detection stream). A workdir that alread
 not rerun. Prints one JSON line per seed and the min / max of every comparison over the seeds.
 
   PYTHONPATH=. python benchmarks/experiments/standin_seeds.py --root ../shared/assets --out /tmp/standin_seeds \
-      --seeds 0 1 2 [--recipe real_noise]
+      --seeds 0 1 2 [--recipe real_noise] [-- --config.detect.negatives=hard ...]
 """
 
 from __future__ import annotations
@@ -72,10 +72,11 @@ def main():
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--recipe", default="", help="detect.recipe (default: the config's)")
   p.add_argument("--checkpoint", default=STANDIN, help=f"the CLIP (default: the suite's, {STANDIN})")
+  p.add_argument("extra", nargs="*", help="more --config.* overrides (after --)")
   args = p.parse_args()
   seeds.run(args.seeds, args.out, "baselines/label_match/detection.npz",
             lambda seed, wd: [config_arg(args.root), f"--workdir={wd}", f"--config.seed={seed}",
-                              *overrides(args.recipe, args.checkpoint)], comparisons)
+                              *overrides(args.recipe, args.checkpoint), *args.extra], comparisons)
 
 
 if __name__ == "__main__":
