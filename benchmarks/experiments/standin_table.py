@@ -116,7 +116,7 @@ def variants_table(rows) -> list[str]:
          "strict margin AUROC (method) | flagged % (method) |", "|---|---|---|---|---|---|---|---|"]
   for v in variants:
     for cell in _cells(rows):
-      for recipe in sorted({k[1] for k in rows if k[0] == cell and k[2] == v}, reverse=True):
+      for recipe in sorted({k[1] for k in rows if k[0] == cell and k[2] == v and k[1]}, reverse=True):
         new, old = rows.get((cell, recipe, v, "deft")), rows.get((cell, recipe, "", "deft"))
         if new is None:
           continue
