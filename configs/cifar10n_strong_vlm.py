@@ -6,9 +6,10 @@ and their clean labels (so the VLM never sees the detection images). Zero-shot a
 10,000 test images. That CLIP ships with deft_jax as the stand-in ``standin:cifar10_tiny32``
 (deft_jax/assets/standins/cifar10_tiny32/README.md: 76.4 % zero-shot, fp16), which this config loads by default
 (``clip=standin``). 30 more epochs with varied-length captions made ``standin:cifar10_tiny32_v2`` (77.1 %;
-``standin=cifar10_tiny32_v2``), with which DEFT is less stable on small data (its README). ``clip=pretrain`` pretrains the first
-again from scratch, as it was made; ``clip=pretrain_v2`` the second from the first. Snapshots of the pretraining
-(``pretrain.snapshot_epochs``) are weaker VLMs of the same run: the detection-vs-VLM-strength sweep
+``standin=cifar10_tiny32_v2``), with which DEFT is less stable on small data (its README). ``clip=pretrain``
+pretrains the first again from scratch, as it was made; ``clip=pretrain_v2`` the second from the first.
+Snapshots of the pretraining (``pretrain.snapshot_epochs``) are weaker VLMs of the same run: the
+detection-vs-VLM-strength sweep
 (benchmarks/experiments/strong_vlm_sweep.py) points ``model.checkpoint`` at them.
 
   # DEFT + baselines on aggre_label with the shipped stand-in, then phase 2

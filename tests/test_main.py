@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, SHRUNK_DEMO, SHRUNK_OVERRIDES, main_command, main_env, run_main
+from conftest import REPO, SHRUNK_DEMO, SHRUNK_OVERRIDES, main_command, main_env, run_main, save_tiny_clip
 
 DEMO = "configs/demo.py:runlocal"
 # The shrunk demo with 6 detection epochs (48 steps, a checkpoint every 4), so that a run can be killed between
