@@ -48,7 +48,7 @@ class PromptLayout:
     """From the ``detect`` config section."""
     return cls(n_ctx=int(d.n_ctx), ctx_init=d.ctx_init, ctx_init_pad=bool(d.ctx_init_pad),
                position=d.class_token_position, class_specific=bool(d.class_specific),
-               class_specific_negatives=bool(d.get("class_specific_negatives", False)), text_chunk=int(d.text_chunk),
+               class_specific_negatives=bool(d.class_specific_negatives), text_chunk=int(d.text_chunk),
                share_prefix=bool(d.text_prefix_sharing))
 
   def template(self, class_names: Sequence[str], tokenizer: Tokenizer) -> "PromptTemplate":
