@@ -271,7 +271,7 @@ def _stage_checks() -> list[Check]:
             _optional(_int(1))),
       _enum_check("detect.final_mask", FINAL_MASKS),
       Check("detect.ranking", _choices(RANKINGS) + " (all but 'margin' need detect.scoring_pass=True or "
-            "detect.final_mask='scoring_pass')",
+            "detect.final_mask='scoring_pass'; a run without a scoring pass sets detect.ranking='margin')",
             lambda v, ctx: v == "margin" or v in RANKINGS and (
                 ctx.get("detect.scoring_pass") is True or ctx.get("detect.final_mask") == "scoring_pass")),
       _int_check("detect.text_chunk", 0, "0: all prompts at once"),

@@ -58,11 +58,12 @@ def detect_section() -> ml_collections.ConfigDict:
       # text_chunk > 0: at most that many prompts through the text tower at a time (rematerialised: memory flat in
       # C). text_prefix_sharing: the prompts' shared prefix once per context, then the class suffixes (exact).
       final_mask="online", scoring_pass=True, text_chunk=0, text_prefix_sharing=True,
-      # The report's ranking (``score``; the mask stays DEFT's): "margin" (s+_y - s-_y, whose sign is the loose
-      # rule's mask), "label_probability" (the scoring pass's log-softmax of the positive prompts at the given
-      # label) or "strict_margin" (consistent with the strict rule; detect/train.py). BENCHMARKS.md "Detection by
-      # VLM strength" measures the first two.
-      ranking="margin",
+      # The report's ranking (``score``; the mask stays DEFT's): "label_probability" (the scoring pass's
+      # log-softmax of the positive prompts at the given label), "margin" (s+_y - s-_y, whose sign is the loose
+      # rule's mask) or "strict_margin" (consistent with the strict rule; detect/train.py). The method defines a
+      # mask, not a ranking; label_probability is the default because it ranked above the margin on every cell
+      # measured (README.md "Is DEFT first?"). Without a scoring pass only "margin" exists.
+      ranking="label_probability",
       # Beyond the method (its defaults keep it; BENCHMARKS.md "Past the paper" measures them): how L_neg draws its
       # complementary class ("uniform", the method's; "hard": from the positive prompts' softmax over the other
       # classes; "mixed": either, half the time each), class-specific negative contexts with the positive one

@@ -247,6 +247,7 @@ def write_report(config, workdir: Path, train, detection: dict, compared: dict, 
     comparison["keep every label"] = quality(np.ones(train.num_examples, bool))
   extra = {"baselines": comparison} if comparison else {}
   extra["phase1_recipe"] = config_lib.phase1_recipe(config)
+  extra["ranking"] = config.detect.ranking
   shortened = config_lib.shortened(config)
   if shortened:
     extra["shortened"] = shortened

@@ -88,12 +88,14 @@ def save_tiny_clip(directory, seed: int) -> str:
 
 # The demo shrunk for the tests that check plumbing (resume, multi-process, faults), not quality: the unit tests'
 # "tiny" CLIP, 256 training images (also the pretraining split), 128 test images, pretrain 1 epoch (4 steps),
-# detect 2 epochs (16 steps, no scoring pass), no baseline, adapt 1 epoch (8 steps). Seconds per run.
+# detect 2 epochs (16 steps, no scoring pass, so the margin ranks), no baseline, adapt 1 epoch (8 steps). Seconds
+# per run.
 SHRUNK_DEMO = "configs/demo.py:runlocal"
 SHRUNK_OVERRIDES = (
     "--config.data.train_indices=0:256", "--config.data.test_size=128", "--config.pretrain.split=train",
     "--config.pretrain.batch_size=64", "--config.detect.epochs=2", "--config.detect.batch_size=32",
-    "--config.detect.scoring_pass=False", "--config.baselines.methods=()", "--config.report.write_images=False",
+    "--config.detect.scoring_pass=False", "--config.detect.ranking=margin", "--config.baselines.methods=()",
+    "--config.report.write_images=False",
     "--config.adapt.epochs=1", "--config.adapt.batch_size=32", "--config.checkpoint_every_steps=4",
     "--config.model.preset=tiny", "--config.pretrain.preset=tiny")
 

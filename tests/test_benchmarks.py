@@ -425,8 +425,9 @@ def test_sweep_rows_score_every_method_against_the_truth_and_deft_probability_as
                                                     "detect": {"recipe": ""}}))
   keep = np.array([1, 1, 1, 1, 0, 1, 1, 0], bool)  # flags one clean and one noisy example
   margin = np.array([5, 4, 3, 2, 1, 6, 0, -1], np.float32)  # ranks the two noisy ones lowest
-  np.savez(tmp_path / "detect" / "detection.npz", is_clean=keep, score=margin, pass_is_clean=keep,
-           pass_score=margin[::-1].copy(), pass_strict_margin=margin - 10)
+  # the report's score is the run's detect.ranking (here the reverse of the margin); the "deft" rows rank by margins
+  np.savez(tmp_path / "detect" / "detection.npz", is_clean=keep, margin=margin, score=-margin, pass_is_clean=keep,
+           pass_margin=margin[::-1].copy(), pass_score=margin, pass_strict_margin=margin - 10)
   probs = np.full((8, 3), 0.1, np.float32)
   probs[np.arange(8), truth] = 0.8
   np.save(tmp_path / "detect" / "pred_probs.npy", probs)
@@ -447,7 +448,7 @@ def test_sweep_rows_score_every_method_against_the_truth_and_deft_probability_as
   assert p["f1"] is None and p["flagged_fraction"] is None and p["auroc"] == 1.0 and p["fnr_at_noise_budget"] == 0.0
 
 
-def test_sweep_symmetric_cells_run_on_the_clean_labels_and_are_scored_against_the_drawn_noise(tmp_path):
+def test_sweep_symmetric_cells_run_on_the_clean_labels_and_are_scored_against_the_drawn_noise(tmp_path, monkeypatch):
   from types import SimpleNamespace
 
   from benchmarks.experiments import strong_vlm_sweep as sweep
@@ -467,12 +468,26 @@ def test_sweep_symmetric_cells_run_on_the_clean_labels_and_are_scored_against_th
   (tmp_path / "config.json").write_text(json.dumps({"data": {"noise": {"type": "sym"}}, "detect": {"recipe":
                                                                                                     "synthetic"}}))
   keep = np.array([1, 1, 1, 1, 0, 0], bool)
-  np.savez(tmp_path / "detect" / "detection.npz", is_clean=keep, score=keep.astype(np.float32), pass_is_clean=keep,
-           pass_score=keep.astype(np.float32))
+  np.savez(tmp_path / "detect" / "detection.npz", is_clean=keep, margin=keep.astype(np.float32), pass_is_clean=keep,
+           pass_margin=keep.astype(np.float32))
   rows = {r["method"]: r for r in sweep.rows(tmp_path, zero_shot=0.5, checkpoint="c", label_set="sym0.2", cmd="x",
                                              variant="negatives=hard")}
   assert rows["deft"]["f1"] == 1.0 and rows["deft"]["noise_rate"] == pytest.approx(1 / 3)
+  assert rows["deft"]["auroc"] == 1.0 and rows["deft"]["fnr_at_noise_budget"] == 0.0
   assert {r["variant"] for r in rows.values()} == {"negatives=hard"} and rows["deft"]["recipe"] == "synthetic"
+  # the clean cell (sym0) draws no noise: its labels are CIFAR-10N's clean_label set; nothing is noisy, so AUROC and
+  # the missed share at the noise budget are undefined (None)
+  from deft_jax.data import cifar_offline
+  (tmp_path / "noisy_labels.npz").unlink()
+  (tmp_path / "config.json").write_text(json.dumps({"data": {"root": "r", "train_indices": "0:6", "pretrain_indices":
+                                                             "", "noise": {"type": "none"}}, "detect": {"recipe":
+                                                                                                        "synthetic"}}))
+  monkeypatch.setattr(cifar_offline, "load_cifar10n_offline", lambda root, *, label_set, **k: {
+      "train": SimpleNamespace(labels=truth, clean_labels=truth)} if label_set == "clean_label" else None)
+  rows = {r["method"]: r for r in sweep.rows(tmp_path, zero_shot=0.5, checkpoint="c", label_set="sym0", cmd="x")}
+  d = rows["deft"]
+  assert d["noise_rate"] == 0.0 and d["auroc"] is None and d["fnr_at_noise_budget"] is None
+  assert (d["precision"], d["recall"], d["flagged_fraction"]) == (1.0, pytest.approx(4 / 6), pytest.approx(2 / 6))
 
 
 def test_standin_table_says_by_how_much_deft_trails_the_best_detector_and_compares_variants(tmp_path):

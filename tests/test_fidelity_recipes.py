@@ -90,6 +90,10 @@ def test_report_and_summary_json_name_the_phase1_recipe(tmp_path):
   text = (tmp_path / "report" / "summary.txt").read_text()
   assert "phase-1 recipe: real_noise (strict rule, 5 SCE warm-up epochs, pseudo-labels from epoch 2, constant lr)" \
       in text
+  # and which ranking the score (the CSV's order, the AUROC) is: the config's, in words
+  assert summary["ranking"] == c.detect.ranking == "label_probability"
+  assert "ranked by: p(given label) under the positive prompts, scoring pass (detect.ranking=label_probability)" \
+      in text
 
 
 # ------------------------------------------------------------------------------------------------ rankings

@@ -303,6 +303,7 @@ def small_folders(tmp_path_factory):
 
 FOLDER_FAST = ("--config.stages=('pretrain','detect')", "--config.model.checkpoint=pretrain",
                "--config.pretrain.epochs=2", "--config.pretrain.batch_size=20", "--config.detect.scoring_pass=False",
+               "--config.detect.ranking=margin",
                "--config.baselines.methods=()", "--config.report.write_images=False")
 
 

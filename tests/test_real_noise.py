@@ -36,8 +36,8 @@ MEASURED = {
     "deft_minus_label_match_f1": (0.1234, 0.1461),
     "deft_minus_small_loss_f1": (-0.0024, 0.0426),
     "keep_all_minus_deft_f1": (0.0320, 0.0470),
-    "label_match_minus_deft_auroc": (0.0564, 0.0599),
-    "deft_minus_small_loss_auroc": (-0.0022, 0.0628),
+    "label_match_minus_deft_auroc": (0.0156, 0.0173),
+    "deft_minus_small_loss_auroc": (0.0369, 0.1071),
 }
 PAD = 0.01  # each band is the measured range widened by this much on each side
 
@@ -47,9 +47,11 @@ def test_deft_against_every_comparison_stays_in_the_band_of_three_seeds(real_noi
   each comparison in the direction it was measured, within the band of three seeds (MEASURED, widened by PAD):
 
   - DEFT's F1 beats CLIP label-match's by 12-15 points;
-  - DEFT ties or beats small-loss, which is told the true noise rate: F1 -0.2 to +4.3 points, AUROC -0.002 to
-    +0.063 (small-loss varies more over the seeds than DEFT);
-  - DEFT loses to keeping every label on F1 (by 3.2-4.7 points) and to label-match on AUROC (by 0.056-0.060).
+  - DEFT ties or beats small-loss, which is told the true noise rate: F1 -0.2 to +4.3 points; its ranking (the
+    report's default, p+ of the given label) beats small-loss's by 0.037-0.107 AUROC (small-loss varies more over
+    the seeds than DEFT);
+  - DEFT loses to keeping every label on F1 (by 3.2-4.7 points) and to label-match on AUROC (by 0.016-0.017; by
+    its margin s+ - s- it lost by 0.056-0.060).
 
   A regression: DEFT's lead over label-match or its tie with small-loss falling below its band, or its deficit to
   keep-all or label-match growing beyond it. A result past the other end of a band (DEFT closing a gap it has

@@ -30,8 +30,9 @@ import numpy as np
 from absl import logging as absl_logging
 from clu import metric_writers
 
-from deft_jax import config_lib, parallel
+from deft_jax import config_lib, parallel, run
 from deft_jax.adapt import train as adapt_train
+from deft_jax.classify.run_clip import RunCLIP
 from deft_jax.data import datasets
 from deft_jax.detect import train as detect_train
 from deft_jax.report import metrics as report_metrics
@@ -98,8 +99,10 @@ def main(argv=None):
       c.adapt.update(dict(backbone=args.backbone, backbone_checkpoint="none", backbone_optimizer=False))
     t0 = time.time()
     tag = "" if args.backbone == "clip" else f"{args.backbone}_"
-    res = adapt_train.run(c, out / f"{tag}{name}_s{args.steps}_lr{args.lr:g}_seed{args.seed}", splits=splits, mesh=mesh,
-                    writer=writer, clip_checkpoint=clip, detection=detection)
+    run_clip = RunCLIP(c, None if args.backbone != "clip" else clip)
+    mask = run.train_mask(c, train, detection, mesh=mesh, clip=run_clip)
+    res = adapt_train.run(c, out / f"{tag}{name}_s{args.steps}_lr{args.lr:g}_seed{args.seed}", splits=splits,
+                          mesh=mesh, writer=writer, clip=run_clip, mask=mask)
     row = {"variant": name, "backbone": args.backbone, "lr": args.lr, "seed": args.seed,
            "test_top1": res["test"]["top1"],
            "mean_per_class": round(res["test"]["mean_per_class_accuracy"], 4),

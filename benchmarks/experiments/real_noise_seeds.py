@@ -39,7 +39,7 @@ def comparisons(workdir: Path) -> dict:
   for name, d in runs.items():
     det = np.load(d / "detection.npz")
     out[f"{name}_f1"] = detection_metrics(det["is_clean"], train.labels, train.clean_labels)["f1"]
-    out[f"{name}_auroc"] = auroc(det["score"], clean)
+    out[f"{name}_auroc"] = auroc(seeds.deft_score(det) if name == "deft" else det["score"], clean)
   out["keep_all_f1"] = detection_metrics(np.ones_like(clean), train.labels, train.clean_labels)["f1"]
   out["deft_minus_label_match_f1"] = out["deft_f1"] - out["label_match_f1"]
   out["deft_minus_small_loss_f1"] = out["deft_f1"] - out["small_loss_f1"]

@@ -53,7 +53,7 @@ def comparisons(workdir: Path) -> dict:
   for name, d in {"deft": workdir / "detect", "label_match": workdir / "baselines" / "label_match"}.items():
     det = np.load(d / "detection.npz")
     out[f"{name}_f1"] = detection_metrics(det["is_clean"], train.labels, train.clean_labels)["f1"]
-    out[f"{name}_auroc"] = auroc(det["score"], clean)
+    out[f"{name}_auroc"] = auroc(seeds.deft_score(det) if name == "deft" else det["score"], clean)
     out[f"{name}_flagged"] = 1.0 - float(np.mean(det["is_clean"]))
   det = np.load(workdir / "detect" / "detection.npz")
   out["deft_pass_f1"] = detection_metrics(det["pass_is_clean"], train.labels, train.clean_labels)["f1"]

@@ -60,8 +60,11 @@ def command(args, checkpoint, label_set: str, workdir: Path) -> list[str]:
           *overrides, *args.extra]
 
 
-def fnr_at_budget(score: np.ndarray, truly_noisy: np.ndarray) -> float:
-  """Flag the round(noise_rate * N) lowest-scored examples; the share of truly noisy ones left unflagged."""
+def fnr_at_budget(score: np.ndarray, truly_noisy: np.ndarray) -> "float | None":
+  """Flag the round(noise_rate * N) lowest-scored examples; the share of truly noisy ones left unflagged (None on
+  clean labels, where there is nothing to miss)."""
+  if not np.any(truly_noisy):
+    return None
   k = int(round(truly_noisy.mean() * len(score)))
   flagged = np.zeros(len(score), bool)
   flagged[np.argsort(score, kind="stable")[:k]] = True
@@ -77,7 +80,8 @@ def given_and_true_labels(workdir: Path, label_set: str) -> tuple[np.ndarray, np
     with np.load(noisy) as f:
       return np.asarray(f["noisy_labels"]), np.asarray(f["clean_labels"])
   data = json.loads((workdir / "config.json").read_text())["data"]
-  split = cifar_offline.load_cifar10n_offline(data["root"], label_set=label_set, train_indices=data["train_indices"],
+  split = cifar_offline.load_cifar10n_offline(data["root"], label_set=cell(label_set)[0],
+                                              train_indices=data["train_indices"],
                                               pretrain_indices=data["pretrain_indices"], test_size=1)["train"]
   return np.asarray(split.labels), np.asarray(split.clean_labels)
 
@@ -105,8 +109,9 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
   det = dict(np.load(workdir / "detect" / "detection.npz"))
   given, truth = given_and_true_labels(workdir, label_set)
   clean = given == truth
-  methods = {"deft": (det["is_clean"], det["score"], None),
-             "deft_scoring_pass": (det["pass_is_clean"], det["pass_score"], None)}
+  # "deft" / "deft_scoring_pass": each mask with its margin (whatever detect.ranking made the report's score)
+  methods = {"deft": (det["is_clean"], det["margin"], None),
+             "deft_scoring_pass": (det["pass_is_clean"], det["pass_margin"], None)}
   for name in BASELINES:
     f = workdir / "baselines" / name / "detection.npz"
     if f.exists():
@@ -128,7 +133,7 @@ def rows(workdir: Path, *, zero_shot: float, checkpoint: str, label_set: str, cm
         "zero_shot_acc": zero_shot, "checkpoint": checkpoint, "label_set": label_set, "method": name,
         "recipe": recipe, **({"variant": variant} if variant else {}),
         "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-        "auroc": None if score is None else auroc(score, clean),
+        "auroc": None if score is None or clean.all() else auroc(score, clean),  # undefined on clean labels
         "flagged_fraction": None if is_clean is None else float(1 - is_clean.mean()),
         "noise_rate": float(1 - clean.mean()),
         "num_examples": int(len(given)),

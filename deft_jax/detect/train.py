@@ -135,11 +135,12 @@ def run(config, workdir: str | Path, *, train_split, mesh, writer, checkpoint: O
     logging.info("[detect] complete: reusing %s", out_file)
     return load_npz(out_file)
   d = config.detect
-  ranking = d.get("ranking", "margin")
+  ranking = d.ranking
   if ranking not in RANKINGS:
     raise ConfigError(f"detect.ranking must be one of {RANKINGS}, got {ranking!r}")
   if ranking != "margin" and not (d.scoring_pass or d.final_mask == "scoring_pass"):
-    raise ConfigError(f"detect.ranking={ranking!r} reads the scoring pass's logits: set detect.scoring_pass=True")
+    raise ConfigError(f"detect.ranking={ranking!r} reads the scoring pass's logits: set detect.scoring_pass=True, "
+                      "or detect.ranking='margin', the one ranking a run without a scoring pass has")
   spe = pipeline.steps_per_epoch(train_split, d.batch_size)
   det = detector_lib.Detector(config, class_names=train_split.class_names, num_examples=train_split.num_examples,
                               mesh=mesh, checkpoint=checkpoint, steps_per_epoch=spe, clip=clip)

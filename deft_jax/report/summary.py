@@ -10,6 +10,7 @@ Summary layout (every value JSON-native; undefined rates are ``None``)::
                     flagged examples whose suggestion differs from the given label, most frequent first
     phase1_recipe:  {recipe, overrides, strict_selection, warmup_epochs, warmup_loss, pseudo_labels_from_epoch,
                     schedule_decay}: the phase-1 recipe the detector trained with (config_lib.phase1_recipe)
+    ranking:        detect.ranking, what ``score`` (the CSV's order, the AUROC) is (RANKING_WORDS)
     shortened:      {field: {value, method}}: what the config cut from the method's recipe (report.shortened)
     corrections:    what a reviewer's corrections file changed (rows, applied, relabeled, changed, dropped,
                     kept), when the run applied one (data.corrections)
@@ -118,8 +119,8 @@ def build_summary(detection: Mapping[str, np.ndarray], *, given, class_names: Se
 
 # ----------------------------------------------------------------------------- text rendering
 
-_BUILTIN = {"warnings", "corrections", "phase1_recipe", "shortened", "pred_probs", "method", "num_examples",
-            "num_classes", "num_flagged", "num_clean", "estimated_noise_rate", "detection", "per_class",
+_BUILTIN = {"warnings", "corrections", "phase1_recipe", "ranking", "shortened", "pred_probs", "method",
+            "num_examples", "num_classes", "num_flagged", "num_clean", "estimated_noise_rate", "detection", "per_class",
             "confused_pairs", "baselines"}
 
 
@@ -188,6 +189,19 @@ def recipe_line(r: Mapping[str, Any]) -> str:
   return line
 
 
+# detect.ranking -> what the report's ``score`` (the CSV's order, the AUROC) is, in words
+RANKING_WORDS = {
+    "label_probability": "p(given label) under the positive prompts, scoring pass",
+    "margin": "the margin s+ - s- at the given label",
+    "strict_margin": "the strict-rule margin, scoring pass",
+}
+
+
+def ranking_line(ranking: str) -> str:
+  """'ranked by: p(given label) under the positive prompts, scoring pass (detect.ranking=label_probability)'."""
+  return f"ranked by: {RANKING_WORDS.get(ranking, ranking)} (detect.ranking={ranking})"
+
+
 def vlm_warnings(given, suggested, num_classes: int, *, zero_shot=None) -> list[str]:
   """Plain-words warnings when the vision-language model does not seem to know the classes: its zero-shot
   predictions (``zero_shot``, else the detector's suggestions) agree with the given labels barely more than
@@ -227,6 +241,8 @@ def format_health_summary(summary: Mapping[str, Any], *, max_classes: int = 10, 
            f"({_pct(summary['estimated_noise_rate'])})   kept as clean: {summary['num_clean']:,}"]
   if summary.get("phase1_recipe"):
     lines.append("  " + recipe_line(summary["phase1_recipe"]))
+  if summary.get("ranking"):
+    lines.append("  " + ranking_line(summary["ranking"]))
   if summary.get("shortened"):
     lines.append("  shortened against the method's recipe: " + ", ".join(
         f"{k}={_short(v['value'])} ({_short(v['method'])})" for k, v in summary["shortened"].items()))
