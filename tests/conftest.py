@@ -125,26 +125,18 @@ def run_main(workdir, *overrides, config="configs/demo.py", timeout=1800, check=
   return proc
 
 
-# The offline real-noise setting shared by the detection and adaptation quality tests: the demo's tiny CLIP
-# pretrained on 5,000 clean CIFAR-10 images, DEFT on 4,000 images with CIFAR-10N worse_label (41.6 % noise),
-# and the comparison baselines.
-# Phase 2 of the same run trains FFT on DEFT's subset for REAL_NOISE_ADAPT_STEPS optimiser steps (10 epochs of the
-# 4,000 noisy labels at batch 64): tests/test_real_noise.py compares it with the same training on every noisy label.
-REAL_NOISE_ADAPT_STEPS = 630
-REAL_NOISE_DETECTION = (
-    "--config.detect.epochs=5",
-    "--config.baselines.methods=('label_match','small_loss')",
-)
-REAL_NOISE_OVERRIDES = (
-    "--config.stages=('pretrain','detect','adapt','evaluate')",
-    *REAL_NOISE_DETECTION,
-    f"--config.adapt.steps={REAL_NOISE_ADAPT_STEPS}",
-)
+# The offline real-noise setting shared by the detection and adaptation quality tests: the README's first command,
+# `python -m deft_jax.main --config configs/demo.py`, as it is: the demo's tiny CLIP pretrained on 5,000 clean
+# CIFAR-10 images, DEFT on 4,000 images with CIFAR-10N worse_label (41.6 % noise), the comparison baselines, and
+# phase 2 (FFT on DEFT's subset for the demo's 5 epochs of the 4,000 noisy labels at batch 64, REAL_NOISE_ADAPT_STEPS
+# optimiser steps): tests/test_real_noise.py compares it with the same training on every noisy label.
+REAL_NOISE_ADAPT_STEPS = 315
+REAL_NOISE_OVERRIDES = ()
 
 
 @pytest.fixture(scope="session")
 def real_noise_workdir(tmp_path_factory):
-  """A finished pretrain + detect (+ baselines) + adapt run on the packaged demo data; tests copy from it."""
+  """The demo's finished pretrain + detect (+ baselines) + adapt + evaluate run; tests copy from it."""
   import time
 
   workdir = tmp_path_factory.mktemp("real_noise") / "run"
