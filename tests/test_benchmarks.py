@@ -500,12 +500,17 @@ def test_standin_table_says_by_how_much_deft_trails_the_best_detector_and_compar
   rows = [row("deft", 0.80, 0.85), row("deft_scoring_pass", 0.82, 0.86), row("deft_label_probability", None, 0.93),
           row("label_match", 0.90, 0.91, recipe=None), row("keep_all", 0.74, None, recipe=None),
           row("deft", 0.70, 0.80), row("deft", 0.81, 0.88, variant="negatives=hard")]  # the 2nd deft replaces the 1st
+  # the clean labels: nothing to rank (AUROC None), keeping every label is the best clean selection
+  rows += [row("deft", 0.95, None, recipe="synthetic", label_set="sym0"),
+           row("keep_all", 1.0, None, recipe=None, label_set="sym0")]
   f = tmp_path / "rows.jsonl"
   f.write_text("\n".join(json.dumps(r) for r in rows))
   text = standin_table.block(standin_table.load([f]), "rows.jsonl")
   first = next(line for line in text.splitlines() if line.startswith("| CIFAR-10N `worse_label` | real_noise"))
   assert first.split(" | ")[1:] == ["real_noise", "0.900 (label-match)", "0.820 (DEFT scoring pass)", "-0.080",
                                     "0.930 (DEFT p+(label))", "0.930 (DEFT p+(label))", "+0.000 |"]
+  clean = next(line for line in text.splitlines() if line.startswith("| clean labels (0 % noise) | synthetic"))
+  assert clean.split(" | ")[2:] == ["1.000 (keep all)", "0.950 (DEFT)", "-0.050", "-", "-", "- |"]
   var = next(line for line in text.splitlines() if line.startswith("| `negatives=hard`"))
   assert "0.810 (0.700)" in var and "0.880 (0.800)" in var
   readme = tmp_path / "README.md"

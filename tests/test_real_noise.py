@@ -106,7 +106,8 @@ def test_bf16_and_fp32_detection_select_the_same_samples(real_noise_workdir, tmp
     shutil.copytree(real_noise_workdir / "pretrain", wd / "pretrain")
     run_main(wd, "--config.stages=('pretrain','detect')", "--config.detect.epochs=2",
              "--config.data.train_indices=0:640",
-             "--config.baselines.methods=()",
+             "--config.baselines.methods=()", "--config.report.write_images=False",
+             "--config.report.review=False", "--config.report.export_arrays=False",
              f"--config.model.dtype={dtype}")
     results[dtype] = dict(np.load(wd / "detect" / "detection.npz"))
   a, b = results["float32"]["is_clean"], results["bfloat16"]["is_clean"]

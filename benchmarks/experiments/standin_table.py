@@ -97,13 +97,15 @@ def first_table(rows) -> list[str]:
       every = {**base, **deft}
       f1 = {m: r["f1"] for m, r in every.items() if r["f1"] is not None}
       au = {m: r["auroc"] for m, r in every.items() if r["auroc"] is not None}
-      best_f1, best_au = max(f1, key=f1.get), max(au, key=au.get)
+      best_f1 = max(f1, key=f1.get)
       mask = max((m for m in MASKS if m in f1), key=f1.get)
-      rank = max((m for m in RANKINGS if m in au), key=au.get)
+      ranking = "- | - | - |"  # clean labels: nothing to rank, AUROC undefined
+      if au:
+        best_au, rank = max(au, key=au.get), max((m for m in RANKINGS if m in au), key=au.get)
+        ranking = (f"{_f(au[best_au])} ({DISPLAY[best_au]}) | {_f(au[rank])} ({DISPLAY[rank]}) | "
+                   f"{au[rank] - au[best_au]:+.3f} |")
       out.append(f"| {cell_name(cell)} | {recipe} | {_f(f1[best_f1])} ({DISPLAY[best_f1]}) | "
-                 f"{_f(f1[mask])} ({DISPLAY[mask]}) | {f1[mask] - f1[best_f1]:+.3f} | "
-                 f"{_f(au[best_au])} ({DISPLAY[best_au]}) | {_f(au[rank])} ({DISPLAY[rank]}) | "
-                 f"{au[rank] - au[best_au]:+.3f} |")
+                 f"{_f(f1[mask])} ({DISPLAY[mask]}) | {f1[mask] - f1[best_f1]:+.3f} | {ranking}")
   return out + [""]
 
 
