@@ -70,6 +70,10 @@ class Tokenizer:
     """BPE entry -> id (whole words end in "</w>")."""
     return dict(self._tok.get_vocab())
 
+  def eot_positions(self, ids: np.ndarray) -> np.ndarray:
+    """int32 [...]: where each row of ``ids`` [..., T] has its (first) end-of-text token."""
+    return np.argmax(np.asarray(ids) == self.eos_id, axis=-1).astype(np.int32)
+
   def trim_padding(self, ids: np.ndarray) -> np.ndarray:
     """``ids`` [..., context_length] cut after the latest end-of-text token of any row.
 
@@ -77,8 +81,7 @@ class Tokenizer:
     feature: short captions (class names in templates) then cost a fraction of the full context.
     """
     ids = np.asarray(ids)
-    eot = np.argmax(ids == self.eos_id, axis=-1)
-    return ids[..., : int(eot.max()) + 1]
+    return ids[..., : int(self.eot_positions(ids).max()) + 1]
 
   @classmethod
   def for_checkpoint(cls, checkpoint: Optional[str | Path], **kw) -> "Tokenizer":

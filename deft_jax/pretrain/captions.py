@@ -70,7 +70,7 @@ def bank(class_names: Sequence[str], tokenizer: Tokenizer, c) -> CaptionBank:
   if c.kind == "templates":
     ids = tokenizer.trim_padding(
         np.stack([tokenizer([t.format(n) for n in class_names]) for t in zeroshot.TEMPLATES]))
-    return CaptionBank(ids, _eot(ids, tokenizer.eos_id))
+    return CaptionBank(ids, tokenizer.eot_positions(ids))
   return varied_bank(class_names, tokenizer, size=int(c.size), max_fill=int(c.max_fill),
                      template_prob=float(c.template_prob), soft_prob=float(c.soft_prob), seed=int(c.seed),
                      per_step=int(c.per_step), soft_std=float(c.soft_std))
@@ -126,7 +126,7 @@ def varied_bank(class_names: Sequence[str], tokenizer: Tokenizer, *, size: int =
     for k, (r, f) in enumerate(zip(layout, flags)):
       ids[t, k, : len(r)] = r
       soft[t, k, : len(f)] = f
-  return CaptionBank(ids, _eot(ids, tokenizer.eos_id), soft, per_step=per_step, soft_std=soft_std)
+  return CaptionBank(ids, tokenizer.eot_positions(ids), soft, per_step=per_step, soft_std=soft_std)
 
 
 def _place(position: str, fill: list, core: list, head_len: int, soft: bool) -> tuple[list, list]:
@@ -155,7 +155,3 @@ def filler_vocabulary(tokenizer: Tokenizer, names: Sequence[str], *, common: int
                  and i not in banned)
   tokens = sorted(i for i in vocab.values() if i not in banned and i not in special and i < tokenizer.vocab_size)
   return np.asarray(words, np.int32), np.asarray(tokens, np.int32)
-
-
-def _eot(ids: np.ndarray, eos_id: int) -> np.ndarray:
-  return np.argmax(ids == eos_id, axis=-1).astype(np.int32)
