@@ -490,6 +490,24 @@ def test_sweep_symmetric_cells_run_on_the_clean_labels_and_are_scored_against_th
   assert (d["precision"], d["recall"], d["flagged_fraction"]) == (1.0, pytest.approx(4 / 6), pytest.approx(2 / 6))
 
 
+def test_false_flags_say_which_flagged_correct_labels_the_classifier_gets_wrong(tmp_path):
+  from benchmarks.experiments import false_flags
+  truth = np.array([0, 1, 2, 0, 1, 2], np.int32)
+  given = np.array([0, 1, 2, 0, 1, 0], np.int32)  # the last is wrong
+  (tmp_path / "detect").mkdir()
+  (tmp_path / "baselines" / "label_match").mkdir(parents=True)
+  np.savez(tmp_path / "noisy_labels.npz", noisy_labels=given, clean_labels=truth)
+  keep = np.array([1, 0, 0, 1, 1, 0], bool)  # flags two correct labels (1, 2) and the wrong one
+  np.savez(tmp_path / "detect" / "detection.npz", is_clean=keep, pass_is_clean=np.ones(6, bool))
+  probs = np.eye(3, dtype=np.float32)[[0, 2, 2, 0, 1, 1]]  # its classifier is wrong on 1 (and on the noisy 5)
+  np.save(tmp_path / "detect" / "pred_probs.npy", probs)
+  np.savez(tmp_path / "baselines" / "label_match" / "detection.npz", is_clean=np.array([1, 0, 0, 0, 1, 0], bool))
+  out = false_flags.false_flags(tmp_path, "sym0.2")
+  assert out["online"] == {"false_flags_share_of_correct": 0.4, "classifier_wrong": 0.5, "zero_shot_wrong": 1.0}
+  assert out["scoring_pass"]["false_flags_share_of_correct"] == 0.0 and out["scoring_pass"]["classifier_wrong"] is None
+  assert out["classifier_wrong_on_correct"] == 0.2 and out["zero_shot_wrong_on_correct"] == 0.6
+
+
 def test_standin_table_says_by_how_much_deft_trails_the_best_detector_and_compares_variants(tmp_path):
   from benchmarks.experiments import standin_table
 
