@@ -189,8 +189,8 @@ def _report_lines(text: str) -> list[str]:
 
 def test_the_readme_quotes_exactly_the_report_the_demo_prints(real_noise_workdir):
   """README.md's first block is what `python -m deft_jax.main --config configs/demo.py` prints. This run is that
-  command, so its report must equal the README's line for line: every count, rate and row. (Was: the README kept 1,723 flagged and a small-loss row that the
-  demo no longer printed.)"""
+  command, so its report must equal the README's line for line: every count, rate and row. (Was: the README kept
+  1,723 flagged and a small-loss row that the demo no longer printed.)"""
   readme = (REPO / "README.md").read_text()
   block = readme.split("It prints", 1)[1].split("```", 2)[1]
   printed = (real_noise_workdir / "stdout.txt").read_text()
